@@ -1,0 +1,346 @@
+"""Reading, checking and writing checkpoints.
+
+Formats read (FACTS §3):
+- released InteractDiffusion / GLIGEN files and this project's own: a torch dict
+  with sections `model`, `autoencoder`, `text_encoder`, `diffusion` (+ `config_dict`,
+  and for training files `opt`, `scheduler`, `iters`, ...);
+- Stable Diffusion v1.x originals (.ckpt or .safetensors): one `state_dict` with
+  prefixes `model.diffusion_model.`, `first_stage_model.`, `cond_stage_model.transformer.`;
+- interaction-only files (this project's export): `model` holding only
+  `position_net.*` and the fusers.
+
+Pickles load with `weights_only=True`; a file that needs arbitrary Python objects
+is refused unless the caller trusts it (`allow_pickle=True`, CLI `--allow-pickle`).
+
+CLI: python -m interact.checkpoint inspect FILE [--config YAML]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import pickle
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from interact.model import SD_V1_CONFIG, SECTIONS, InteractDiffusion, build_model, is_interaction_key, load_config
+
+SD_PREFIXES = {
+    "model.diffusion_model.": "model",
+    "first_stage_model.": "autoencoder",
+    "cond_stage_model.": "text_encoder",  # keeps `transformer.` after the prefix
+}
+DIFFUSION_BUFFERS = (
+    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2")
+# Parts of the interaction control that a GLIGEN box checkpoint does not have; they start fresh.
+GLIGEN_FRESH_KEYS = ("position_net.interaction_embedding.", "position_net.position_embedding.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says what is wrong and what to pass."""
+
+
+# ----------------------------------------------------------------------------- reading
+
+def read_file(path, allow_pickle: bool = False) -> dict:
+    """Load a .safetensors or torch pickle file into a dict on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {err}") from None
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as err:
+        if allow_pickle:
+            raise CheckpointError(f"{path}: cannot be unpickled: {err}") from None
+        raise CheckpointError(
+            f"{path}: holds Python objects beyond tensors, so it was not loaded with weights_only=True "
+            f"({str(err).splitlines()[0]}). If you trust where the file came from, pass --allow-pickle "
+            f"(allow_pickle=True).") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch file?): "
+                              f"{str(err).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a dict of sections or tensors, found {type(raw).__name__}")
+    return raw
+
+
+def _is_tensor_dict(value) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def classify(raw: dict) -> str:
+    """One of: interactdiffusion, gligen, interaction_weights, sd_original, unknown."""
+    model = raw.get("model")
+    if _is_tensor_dict(model):
+        has_backbone = any(not is_interaction_key(k) for k in model)
+        if any(k.startswith("position_net.linear_action.") for k in model):
+            return "interactdiffusion" if has_backbone else "interaction_weights"
+        if any(k.startswith("position_net.") for k in model):
+            return "gligen"
+    state = raw.get("state_dict", raw)
+    if isinstance(state, dict) and any(isinstance(k, str) and k.startswith("model.diffusion_model.") for k in state):
+        return "sd_original"
+    return "unknown"
+
+
+def describe_kind(raw: dict) -> str:
+    kind = classify(raw)
+    names = {"interactdiffusion": "InteractDiffusion checkpoint (UNet + interaction tokenizer + fusers)",
+             "gligen": "GLIGEN checkpoint (box grounding tokenizer + fusers)",
+             "interaction_weights": "interaction weights only (position_net + fusers)",
+             "sd_original": "Stable Diffusion v1.x original checkpoint",
+             "unknown": "unrecognised layout"}
+    text = names[kind]
+    if "iters" in raw:
+        text += f", training checkpoint at iteration {int(raw['iters'])}"
+    return text
+
+
+def to_sections(raw: dict) -> dict[str, dict[str, torch.Tensor]]:
+    """Split any supported layout into the four section dicts (absent sections left out)."""
+    kind = classify(raw)
+    if kind == "sd_original":
+        state = raw.get("state_dict", raw)
+        sections: dict[str, dict] = {}
+        for key, value in state.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            for prefix, section in SD_PREFIXES.items():
+                if key.startswith(prefix):
+                    sections.setdefault(section, {})[key[len(prefix):]] = value
+                    break
+            else:
+                if key in DIFFUSION_BUFFERS:
+                    sections.setdefault("diffusion", {})[key] = value
+        return sections
+    if kind == "unknown":
+        raise CheckpointError(
+            "unrecognised checkpoint layout: expected an InteractDiffusion/GLIGEN dict with a 'model' section, "
+            f"or an SD v1.x 'state_dict'; top-level keys are {sorted(map(str, raw))[:10]}")
+    return {s: raw[s] for s in SECTIONS if _is_tensor_dict(raw.get(s))}
+
+
+def gligen_to_interaction(model_section: dict) -> dict:
+    """FACTS §3: a GLIGEN box+text `model` section -> InteractDiffusion names. GLIGEN's
+    `linears` initialise both `linears` and `linear_action`, its null text feature both
+    null features; fusers and UNet copy as they are."""
+    out = {}
+    for key, value in model_section.items():
+        if key.startswith("position_net.linears."):
+            out[key] = value
+            out[key.replace("position_net.linears.", "position_net.linear_action.")] = value.clone()
+        elif key == "position_net.null_positive_feature":
+            out[key] = value
+            out["position_net.null_action_feature"] = value.clone()
+        elif key.startswith("position_net.") and key != "position_net.null_position_feature":
+            continue  # GLIGEN-only parts (e.g. image branches) have no counterpart here
+        else:
+            out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- checking
+
+@dataclass
+class SectionReport:
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    wrong_shape: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (name, file, model)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.wrong_shape)
+
+    def lines(self, section: str, limit: int = 10) -> list[str]:
+        out = []
+        for label, items in (("missing", self.missing), ("unexpected", self.unexpected)):
+            if items:
+                out.append(f"{section}: {len(items)} {label}: " + ", ".join(items[:limit])
+                           + (" ..." if len(items) > limit else ""))
+        if self.wrong_shape:
+            shown = ", ".join(f"{n} file {list(a)} vs model {list(b)}" for n, a, b in self.wrong_shape[:limit])
+            out.append(f"{section}: {len(self.wrong_shape)} wrongly shaped: {shown}"
+                       + (" ..." if len(self.wrong_shape) > limit else ""))
+        return out
+
+
+def normalize_section(module: torch.nn.Module, section: str, state: dict) -> dict:
+    """Tolerated spelling differences: the text encoder's `text_model.` level and its stale
+    `position_ids` buffer (old transformers files)."""
+    if section == "text_encoder":
+        from ldm.modules.encoders.modules import normalize_text_encoder_state_dict
+        return normalize_text_encoder_state_dict(state, module=module)
+    return state
+
+
+def compare(module: torch.nn.Module, section: str, state: dict, ignore=lambda name: False) -> SectionReport:
+    """Names and shapes of `state` vs `module.state_dict()`; `ignore(name)` drops names on both sides."""
+    state = normalize_section(module, section, state)
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items() if not ignore(k)}
+    given = {k: tuple(v.shape) for k, v in state.items() if not ignore(k)}
+    return SectionReport(
+        missing=sorted(set(expected) - set(given)),
+        unexpected=sorted(set(given) - set(expected)),
+        wrong_shape=sorted((k, given[k], expected[k]) for k in set(given) & set(expected) if given[k] != expected[k]))
+
+
+def check_file(raw: dict, model: InteractDiffusion) -> dict[str, SectionReport]:
+    """Which of the file's sections would load strictly into `model` (for `inspect`)."""
+    kind = classify(raw)
+    sections = to_sections(raw)
+    if kind == "gligen" and "model" in sections:
+        sections["model"] = gligen_to_interaction(sections["model"])
+    ignore = {"sd_original": is_interaction_key,  # an SD file holds the backbone only
+              "interaction_weights": lambda k: not is_interaction_key(k),
+              "gligen": lambda k: k.startswith(GLIGEN_FRESH_KEYS)}.get(kind, lambda k: False)
+    return {name: compare(model.section(name), name, state, ignore if name == "model" else lambda k: False)
+            for name, state in sections.items()}
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _load_strict(module: torch.nn.Module, section: str, state: dict, ignore=lambda k: False, source: str = ""):
+    report = compare(module, section, state, ignore)
+    if not report.ok:
+        detail = "\n  ".join(report.lines(section))
+        raise CheckpointError(f"{source}: does not match the model config:\n  {detail}\n"
+                              f"(is the --config right for this file? `python -m interact.checkpoint inspect "
+                              f"{source}` lists every difference)")
+    state = {k: v for k, v in normalize_section(module, section, state).items() if not ignore(k)}
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    assert not unexpected and all(ignore(k) for k in missing), (missing, unexpected)
+
+
+def load_weights(model: InteractDiffusion, ckpt=None, sd_ckpt=None, allow_pickle: bool = False,
+                 text_encoder_given: bool = False) -> None:
+    """Fill `model` from files. `ckpt` alone: a full InteractDiffusion file (all sections).
+    `sd_ckpt` + `ckpt`: the backbone from the SD v1.x file, the interaction control from
+    `ckpt`. Every tensor of the model must come from a file; names and shapes are strict.
+    `text_encoder_given`: the caller loaded the text encoder from a folder, so the file's is skipped."""
+    if ckpt is None and sd_ckpt is None:
+        raise CheckpointError("no weights given: pass --ckpt (an InteractDiffusion checkpoint) and optionally "
+                              "--sd_ckpt (an SD v1.x .ckpt/.safetensors for the backbone)")
+    backbone_src = sd_ckpt if sd_ckpt is not None else ckpt
+    backbone = to_sections(read_file(backbone_src, allow_pickle))
+    interaction = backbone if sd_ckpt is None else (to_sections(read_file(ckpt, allow_pickle)) if ckpt else {})
+    if sd_ckpt is not None and ckpt is None:
+        raise CheckpointError(f"--sd_ckpt {sd_ckpt} gives the backbone only: pass --ckpt with the interaction "
+                              f"weights (an InteractDiffusion checkpoint or an interaction-weights export)")
+    if "model" not in interaction:
+        raise CheckpointError(f"{ckpt}: has no 'model' section with interaction weights")
+    for name in ("model", "autoencoder"):
+        if name not in backbone:
+            raise CheckpointError(f"{backbone_src}: has no {name!r} section; pass --sd_ckpt with an SD v1.x "
+                                  f"checkpoint for the backbone")
+    _load_strict(model.model, "model", backbone["model"], is_interaction_key, str(backbone_src))
+    _load_strict(model.model, "model", interaction["model"], lambda k: not is_interaction_key(k), str(ckpt))
+    _load_strict(model.autoencoder, "autoencoder", backbone["autoencoder"], source=str(backbone_src))
+    if text_encoder_given:
+        pass
+    elif "text_encoder" in backbone:
+        _load_strict(model.text_encoder, "text_encoder", backbone["text_encoder"], source=str(backbone_src))
+    else:
+        raise CheckpointError(f"{backbone_src}: has no text encoder weights: pass --text_encoder DIR (a Hugging "
+                              f"Face CLIP ViT-L/14 text model folder, e.g. an SD v1.x repo's text_encoder/)")
+    if "diffusion" in backbone:
+        _load_strict(model.diffusion, "diffusion", backbone["diffusion"], source=str(backbone_src))
+
+
+def file_digest(path, length: int = 12) -> str:
+    """Short sha256 of a file, recorded in output sidecars."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:length]
+
+
+# ----------------------------------------------------------------------------- writing
+
+def atomic_save(obj, path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename: a crash
+    mid-write leaves any previous file at `path` intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def export_sections(model: InteractDiffusion, interaction_only: bool = False) -> dict:
+    """The released layout; `interaction_only` keeps just position_net + fusers."""
+    from omegaconf import OmegaConf
+    model_state = {k: v for k, v in model.model.state_dict().items() if not interaction_only or is_interaction_key(k)}
+    out = {"model": model_state, "config_dict": OmegaConf.to_container(model.config, resolve=True)}
+    if not interaction_only:
+        out.update({name: model.section(name).state_dict() for name in SECTIONS if name != "model"})
+    return out
+
+
+def save_checkpoint(path, model: InteractDiffusion, interaction_only: bool = False, **extra) -> None:
+    atomic_save({**export_sections(model, interaction_only), **extra}, path)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def inspect(path, config=None, allow_pickle: bool = False, out=sys.stdout) -> int:
+    raw = read_file(path, allow_pickle)
+    print(f"{path}: {describe_kind(raw)}", file=out)
+    sections = to_sections(raw)
+    for name, state in sections.items():
+        params = sum(v.numel() for v in state.values())
+        dtypes = sorted({str(v.dtype).replace("torch.", "") for v in state.values()})
+        print(f"  {name:13s} {len(state):5d} tensors  {params / 1e6:9.2f} M values  {','.join(dtypes)}", file=out)
+    extras = sorted(str(k) for k in raw if k not in SECTIONS and not isinstance(raw[k], torch.Tensor))
+    if extras and classify(raw) != "sd_original":
+        print(f"  other keys: {', '.join(extras)}", file=out)
+    config = config or SD_V1_CONFIG
+    model = build_model(load_config(config), device="meta")
+    reports = check_file(raw, model)
+    problems = [line for name, r in reports.items() for line in r.lines(name)]
+    if problems:
+        print(f"does NOT load strictly into {config}:", file=out)
+        for line in problems:
+            print("  " + line, file=out)
+        return 1
+    print(f"loads strictly into {config} (sections: {', '.join(reports)})", file=out)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m interact.checkpoint", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="say what a checkpoint file is and check it against a model config")
+    p.add_argument("file")
+    p.add_argument("--config", default=None, help=f"model YAML (default {SD_V1_CONFIG.relative_to(SD_V1_CONFIG.parents[1])})")
+    p.add_argument("--allow-pickle", action="store_true", help="unpickle arbitrary objects (trusted files only)")
+    args = parser.parse_args(argv)
+    try:
+        return inspect(args.file, args.config, args.allow_pickle)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Assembling InteractDiffusion from a YAML config: the frozen SD v1.x parts plus
+the interaction control (position_net + one fuser per transformer block).
+
+The four sections mirror the released checkpoint layout (FACTS §3): `model`
+(UNet with `position_net` and fusers), `autoencoder`, `text_encoder`, `diffusion`.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from interact.fuser import attach_fusers
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "configs"
+SD_V1_CONFIG = CONFIG_DIR / "sd_v1_interact.yaml"
+SECTIONS = ("model", "autoencoder", "text_encoder", "diffusion")
+REQUIRED_KEYS = SECTIONS + ("interaction", "scale_factor")
+
+
+def load_config(config) -> DictConfig:
+    """A path, a dict or a DictConfig -> DictConfig, checked for the required sections."""
+    if isinstance(config, (str, Path)):
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path} (see {CONFIG_DIR} for the shipped configs)")
+        config = OmegaConf.load(path)
+    elif isinstance(config, dict):
+        config = OmegaConf.create(config)
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"config is missing section(s): {', '.join(missing)}")
+    return config
+
+
+def instantiate(spec, **extra):
+    """Build `target(**params, **extra)` from a {target, params} config node."""
+    if "target" not in spec:
+        raise ValueError(f"config node {OmegaConf.to_container(spec)} has no 'target'")
+    module_name, _, cls_name = spec.target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"config target {spec.target!r} cannot be imported: {err}") from None
+    params = OmegaConf.to_container(spec.get("params", {}), resolve=True)
+    try:
+        return cls(**params, **extra)
+    except TypeError as err:
+        raise ValueError(f"config params for {spec.target}: {err}") from None
+
+
+class InteractDiffusion(nn.Module):
+    """Container of the four released sections; the sampling/training code drives it."""
+
+    def __init__(self, config: DictConfig, tokenizer=None):
+        super().__init__()
+        self.config = config
+        self.model = instantiate(config.model)
+        self.model.position_net = instantiate(config.interaction.position_net)
+        attach_fusers(self.model, self.model.position_net.out_dim, config.interaction.get("fuser_type", "gatedSA"))
+        self.autoencoder = instantiate(config.autoencoder)
+        self.text_encoder = instantiate(config.text_encoder, tokenizer=tokenizer)
+        self.diffusion = instantiate(config.diffusion)
+        self.scale_factor = float(config.scale_factor)
+        for part in (self.autoencoder, self.text_encoder):
+            part.requires_grad_(False)
+
+    @property
+    def position_net(self):
+        return self.model.position_net
+
+    def section(self, name: str) -> nn.Module:
+        if name not in SECTIONS:
+            raise KeyError(f"unknown section {name!r}; sections are {SECTIONS}")
+        return getattr(self, name)
+
+    def interaction_parameters(self):
+        """What InteractDiffusion trains: position_net and the fusers."""
+        return [p for n, p in self.model.named_parameters() if is_interaction_key(n)]
+
+    def encode_images(self, images: torch.Tensor, generator=None) -> torch.Tensor:
+        """Images in [-1, 1] -> scaled latents."""
+        return self.autoencoder.encode(images).sample(generator) * self.scale_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images in [0, 1]."""
+        return ((self.autoencoder.decode(latents / self.scale_factor) + 1) / 2).clamp(0, 1)
+
+
+def is_interaction_key(name: str) -> bool:
+    """True for the `model` section's names that belong to the interaction control."""
+    return name.startswith("position_net.") or ".fuser." in name
+
+
+def build_model(config=SD_V1_CONFIG, tokenizer=None, device=None) -> InteractDiffusion:
+    """Build with random weights. `device="meta"` allocates nothing (for name/shape checks)."""
+    config = load_config(config)
+    if device is not None:
+        with torch.device(device):
+            return InteractDiffusion(config, tokenizer)
+    return InteractDiffusion(config, tokenizer)

@@ -1,0 +1,236 @@
+"""Prompt + interactions -> images.
+
+    pipe = InteractDiffusionPipeline.from_checkpoint("interact-diffusion-v1-2.pth")
+    images = pipe("a person feeding a cat", interactions=[Interaction(
+        subject="person", action="feeding", object="cat",
+        subject_box=(0.1, 0.2, 0.5, 0.9), object_box=(0.55, 0.5, 0.9, 0.9))], seed=0)
+
+Classifier-free guidance: the unconditional branch gets the negative (or empty)
+prompt and the null grounding (every slot masked). Scheduled sampling: the fusers
+run for the first int(beta * steps) steps (the noisiest) and are skipped after.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image, ImageDraw
+
+from interact.checkpoint import CheckpointError, load_weights
+from interact.conditions import ConditionError, Grounding, Interaction, build_grounding, check_interactions
+from interact.model import SD_V1_CONFIG, InteractDiffusion, build_model, load_config
+from ldm.models.diffusion.ddim import DDIMSampler
+from ldm.models.diffusion.plms import PLMSSampler
+
+SAMPLERS = {"plms": PLMSSampler, "ddim": DDIMSampler}
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device = {str(device)!r}: CUDA is not available on this machine (use --device cpu)")
+    return device
+
+
+def resolve_dtype(device: torch.device, half: bool) -> torch.dtype:
+    """fp16 only on CUDA: on CPUs without native half/bf16 units it is many times slower."""
+    if half and device.type != "cuda":
+        warnings.warn("--half ignored on CPU: reduced precision is many times slower here; using fp32")
+        return torch.float32
+    return torch.float16 if half else torch.float32
+
+
+def fuser_scale(step_index: int, steps: int, beta: float) -> float:
+    """Scheduled sampling: 1 for the first int(beta * steps) steps, then 0."""
+    return 1.0 if step_index < int(beta * steps) else 0.0
+
+
+class InteractDiffusionPipeline:
+    def __init__(self, model: InteractDiffusion, device=None, dtype: torch.dtype = torch.float32,
+                 source: str = "random weights"):
+        self.device = resolve_device(device) if not isinstance(device, torch.device) else device
+        self.dtype = dtype
+        self.model = model.to(self.device, dtype).eval()
+        self.source = source
+        self.defaults = dict(model.config.get("sampling", {}))
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config=SD_V1_CONFIG, seed: int = 0, tokenizer_path=None, device=None, half=False):
+        """Random weights (tests, and the demo until a trained default exists)."""
+        from ldm.modules.encoders.clip_tokenizer import load_clip_tokenizer
+        torch.manual_seed(seed)
+        model = build_model(config, tokenizer=load_clip_tokenizer(tokenizer_path))
+        device = resolve_device(device)
+        return cls(model, device, resolve_dtype(device, half), source=f"random weights (seed {seed})")
+
+    @classmethod
+    def from_checkpoint(cls, ckpt=None, sd_ckpt=None, config=None, text_encoder=None, device=None, half=False,
+                        allow_pickle=False):
+        """`ckpt`: an InteractDiffusion file; with `sd_ckpt` (an SD v1.x .ckpt/.safetensors) the
+        backbone comes from there and only the interaction weights from `ckpt`. `text_encoder`:
+        a Hugging Face CLIP text model folder, for files without text encoder weights.
+        Nothing is downloaded."""
+        from ldm.modules.encoders.clip_tokenizer import load_clip_tokenizer
+        from ldm.modules.encoders.modules import FrozenCLIPEmbedder
+        for label, path in (("--ckpt", ckpt), ("--sd_ckpt", sd_ckpt), ("--text_encoder", text_encoder)):
+            if path is not None and not Path(path).exists():
+                raise FileNotFoundError(f"{label} {path}: no such file or folder")
+        config = load_config(config or SD_V1_CONFIG)
+        device = resolve_device(device)
+        if text_encoder is not None:
+            encoder = FrozenCLIPEmbedder.from_pretrained_folder(text_encoder)
+            model = build_model(config, tokenizer=encoder.tokenizer)
+            model.text_encoder = encoder
+        else:
+            model = build_model(config, tokenizer=load_clip_tokenizer())
+        load_weights(model, ckpt, sd_ckpt, allow_pickle, text_encoder_given=text_encoder is not None)
+        source = " + ".join(str(p) for p in (sd_ckpt, ckpt) if p is not None)
+        return cls(model, device, resolve_dtype(device, half), source=source)
+
+    # ------------------------------------------------------------------ validation
+    def _latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        ae, unet = self.model.autoencoder, self.model.model
+        # Each UNet level below the first halves the latent once more.
+        factor = ae.downsample_factor * 2 ** (unet.num_levels - 1)
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value <= 0 or value % factor:
+                raise ValueError(f"{name} = {value!r}: must be a positive multiple of {factor} for this model")
+        channels = self.model.model.in_channels
+        return channels, height // ae.downsample_factor, width // ae.downsample_factor
+
+    def _check_options(self, guidance_scale, steps, sampler, scheduled_sampling, eta):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler = {sampler!r}: must be one of {', '.join(SAMPLERS)}")
+        timesteps = self.model.diffusion.betas.shape[0]
+        if not isinstance(steps, int) or not 1 <= steps <= timesteps:
+            raise ValueError(f"steps = {steps!r}: must be an integer in [1, {timesteps}]")
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale = {guidance_scale!r}: must be a finite number >= 0")
+        if not isinstance(scheduled_sampling, (int, float)) or not 0 <= scheduled_sampling <= 1:
+            raise ValueError(f"scheduled_sampling = {scheduled_sampling!r}: must be in [0, 1]")
+        if sampler == "plms" and eta != 0:
+            raise ValueError(f"eta = {eta!r}: PLMS is deterministic (eta 0); use sampler='ddim' for eta > 0")
+
+    @staticmethod
+    def _batch(prompt, interactions, negative_prompt, seed, max_interactions):
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"prompt = {prompt!r}: must be a string or a non-empty list of strings")
+        b = len(prompts)
+        if interactions is None:
+            interactions = [[] for _ in range(b)]
+        elif len(interactions) == 0 or isinstance(interactions[0], Interaction):
+            interactions = [list(interactions)] * b  # one list, shared by every prompt
+        if len(interactions) != b:
+            raise ValueError(f"interactions: {len(interactions)} lists for {b} prompts; give one list per prompt")
+        interactions = [check_interactions(items, max_interactions, f"prompt {i}") for i, items in
+                        enumerate(interactions)]
+        negative = negative_prompt if not isinstance(negative_prompt, str) else [negative_prompt] * b
+        if len(negative) != b:
+            raise ValueError(f"negative_prompt: {len(negative)} given for {b} prompts")
+        seeds = [seed + i for i in range(b)] if isinstance(seed, int) else list(seed)
+        if len(seeds) != b or not all(isinstance(s, int) for s in seeds):
+            raise ValueError(f"seed = {seed!r}: an int, or one int per prompt")
+        return prompts, interactions, list(negative), seeds
+
+    # ------------------------------------------------------------------ generation
+    def resolve_options(self, guidance_scale=None, steps=None, sampler=None, scheduled_sampling=None,
+                        negative_prompt=None, height=None, width=None, eta=0.0) -> dict:
+        """Fill unset options from the config's `sampling` section."""
+        given = dict(guidance_scale=guidance_scale, steps=steps, sampler=sampler,
+                     scheduled_sampling=scheduled_sampling, negative_prompt=negative_prompt, height=height,
+                     width=width, eta=eta)
+        fallback = dict(guidance_scale=7.5, steps=50, sampler="plms", scheduled_sampling=1.0, negative_prompt="",
+                        height=512, width=512, eta=0.0)
+        return {k: v if v is not None else self.defaults.get(k, fallback[k]) for k, v in given.items()}
+
+    def check_call_options(self, **options) -> dict:
+        """Resolve and validate the sampling options; raises ValueError naming the bad one."""
+        o = self.resolve_options(**options)
+        self._check_options(o["guidance_scale"], o["steps"], o["sampler"], o["scheduled_sampling"], o["eta"])
+        self._latent_shape(o["height"], o["width"])
+        return o
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | Sequence[str], interactions=None, negative_prompt=None,
+                 guidance_scale=None, steps=None, sampler=None, scheduled_sampling=None, height=None,
+                 width=None, seed: int | Sequence[int] = 0, eta: float = 0.0, progress: bool = True,
+                 output_type: str = "pil"):
+        """Returns a list of PIL images (output_type "pil") or a [B,3,H,W] tensor in [0,1] ("pt").
+        `interactions`: a list of Interaction for a single prompt (or for every prompt), or one
+        list per prompt (counts may differ). Image i uses seed + i (or seed[i]), so an image does
+        not depend on what else is in the batch. Unset options come from the config."""
+        if output_type not in ("pil", "pt"):
+            raise ValueError(f"output_type = {output_type!r}: must be 'pil' or 'pt'")
+        o = self.check_call_options(guidance_scale=guidance_scale, steps=steps, sampler=sampler,
+                                    scheduled_sampling=scheduled_sampling, negative_prompt=negative_prompt,
+                                    height=height, width=width, eta=eta)
+        guidance_scale, steps, beta = o["guidance_scale"], o["steps"], o["scheduled_sampling"]
+        latent_shape = self._latent_shape(o["height"], o["width"])
+        pn = self.model.position_net
+        prompts, batch, negatives, seeds = self._batch(prompt, interactions, o["negative_prompt"], seed,
+                                                       pn.max_interactions)
+
+        model, dev, dt = self.model, self.device, self.dtype
+        cond = model.text_encoder.encode(prompts).to(dev, dt)
+        uncond = model.text_encoder.encode(negatives).to(dev, dt)
+        grounding = build_grounding(batch, model.text_encoder.encode_pooled, pn.in_dim, pn.max_interactions)
+        grounding = grounding.to(dev, dt)
+        # Tokens do not depend on the step: computed once, reused by every step.
+        objs = pn(**Grounding.cat([grounding, grounding.null()]).as_kwargs())
+        noise = torch.stack([torch.randn(latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        use_cfg = guidance_scale != 1.0
+        context = torch.cat([cond, uncond]) if use_cfg else cond
+        objs = objs if use_cfg else objs[: len(prompts)]
+
+        def eps_fn(x, t, step_index):
+            scale = fuser_scale(step_index, steps, beta)
+            if not use_cfg:
+                return model.model(x, t, context, objs, scale)
+            e_cond, e_uncond = model.model(torch.cat([x, x]), torch.cat([t, t]), context, objs, scale).chunk(2)
+            return e_uncond + guidance_scale * (e_cond - e_uncond)
+
+        sampler_obj = (DDIMSampler(model.diffusion, steps=steps, eta=o["eta"]) if o["sampler"] == "ddim"
+                       else PLMSSampler(model.diffusion, steps=steps))
+        generator = torch.Generator().manual_seed(seeds[0])
+        latents = sampler_obj.sample(eps_fn, noise.to(dev, dt), generator=generator, progress=progress)
+        images = model.decode_latents(latents).float().cpu()
+        return images if output_type == "pt" else [to_pil(img) for img in images]
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(array)
+
+
+LAYOUT_COLOURS = {"subject": (230, 40, 40), "object": (40, 90, 230), "action": (30, 170, 60)}
+
+
+def draw_layout(image: Image.Image, interactions: Sequence[Interaction], min_size: int = 256) -> Image.Image:
+    """A copy of `image` (upscaled to at least `min_size` for legibility) with each
+    interaction's subject, object and action boxes and phrases drawn on it."""
+    scale = max(1, math.ceil(min_size / min(image.size)))
+    canvas = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(canvas)
+    w, h = canvas.size
+    for n, it in enumerate(interactions):
+        for role, box, phrase in (("subject", it.subject_box, it.subject), ("object", it.object_box, it.object),
+                                  ("action", it.action_box, it.action)):
+            x0, y0, x1, y1 = box[0] * w, box[1] * h, box[2] * w, box[3] * h
+            colour = LAYOUT_COLOURS[role]
+            draw.rectangle([x0, y0, max(x1 - 1, x0), max(y1 - 1, y0)], outline=colour, width=2)
+            label = f"{n}:{phrase}"
+            tx, ty = x0 + 2, y0 + 2 if role != "object" else max(y1 - 12, y0)
+            draw.rectangle(draw.textbbox((tx, ty), label), fill=colour)
+            draw.text((tx, ty), label, fill=(255, 255, 255))
+    return canvas
+
+
+__all__ = ["InteractDiffusionPipeline", "Interaction", "ConditionError", "CheckpointError", "draw_layout",
+           "fuser_scale", "SAMPLERS"]

@@ -1,0 +1,125 @@
+"""Tests for ldm.models.autoencoder.AutoencoderKL (CPU, fp32, tiny sizes)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ldm.models.autoencoder import AutoencoderKL, DiagonalGaussian
+
+MANIFEST = Path(__file__).resolve().parents[2] / "shared/reference/interactdiffusion_v1_checkpoint_keys.tsv"
+
+TINY = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8)
+
+
+def manifest_section(path: Path, section: str) -> dict[str, tuple[int, ...]]:
+    """name -> shape for one section of the tab-separated key manifest."""
+    out = {}
+    for line in path.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) != 3 or parts[0] != section:
+            continue
+        dims = parts[2].strip().strip("[]").strip()
+        out[parts[1]] = tuple(int(d) for d in dims.split(",")) if dims else ()
+    return out
+
+
+def tiny_model(seed: int = 0) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    return AutoencoderKL(**TINY).eval()
+
+
+def test_full_size_state_dict_matches_manifest():
+    if not MANIFEST.exists():
+        pytest.skip(f"checkpoint key manifest not found at {MANIFEST}")
+    expected = manifest_section(MANIFEST, "autoencoder")
+    assert len(expected) == 248
+    with torch.device("meta"):
+        model = AutoencoderKL()
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert sorted(set(got) - set(expected)) == []
+    assert sorted(set(expected) - set(got)) == []
+    wrong = {k: (got[k], expected[k]) for k in expected if got[k] != expected[k]}
+    assert wrong == {}
+    assert model.downsample_factor == 8
+
+
+@torch.no_grad()
+def test_tiny_round_trip_shapes_and_posterior():
+    model = tiny_model()
+    assert model.downsample_factor == 2
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    post = model.encode(x)
+    assert isinstance(post, DiagonalGaussian)
+    assert post.mean.shape == (2, 4, 16, 16)
+    assert post.std.shape == (2, 4, 16, 16)
+
+    # mean/logvar are the two channel halves of quant_conv's output.
+    params = model.quant_conv(model.encoder(x))
+    mean, logvar = params.chunk(2, dim=1)
+    torch.testing.assert_close(post.mean, mean)
+    torch.testing.assert_close(post.std, torch.exp(0.5 * logvar.clamp(-30, 20)))
+    assert torch.equal(post.mode(), post.mean)
+
+    s1 = post.sample(torch.Generator().manual_seed(7))
+    s2 = post.sample(torch.Generator().manual_seed(7))
+    s3 = post.sample(torch.Generator().manual_seed(8))
+    assert torch.equal(s1, s2)
+    assert not torch.equal(s1, s3)
+    assert not torch.equal(s1, post.mean)
+
+    img = model.decode(s1)
+    assert img.shape == (2, 3, 32, 32)
+    assert torch.isfinite(img).all()
+
+
+def test_logvar_clamp():
+    params = torch.cat([torch.zeros(1, 4, 2, 2), torch.full((1, 4, 2, 2), 100.0)], dim=1)
+    params[:, 4:, 0, 0] = -100.0
+    post = DiagonalGaussian(params)
+    assert torch.allclose(post.std[:, :, 1, 1], torch.tensor(20.0 * 0.5).exp())
+    assert torch.allclose(post.std[:, :, 0, 0], torch.tensor(-30.0 * 0.5).exp())
+
+
+@torch.no_grad()
+def test_mid_attention_matches_naive_softmax():
+    model = tiny_model(seed=1)
+    attn = model.decoder.mid.attn_1
+    # Non-trivial norm affine so a missing norm would show.
+    attn.norm.weight.normal_()
+    attn.norm.bias.normal_()
+    x = torch.randn(2, 64, 5, 6)
+    b, c, h, w = x.shape
+
+    hn = torch.nn.functional.group_norm(x, 8, attn.norm.weight, attn.norm.bias, eps=1e-6)
+    q = attn.q(hn).reshape(b, c, h * w).permute(0, 2, 1)  # [B, HW, C]
+    k = attn.k(hn).reshape(b, c, h * w)  # [B, C, HW]
+    v = attn.v(hn).reshape(b, c, h * w)  # [B, C, HW]
+    weights = torch.softmax(torch.bmm(q, k) / c**0.5, dim=2)  # [B, HWq, HWk]
+    out = torch.bmm(v, weights.permute(0, 2, 1)).reshape(b, c, h, w)
+    expected = x + attn.proj_out(out)
+
+    torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_strict_load_gives_identical_decode():
+    src = tiny_model(seed=2)
+    dst = tiny_model(seed=3)
+    z = torch.randn(1, 4, 8, 8)
+    assert not torch.equal(src.decode(z), dst.decode(z))
+    result = dst.load_state_dict(src.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert torch.equal(src.decode(z), dst.decode(z))
+
+
+@torch.no_grad()
+def test_downsample_is_asymmetric_pad_stride2():
+    model = tiny_model(seed=4)
+    down = model.encoder.down[0].downsample
+    x = torch.randn(1, 32, 8, 8)
+    expected = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(x, (0, 1, 0, 1)), down.conv.weight, down.conv.bias, stride=2
+    )
+    assert down(x).shape == (1, 32, 4, 4)
+    torch.testing.assert_close(down(x), expected)
