@@ -64,7 +64,8 @@ class Interaction:
 
     @property
     def action_box(self) -> Box:
-        return tuple(between(torch.tensor(self.subject_box), torch.tensor(self.object_box)).tolist())
+        as_tensor = lambda box: torch.tensor(box, dtype=torch.float64)  # noqa: E731 - exact for sidecars
+        return tuple(between(as_tensor(self.subject_box), as_tensor(self.object_box)).tolist())
 
 
 def between(subject_boxes: torch.Tensor, object_boxes: torch.Tensor) -> torch.Tensor:
@@ -92,7 +93,8 @@ def check_interactions(interactions: Sequence[Interaction], max_interactions: in
 RECORD_LIST_FIELDS = ("subject_phrases", "action_phrases", "object_phrases", "subject_boxes", "object_boxes")
 
 
-def interactions_from_record(record: dict, where: str = "record") -> list[Interaction]:
+def interactions_from_record(record: dict, where: str = "record",
+                             max_interactions: int = MAX_INTERACTIONS) -> list[Interaction]:
     """Parse a layout record {prompt, subject_phrases, action_phrases, object_phrases,
     subject_boxes, object_boxes}; errors name the record and the field."""
     if not isinstance(record, dict):
@@ -115,7 +117,7 @@ def interactions_from_record(record: dict, where: str = "record") -> list[Intera
                                    values["subject_boxes"], values["object_boxes"]))
         except ConditionError as err:
             raise ConditionError(f"{where}, interaction {i}: {_plural_field(str(err))}") from None
-    return out
+    return check_interactions(out, max_interactions, where)
 
 
 def _plural_field(message: str) -> str:

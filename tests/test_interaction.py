@@ -298,6 +298,15 @@ def test_interaction_validation_names_field_and_value(field, value, fragment):
     assert fragment in msg, msg
 
 
+@pytest.mark.xfail(strict=True, reason="BUG interact/conditions.py check_box: `tuple(float(v) for v in box)` iterates a "
+                   "string character by character, so the 4-character string '0011' is accepted as the box "
+                   "(0, 0, 1, 1) instead of raising ConditionError ('expected 4 numbers')")
+@pytest.mark.parametrize("field", ["subject_box", "object_box"])
+def test_interaction_rejects_string_box(field):
+    with pytest.raises(ConditionError, match=field):
+        Interaction(**dict(GOOD, **{field: "0011"}))
+
+
 def test_interaction_valid_is_normalised():
     it = Interaction("  person ", "kick", "ball", [0, 0, 1, 1], (0.25, 0.5, 0.75, 1))
     assert it.subject == "person"

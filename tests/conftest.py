@@ -1,0 +1,49 @@
+"""Shared test fixtures: the reference checkpoint-key manifest and one tiny model per session."""
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the network
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO_ROOT / "configs" / "tiny_random.yaml"
+SD_CONFIG = REPO_ROOT / "configs" / "sd_v1_interact.yaml"
+MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "reference" / "interactdiffusion_v1_checkpoint_keys.tsv"
+
+
+@pytest.fixture(scope="session")
+def manifest() -> dict:
+    """{section: {tensor name: shape tuple}} of the released SD v1.x InteractDiffusion checkpoint."""
+    if not MANIFEST.is_file():
+        pytest.skip(f"checkpoint key manifest not found: {MANIFEST}")
+    out: dict = {}
+    for line in MANIFEST.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        section, name, shape = line.split("\t")
+        out.setdefault(section, {})[name] = tuple(json.loads(shape))
+    return out
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer():
+    from ldm.modules.encoders import clip_tokenizer as ct
+
+    if ct.open_clip_vocab_path() is None:
+        pytest.skip("open_clip_torch (BPE vocabulary) not installed")
+    return ct.load_clip_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(clip_tokenizer):
+    """configs/tiny_random.yaml with seed-0 weights, built once. Treat as read-only:
+    copy it (copy.deepcopy) before changing anything."""
+    from interact.model import build_model
+
+    torch.manual_seed(0)
+    return build_model(TINY_CONFIG, tokenizer=clip_tokenizer).eval()

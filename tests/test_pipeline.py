@@ -1,0 +1,171 @@
+"""Pipeline behaviour on the tiny config: guidance, seeds, scheduled sampling, batching, bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interact.conditions import ConditionError, Interaction
+from interact.model import CONFIG_DIR
+from interact.pipeline import InteractDiffusionPipeline, fuser_scale
+
+TINY = CONFIG_DIR / "tiny_random.yaml"
+FAST = dict(steps=3, height=32, width=32, progress=False, output_type="pt")
+
+
+def person_touching_cat(shift=0.0):
+    return Interaction("person", "touching", "cat", (0.05 + shift, 0.1, 0.5, 0.9), (0.55, 0.5, 0.95, 0.95))
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = InteractDiffusionPipeline.from_config(TINY, seed=0, device="cpu")
+    # Random fusers start with zero gates (identity); open them so interactions matter.
+    for _, block in p.model.model.transformer_blocks():
+        block.fuser.alpha_attn.data.fill_(1.0)
+        block.fuser.alpha_dense.data.fill_(1.0)
+    return p
+
+
+def test_fuser_scale_schedule():
+    assert [fuser_scale(i, 10, 0.3) for i in range(10)] == [1.0] * 3 + [0.0] * 7
+    assert [fuser_scale(i, 50, 1.0) for i in range(50)] == [1.0] * 50
+    assert [fuser_scale(i, 7, 0.0) for i in range(7)] == [0.0] * 7
+
+
+def test_same_seed_same_image_and_seed_matters(pipe):
+    a = pipe("a person touching a cat", [person_touching_cat()], seed=3, **FAST)
+    b = pipe("a person touching a cat", [person_touching_cat()], seed=3, **FAST)
+    c = pipe("a person touching a cat", [person_touching_cat()], seed=4, **FAST)
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() > 1e-3
+
+
+def test_image_does_not_depend_on_batch(pipe):
+    alone0 = pipe("a person touching a cat", [person_touching_cat()], seed=10, **FAST)
+    alone1 = pipe("a cat", [], seed=11, **FAST)
+    both = pipe(["a person touching a cat", "a cat"], [[person_touching_cat()], []], seed=[10, 11], **FAST)
+    torch.testing.assert_close(both[:1], alone0, atol=1e-5, rtol=0)
+    torch.testing.assert_close(both[1:], alone1, atol=1e-5, rtol=0)
+
+
+def test_batch_with_different_interaction_counts(pipe):
+    two = [person_touching_cat(), Interaction("person", "holding", "cup", (0.1, 0.1, 0.4, 0.6), (0.3, 0.3, 0.4, 0.4))]
+    out = pipe(["p", "q", "r"], [two, [person_touching_cat()], []], seed=0, **FAST)
+    assert out.shape == (3, 3, 32, 32)
+    assert 0 <= out.min() and out.max() <= 1
+
+
+def test_interactions_change_the_image(pipe):
+    with_hoi = pipe("a person touching a cat", [person_touching_cat()], seed=5, **FAST)
+    moved = pipe("a person touching a cat", [person_touching_cat(shift=0.3)], seed=5, **FAST)
+    without = pipe("a person touching a cat", None, seed=5, **FAST)
+    assert (with_hoi - without).abs().max() > 1e-4
+    # Random weights: the box moves the image only slightly, but deterministically so.
+    assert (with_hoi - moved).abs().max() > 1e-6
+
+
+def test_scheduled_sampling_zero_equals_no_fusers(pipe):
+    """beta = 0 turns every fuser off at every step: the interactions then have no effect."""
+    off = pipe("a person touching a cat", [person_touching_cat()], seed=5, scheduled_sampling=0.0, **FAST)
+    without = pipe("a person touching a cat", None, seed=5, scheduled_sampling=0.0, **FAST)
+    assert torch.equal(off, without)
+
+
+def test_scheduled_sampling_runs_fusers_on_the_first_steps_only(pipe):
+    calls = []
+    fuser = pipe.model.model.transformer_blocks()[0][1].fuser
+    handle = fuser.register_forward_hook(lambda *a: calls.append(1))
+    step_calls = []
+    unet = pipe.model.model
+    original = unet.forward
+
+    def counting_forward(*args, **kwargs):
+        before = len(calls)
+        out = original(*args, **kwargs)
+        step_calls.append(len(calls) - before)
+        return out
+
+    unet.forward = counting_forward
+    try:
+        pipe("p", [person_touching_cat()], seed=0, sampler="ddim", scheduled_sampling=0.5,
+             **{**FAST, "steps": 4})
+    finally:
+        unet.forward = original
+        handle.remove()
+    assert step_calls == [1, 1, 0, 0]  # int(0.5 * 4) = 2 steps with fusers, CFG batched in one forward
+
+
+def test_guidance_unconditional_branch_gets_null_grounding_and_negative_prompt(pipe):
+    seen = []
+    unet = pipe.model.model
+    original = unet.forward
+
+    def spy(x, t, context, objs=None, fuser_scale=1.0):
+        seen.append((context.clone(), objs.clone()))
+        return original(x, t, context, objs, fuser_scale)
+
+    unet.forward = spy
+    try:
+        pipe("a person touching a cat", [person_touching_cat()], negative_prompt="blurry", seed=0,
+             guidance_scale=7.5, sampler="ddim", **{**FAST, "steps": 1})
+    finally:
+        unet.forward = original
+    context, objs = seen[0]
+    model = pipe.model
+    cond_ctx = model.text_encoder.encode(["a person touching a cat"])
+    neg_ctx = model.text_encoder.encode(["blurry"])
+    torch.testing.assert_close(context, torch.cat([cond_ctx, neg_ctx]))
+    pn = model.position_net
+    n, d = pn.max_interactions, pn.in_dim
+    null_tokens = pn(torch.zeros(1, n, 4), torch.zeros(1, n, 4), torch.zeros(1, n, 4), torch.zeros(1, n),
+                     torch.zeros(1, n, d), torch.zeros(1, n, d), torch.zeros(1, n, d))
+    torch.testing.assert_close(objs[1:], null_tokens)
+    assert (objs[:1] - null_tokens).abs().max() > 1e-3
+
+
+def test_guidance_combines_branches(pipe):
+    """One DDIM step: the guided eps is e_u + g (e_c - e_u), recomputed here from the UNet."""
+    seen = []
+    unet = pipe.model.model
+    original = unet.forward
+
+    def spy(x, t, context, objs=None, fuser_scale=1.0):
+        out = original(x, t, context, objs, fuser_scale)
+        seen.append((x, t, context, objs, fuser_scale, out))
+        return out
+
+    unet.forward = spy
+    try:
+        guided = pipe("p", [person_touching_cat()], seed=0, guidance_scale=3.0, sampler="ddim",
+                      **{**FAST, "steps": 1, "output_type": "pt"})
+    finally:
+        unet.forward = original
+    x, t, context, objs, scale, out = seen[0]
+    e_c, e_u = out.chunk(2)
+    eps = e_u + 3.0 * (e_c - e_u)
+    sched = pipe.model.diffusion
+    a = sched.alphas_cumprod[t[0]]
+    a_prev = sched.alphas_cumprod[0]
+    x0 = (x[:1] - (1 - a).sqrt() * eps) / a.sqrt()
+    x_prev = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    expected = pipe.model.decode_latents(x_prev)
+    torch.testing.assert_close(guided, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("options, field", [
+    (dict(steps=0), "steps"), (dict(steps=2.5), "steps"), (dict(guidance_scale=-1.0), "guidance_scale"),
+    (dict(guidance_scale=float("nan")), "guidance_scale"), (dict(sampler="euler"), "sampler"),
+    (dict(scheduled_sampling=1.5), "scheduled_sampling"), (dict(height=30), "height"), (dict(width=0), "width"),
+    (dict(sampler="plms", eta=0.5), "eta"), (dict(seed=[1, 2]), "seed"),
+])
+def test_bad_options_name_the_field(pipe, options, field):
+    kwargs = {**FAST, **options}
+    with pytest.raises(ValueError, match=field):
+        pipe("p", [person_touching_cat()], **kwargs)
+
+
+def test_too_many_interactions_and_mismatched_lists(pipe):
+    with pytest.raises(ConditionError, match="at most 30"):
+        pipe("p", [person_touching_cat()] * 31, **FAST)
+    with pytest.raises(ValueError, match="one list per prompt"):
+        pipe(["p", "q"], [[person_touching_cat()]], **FAST)
