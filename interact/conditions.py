@@ -26,6 +26,9 @@ Box = tuple[float, float, float, float]
 
 def check_box(box, field: str) -> Box:
     """Validate one normalised xyxy box; raise ConditionError naming `field` otherwise."""
+    # A string iterates per character and JSON booleans are ints: neither is a box.
+    if isinstance(box, (str, bytes)) or any(isinstance(v, bool) for v in _iter_or_empty(box)):
+        raise ConditionError(f"{field} = {box!r}: expected 4 numbers x0, y0, x1, y1")
     try:
         values = tuple(float(v) for v in box)
     except (TypeError, ValueError):
@@ -40,6 +43,13 @@ def check_box(box, field: str) -> Box:
     if x1 <= x0 or y1 <= y0:
         raise ConditionError(f"{field} = {box!r}: need x0 < x1 and y0 < y1 (xyxy, non-zero area)")
     return values
+
+
+def _iter_or_empty(value):
+    try:
+        return list(value)
+    except TypeError:
+        return []
 
 
 def check_phrase(phrase, field: str) -> str:

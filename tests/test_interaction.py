@@ -30,6 +30,15 @@ from ldm.modules.diffusionmodules.openaimodel import UNetModel
 MANIFEST = Path(__file__).resolve().parents[2] / "shared/reference/interactdiffusion_v1_checkpoint_keys.tsv"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is as fast, and avoids OpenMP spin-waiting on a busy 2-core box."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def manifest_section(path: Path, section: str) -> dict[str, tuple[int, ...]]:
     out = {}
     for line in path.read_text().splitlines():
@@ -298,13 +307,12 @@ def test_interaction_validation_names_field_and_value(field, value, fragment):
     assert fragment in msg, msg
 
 
-@pytest.mark.xfail(strict=True, reason="BUG interact/conditions.py check_box: `tuple(float(v) for v in box)` iterates a "
-                   "string character by character, so the 4-character string '0011' is accepted as the box "
-                   "(0, 0, 1, 1) instead of raising ConditionError ('expected 4 numbers')")
 @pytest.mark.parametrize("field", ["subject_box", "object_box"])
 def test_interaction_rejects_string_box(field):
     with pytest.raises(ConditionError, match=field):
         Interaction(**dict(GOOD, **{field: "0011"}))
+    with pytest.raises(ConditionError, match=field):  # JSON booleans are not coordinates
+        Interaction(**dict(GOOD, **{field: [False, False, True, True]}))
 
 
 def test_interaction_valid_is_normalised():
@@ -374,8 +382,16 @@ def test_record_error_names_record_interaction_and_field(field, value, fragment)
     assert fragment in msg
 
 
+def test_record_with_too_many_interactions():
+    assert len(interactions_from_record(record(MAX_INTERACTIONS))) == MAX_INTERACTIONS
+    with pytest.raises(ConditionError) as info:
+        interactions_from_record(record(MAX_INTERACTIONS + 1), where="record 5")
+    msg = str(info.value)
+    assert msg.startswith("record 5: ") and "31" in msg and "30" in msg
+
+
 def test_check_interactions_limit_and_types():
-    items = interactions_from_record(record(MAX_INTERACTIONS + 1))
+    items = [Interaction(**GOOD)] * (MAX_INTERACTIONS + 1)
     assert len(check_interactions(items[:MAX_INTERACTIONS])) == MAX_INTERACTIONS
     with pytest.raises(ConditionError) as info:
         check_interactions(items, where="record 3")

@@ -26,6 +26,15 @@ from ldm.modules.diffusionmodules.openaimodel import UNetModel, timestep_embeddi
 
 MANIFEST = Path(__file__).resolve().parents[2] / "shared/reference/interactdiffusion_v1_checkpoint_keys.tsv"
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is as fast, and avoids OpenMP spin-waiting on a busy 2-core box."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 CTX = 16
 TINY = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(1, 2),
             num_heads=4, context_dim=CTX, norm_groups=8)
