@@ -375,8 +375,9 @@ def run(args) -> None:
         meta_inputs = make_inputs(meta, cfg, b0, size, v.slots, "meta", torch.float32)
         v.flops = count_flops(meta, meta_inputs, v.fuser_scale, v.backend)["total"]
     base_flops = flops_by_batch[b0]
-    log(f"SDPA is counted: attention QK^T and PV appear as bmm ({fmt_g(base_flops.get('bmm', 0))} GFLOP at "
-        f"batch {b0}; FLOPs count 2 per multiply-add; softmax, norms and elementwise ops are not counted). "
+    log(f"SDPA is counted: on meta it takes torch's math path, so attention QK^T and PV appear as bmm "
+        f"({fmt_g(base_flops.get('bmm', 0))} GFLOP at batch {b0}, with a few linears on 3-D views; FLOPs "
+        f"count 2 per multiply-add; softmax, norms and elementwise ops are not counted). "
         f"On CPU tensors FlopCounterMode has no formula for aten._scaled_dot_product_flash_attention_for_cpu "
         f"(it would count SDPA as 0); this script registers one.")
     del meta

@@ -4,6 +4,10 @@ import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the network
+# Tests use tiny tensors: one thread is as fast as two, and does not collapse when the
+# machine is busy (torch's worker threads spin-wait on an oversubscribed CPU).
+# Set before torch is imported so subprocesses (the CLI test) inherit it too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path
 
