@@ -218,7 +218,12 @@ def _load_strict(module: torch.nn.Module, section: str, state: dict, ignore=lamb
                               f"(is the --config right for this file? `python -m interact.checkpoint inspect "
                               f"{source}` lists every difference)")
     state = {k: v for k, v in normalize_section(module, section, state).items() if not ignore(k)}
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    if section == "text_encoder":
+        module.load_text_state_dict(state)  # also rebuilds its non-persistent buffers after a meta build
+        return
+    # A meta-built module has no storage: take the file's tensors themselves (no copy, no init).
+    on_meta = any(t.is_meta for t in module.state_dict().values())
+    missing, unexpected = module.load_state_dict(state, strict=False, assign=on_meta)
     assert not unexpected and all(ignore(k) for k in missing), (missing, unexpected)
 
 
@@ -255,6 +260,7 @@ def load_weights(model: InteractDiffusion, ckpt=None, sd_ckpt=None, allow_pickle
                               f"Face CLIP ViT-L/14 text model folder, e.g. an SD v1.x repo's text_encoder/)")
     if "diffusion" in backbone:
         _load_strict(model.diffusion, "diffusion", backbone["diffusion"], source=str(backbone_src))
+    model.finish_meta_load()
 
 
 def file_digest(path, length: int = 12) -> str:

@@ -78,6 +78,17 @@ class InteractDiffusion(nn.Module):
             raise KeyError(f"unknown section {name!r}; sections are {SECTIONS}")
         return getattr(self, name)
 
+    def finish_meta_load(self) -> None:
+        """After loading weights into a meta-built model: recompute the noise schedule if no
+        file supplied it (it is a pure function of the config), and make sure nothing is left
+        without storage."""
+        if any(b.is_meta for b in self.diffusion.buffers()):
+            with torch.device("cpu"):
+                self.diffusion = instantiate(self.config.diffusion)
+        left = [n for n, t in self.state_dict().items() if t.is_meta]
+        if left:
+            raise RuntimeError(f"{len(left)} tensors were not loaded from any file, e.g. {left[:5]}")
+
     def interaction_parameters(self):
         """What InteractDiffusion trains: position_net and the fusers."""
         return [p for n, p in self.model.named_parameters() if is_interaction_key(n)]

@@ -608,3 +608,32 @@ def test_file_digest(tmp_path):
     path.write_bytes(b"interact" * 1000)
     assert file_digest(path) == hashlib.sha256(b"interact" * 1000).hexdigest()[:12]
     assert len(file_digest(path, 20)) == 20
+
+
+@pytest.mark.parametrize("with_buffers", [True, False])
+def test_meta_built_model_takes_every_tensor_from_the_files(tmp_path, source, clip_tokenizer, interaction_file,
+                                                            with_buffers):
+    """The pipeline builds on the meta device (no random init). Every tensor must then come
+    from the files; a file without the diffusion buffers gets them recomputed from the config."""
+    from ldm.models.diffusion.schedule import NoiseSchedule
+    state = sd_original_state(cloned(weights(source)), with_extras=False)
+    if not with_buffers:
+        state = {k: v for k, v in state.items() if k not in DIFFUSION_BUFFERS}
+    sd_file = tmp_path / "sd.ckpt"
+    torch.save({"state_dict": state}, sd_file)
+    model = build_model(TINY_CONFIG, tokenizer=clip_tokenizer, device="meta")
+    load_weights(model, ckpt=interaction_file, sd_ckpt=sd_file)
+    assert not [n for n, t in model.state_dict().items() if t.is_meta]
+    assert not model.text_encoder._embeddings().position_ids.is_meta
+    for name in ("model", "autoencoder", "text_encoder"):
+        assert not differing_section(model, source, name), name
+    expected = source.diffusion if with_buffers else NoiseSchedule()
+    for key, value in expected.state_dict().items():
+        assert torch.equal(model.diffusion.state_dict()[key], value), key
+    # and it runs: the text encoder's rebuilt buffers are usable
+    assert model.text_encoder.encode(["a cat"]).isfinite().all()
+
+
+def differing_section(a, b, name) -> list[str]:
+    sa, sb = a.section(name).state_dict(), b.section(name).state_dict()
+    return [k for k in sb if not torch.equal(sa[k], sb[k])]
