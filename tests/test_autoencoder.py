@@ -1,27 +1,10 @@
 """Tests for ldm.models.autoencoder.AutoencoderKL (CPU, fp32, tiny sizes)."""
 
-from pathlib import Path
-
-import pytest
 import torch
 
 from ldm.models.autoencoder import AutoencoderKL, DiagonalGaussian
 
-MANIFEST = Path(__file__).resolve().parents[2] / "shared/reference/interactdiffusion_v1_checkpoint_keys.tsv"
-
 TINY = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8)
-
-
-def manifest_section(path: Path, section: str) -> dict[str, tuple[int, ...]]:
-    """name -> shape for one section of the tab-separated key manifest."""
-    out = {}
-    for line in path.read_text().splitlines():
-        parts = line.split("\t")
-        if len(parts) != 3 or parts[0] != section:
-            continue
-        dims = parts[2].strip().strip("[]").strip()
-        out[parts[1]] = tuple(int(d) for d in dims.split(",")) if dims else ()
-    return out
 
 
 def tiny_model(seed: int = 0) -> AutoencoderKL:
@@ -29,10 +12,8 @@ def tiny_model(seed: int = 0) -> AutoencoderKL:
     return AutoencoderKL(**TINY).eval()
 
 
-def test_full_size_state_dict_matches_manifest():
-    if not MANIFEST.exists():
-        pytest.skip(f"checkpoint key manifest not found at {MANIFEST}")
-    expected = manifest_section(MANIFEST, "autoencoder")
+def test_full_size_state_dict_matches_manifest(manifest):
+    expected = manifest["autoencoder"]
     assert len(expected) == 248
     with torch.device("meta"):
         model = AutoencoderKL()

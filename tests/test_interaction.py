@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,29 +25,6 @@ from interact.conditions import (
 from interact.fuser import GatedSelfAttentionDense, attach_fusers
 from interact.tokenizer import HOIPositionNet, fourier_embed
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
-
-MANIFEST = Path(__file__).resolve().parents[2] / "shared/reference/interactdiffusion_v1_checkpoint_keys.tsv"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and avoids OpenMP spin-waiting on a busy 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def manifest_section(path: Path, section: str) -> dict[str, tuple[int, ...]]:
-    out = {}
-    for line in path.read_text().splitlines():
-        parts = line.split("\t")
-        if len(parts) != 3 or parts[0] != section:
-            continue
-        dims = parts[2].strip().strip("[]").strip()
-        out[parts[1]] = tuple(int(d) for d in dims.split(",")) if dims else ()
-    return out
-
 
 def randomize_(module: torch.nn.Module, seed: int, std: float = 0.5) -> None:
     """Every parameter (nulls, LayerNorm affine, gates included) to random values."""
@@ -263,10 +239,8 @@ def test_position_net_accepts_build_grounding_output():
                 assert same == (j >= n_real), (i, role, j)
 
 
-def test_full_size_position_net_matches_manifest():
-    if not MANIFEST.exists():
-        pytest.skip(f"checkpoint key manifest not found at {MANIFEST}")
-    expected = {k[len("position_net."):]: v for k, v in manifest_section(MANIFEST, "model").items()
+def test_full_size_position_net_matches_manifest(manifest):
+    expected = {k[len("position_net."):]: v for k, v in manifest["model"].items()
                 if k.startswith("position_net.")}
     assert len(expected) == 17
     with torch.device("meta"):

@@ -1,7 +1,6 @@
 """Noise schedule, DDIM and PLMS: closed forms, oracles and hand-unrolled references."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +8,6 @@ import torch
 from ldm.models.diffusion.ddim import DDIMSampler, make_uniform_timesteps
 from ldm.models.diffusion.plms import PLMSSampler
 from ldm.models.diffusion.schedule import BUFFER_NAMES, NoiseSchedule
-
-MANIFEST = Path(__file__).resolve().parents[2] / "shared/reference/interactdiffusion_v1_checkpoint_keys.tsv"
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +60,8 @@ def test_schedule_matches_float64_closed_form(sched):
     assert buffers["posterior_log_variance_clipped"][0].item() == pytest.approx(math.log(1e-20), rel=1e-6)
 
 
-def test_schedule_names_match_manifest(sched):
-    if not MANIFEST.exists():
-        pytest.skip(f"manifest not found at {MANIFEST}")
-    rows = []
-    for line in MANIFEST.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        section, key, shape = line.split("\t")[:3]
-        if section == "diffusion":
-            rows.append((key, [int(s) for s in shape.strip("[]").split(",") if s.strip()]))
+def test_schedule_names_match_manifest(sched, manifest):
+    rows = [(key, list(shape)) for key, shape in manifest.get("diffusion", {}).items()]
     assert rows, "manifest has no diffusion section"
     assert [(n, list(b.shape)) for n, b in sched.state_dict().items()] == rows
     assert list(BUFFER_NAMES) == [k for k, _ in rows]

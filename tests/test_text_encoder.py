@@ -1,12 +1,7 @@
 """CLIP tokenizer and frozen text encoder: ids, shapes, pooling, checkpoint key forms."""
 
 import json
-import os
 import sys
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the network
-
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,20 +14,15 @@ from ldm.modules.encoders.modules import (
     normalize_text_encoder_state_dict,
 )
 
-MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "reference" / "interactdiffusion_v1_checkpoint_keys.tsv"
 CAT_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]
 TINY = dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
 
-needs_vocab = pytest.mark.skipif(
-    clip_tokenizer.open_clip_vocab_path() is None, reason="open_clip_torch (BPE vocabulary) not installed"
-)
-
 
 @pytest.fixture(scope="module")
-def tok():
-    if clip_tokenizer.open_clip_vocab_path() is None:
-        pytest.skip("open_clip_torch (BPE vocabulary) not installed")
-    return load_clip_tokenizer()
+def tok(clip_tokenizer):
+    """conftest's session tokenizer (skips without the BPE vocabulary), under a name that does not
+    shadow the clip_tokenizer module imported here."""
+    return clip_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +34,6 @@ def tiny(tok):
 # ------------------------------------------------------------------ tokenizer
 
 
-@needs_vocab
 def test_open_clip_vocab_tokenizer_known_ids(tok):
     assert len(tok) == 49408
     assert tok("a photo of a cat").input_ids == CAT_IDS
@@ -52,7 +41,6 @@ def test_open_clip_vocab_tokenizer_known_ids(tok):
     assert "open_clip" not in sys.modules  # only its data file is used; importing it pulls torchvision
 
 
-@needs_vocab
 def test_padding_and_truncation(tok):
     ids = clip_token_ids(tok, ["a photo of a cat", "cat " * 200], max_length=77)
     assert ids.shape == (2, 77)
@@ -62,7 +50,6 @@ def test_padding_and_truncation(tok):
     assert (ids[1, 1:-1] == 2368).all()  # truncated text, not the end token, fills the middle
 
 
-@needs_vocab
 def test_saved_tokenizer_folder_roundtrip(tok, tmp_path):
     tok.save_pretrained(tmp_path)
     again = load_clip_tokenizer(str(tmp_path))
@@ -71,7 +58,6 @@ def test_saved_tokenizer_folder_roundtrip(tok, tmp_path):
     assert clip_token_ids(again, texts).tolist() == clip_token_ids(tok, texts).tolist()
 
 
-@needs_vocab
 def test_vocab_json_merges_folder(tok, tmp_path):
     # The layout of SD v1.x's tokenizer/ folder: vocab.json + merges.txt only.
     vocab, merges = clip_tokenizer._read_open_clip_bpe(clip_tokenizer.open_clip_vocab_path())
@@ -147,19 +133,12 @@ def test_pooled_empty(tiny):
     assert tiny.encode_pooled([]).shape == (0, 32)
 
 
-@pytest.mark.skipif(not MANIFEST.is_file(), reason="checkpoint key manifest not available")
-def test_full_size_matches_manifest(tok):
-    expected = {}
-    for line in MANIFEST.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        section, key, shape = line.split("\t")
-        if section == "text_encoder":
-            expected[key] = [int(s) for s in shape.strip("[] ").split(",") if s.strip()]
+def test_full_size_matches_manifest(tok, manifest):
+    expected = manifest["text_encoder"]
     assert len(expected) == 196
     with torch.device("meta"):
         model = FrozenCLIPEmbedder(tokenizer=tok)
-    got = {k: list(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert got == expected
 
 

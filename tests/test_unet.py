@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,17 +23,6 @@ from ldm.modules.attention import (
 )
 from ldm.modules.diffusionmodules.openaimodel import UNetModel, timestep_embedding
 
-MANIFEST = Path(__file__).resolve().parents[2] / "shared/reference/interactdiffusion_v1_checkpoint_keys.tsv"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and avoids OpenMP spin-waiting on a busy 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 CTX = 16
 TINY = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(1, 2),
             num_heads=4, context_dim=CTX, norm_groups=8)
@@ -43,17 +31,6 @@ FACTS_FUSER_BLOCKS = (
     [f"input_blocks.{i}.1" for i in (1, 2, 4, 5, 7, 8)] + ["middle_block.1"]
     + [f"output_blocks.{i}.1" for i in range(3, 12)]
 )
-
-
-def manifest_section(path: Path, section: str) -> dict[str, tuple[int, ...]]:
-    out = {}
-    for line in path.read_text().splitlines():
-        parts = line.split("\t")
-        if len(parts) != 3 or parts[0] != section:
-            continue
-        dims = parts[2].strip().strip("[]").strip()
-        out[parts[1]] = tuple(int(d) for d in dims.split(",")) if dims else ()
-    return out
 
 
 # --------------------------------------------------------------------------- attention
@@ -255,10 +232,8 @@ def test_tiny_unet_shape_determinism_and_conditioning():
     torch.testing.assert_close(unet(x, torch.tensor(42), ctx), same_t, rtol=0, atol=0)
 
 
-def test_full_size_unet_with_fusers_and_position_net_matches_manifest():
-    if not MANIFEST.exists():
-        pytest.skip(f"checkpoint key manifest not found at {MANIFEST}")
-    expected = manifest_section(MANIFEST, "model")
+def test_full_size_unet_with_fusers_and_position_net_matches_manifest(manifest):
+    expected = manifest["model"]
     assert len(expected) == 975
     with torch.device("meta"):
         unet = UNetModel()
