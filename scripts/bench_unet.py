@@ -346,7 +346,8 @@ def run(args) -> None:
     extra = []
     if device.type == "cuda":
         extra = ["fp16"] + (["bf16"] if torch.cuda.is_bf16_supported() else [])
-        bf16_note = "CUDA: fp16" + (" and bf16" if "bf16" in extra else "") + " measured"
+        bf16_note = ("CUDA: " + " and ".join(extra) + " measured; fp32 rows use TF32 for matmuls: "
+                     f"{torch.backends.cuda.matmul.allow_tf32}, for convolutions: {torch.backends.cudnn.allow_tf32}")
     else:
         ok, why = native_bf16_cpu()
         if ok:
@@ -354,6 +355,16 @@ def run(args) -> None:
             bf16_note = f"bf16 measured: {why}"
         else:
             bf16_note = f"bf16 skipped: {why}"
+    if args.dtypes != "auto":
+        forced = [d.strip() for d in args.dtypes.split(",") if d.strip() and d.strip() != "none"]
+        unknown = [d for d in forced if d not in ("fp16", "bf16")]
+        if unknown:
+            sys.exit(f"--dtypes: unknown {unknown}; choose from fp16, bf16, none, auto")
+        if forced and device.type == "cpu" and forced != extra:
+            bf16_note = f"{', '.join(forced)} forced by --dtypes on CPU ({why}; emulated rows are not representative)"
+        elif not forced:
+            bf16_note = f"reduced precision not measured (--dtypes none); auto would have said: {bf16_note}"
+        extra = forced
     log(bf16_note)
 
     # 1. FLOPs, counted on a meta copy (no compute)
@@ -467,6 +478,7 @@ def run(args) -> None:
         row["mm_rate"] = mm_rate
 
     # 7. reduced precision
+    failed = []
     for name in extra:
         dtype = DTYPES[name]
         log(f"\n## 7. {name}")
@@ -476,14 +488,20 @@ def run(args) -> None:
         log(f"{mm_n}x{mm_n} {name} matmul: {low_rate:.1f} GFLOP/s")
         unet.to(dtype)
         for b in batches:
-            row_inputs = make_inputs(unet, cfg, b, size, max_slots, device, dtype)
-            timed_forward(unet, row_inputs, base, device)
-            times, peak = [], None
-            for r in range(repeats):
-                mem = memory if r == 0 and memory.method in ("hwm", "cuda") else None
-                elapsed, p = timed_forward(unet, row_inputs, base, device, mem)
-                times.append(elapsed)
-                peak = p if p is not None else peak
+            try:
+                row_inputs = make_inputs(unet, cfg, b, size, max_slots, device, dtype)
+                elapsed, _ = timed_forward(unet, row_inputs, base, device)
+                log(f"batch {b} warm-up forward: {elapsed:.3f} s")
+                times, peak = [], None
+                for r in range(repeats):
+                    mem = memory if r == 0 and memory.method in ("hwm", "cuda") else None
+                    elapsed, p = timed_forward(unet, row_inputs, base, device, mem)
+                    times.append(elapsed)
+                    peak = p if p is not None else peak
+            except Exception as err:  # a benchmark reports a failing dtype instead of dying
+                log(f"batch {b}: {name} forward FAILED: {type(err).__name__}: {err}")
+                failed.append(f"{name} batch {b}: {type(err).__name__}: {str(err)[:200]}")
+                continue
             log(f"batch {b}: {fmt_t(times)} s")
             rows[(b, name)] = dict(times=times, peak=peak, mm_rate=low_rate)
         unet.to(torch.float32)
@@ -536,16 +554,24 @@ def run(args) -> None:
     fuser_frac_t = 1 - med(skip.ratios)
     fuser_frac_f = 1 - skip.flops / base.flops
     log(f"- Fusers: fuser_scale=1 {t_base:.3f} s vs fuser_scale=0 {med(skip.times):.3f} s (ratio "
-        f"{1 / med(skip.ratios):.3f}); the {len(unet.transformer_blocks())} fusers are {fuser_frac_t:.1%} of the forward time and "
+        f"{1 / med(skip.ratios):.3f}); the {len(unet.transformer_blocks())} fusers are {fuser_frac_t:.1%} "
+        f"of the forward time and "
         f"{fuser_frac_f:.1%} of its FLOPs; scheduled sampling saves that share on every step after "
         f"beta*steps (the reference computes the fusers there anyway).")
     diff = t_base - med(few.times)
+    spread = max(base.times) - min(base.times)
+    expected = 1 - few.flops / base.flops
+    resolved = "" if abs(diff) > spread else (
+        f"; that is within the base's own run-to-run spread ({spread:.3f} s), so this run does not resolve it: "
+        f"the FLOPs say {expected:.1%}")
     log(f"- Grounding tokens: 90 tokens {t_base:.3f} s vs 3 tokens {med(few.times):.3f} s: "
-        f"{diff:+.3f} s ({1 - med(few.ratios):.1%} of the forward, "
+        f"{diff:+.3f} s saved by 3 tokens ({1 - med(few.ratios):.1%} of the forward{resolved}; "
         f"{fmt_g(base.flops - few.flops)} GFLOP). The released model always pads to {max_slots} slots "
         f"(90 tokens) whatever the number of interactions, so 1 and {max_slots} interactions cost the same; "
         f"the 3-token row is what a padding-free layout would cost for 1 interaction.")
     log(f"- {bf16_note}.")
+    for line in failed:
+        log(f"- FAILED: {line}")
 
 
 def main(argv=None) -> None:
@@ -560,6 +586,9 @@ def main(argv=None) -> None:
     p.add_argument("--matmul-size", type=int, default=None, help="square matmul size for the rate")
     p.add_argument("--memory-method", choices=("auto", "hwm", "subprocess"), default="auto",
                    help="CPU peak memory: in-process RSS high-water mark, or a fresh subprocess per variant")
+    p.add_argument("--dtypes", default="auto",
+                   help="reduced-precision rows: auto (CUDA: fp16,bf16; CPU: bf16 only with native bf16), "
+                        "none, or a list such as fp16,bf16 (forcing them on a CPU measures emulation)")
     p.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops of one forward")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -173,6 +173,18 @@ def test_groupnorm32_computes_in_float32():
     assert torch.equal(out, want)
 
 
+def test_tiny_unet_runs_in_half_precision_weights():
+    """`--half` casts the whole model: GroupNorm32's half weights must not clash with its fp32 compute."""
+    torch.manual_seed(0)
+    unet = UNetModel(**TINY).eval()
+    x, ctx = torch.randn(1, 4, 8, 8), torch.randn(1, 5, CTX)
+    with torch.no_grad():
+        ref = unet(x, torch.tensor([10]), ctx)
+        out = unet.to(torch.bfloat16)(x.bfloat16(), torch.tensor([10]), ctx.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.1)
+
+
 # --------------------------------------------------------------------------- timestep embedding
 
 

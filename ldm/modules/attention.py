@@ -125,7 +125,9 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in fp32 so fp16/bf16 inference keeps SD's statistics."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
 
 
 class SpatialTransformer(nn.Module):
