@@ -157,11 +157,10 @@ def run_batch(args) -> list[Path]:
         options = dict(guidance_scale=args.guidance_scale, steps=args.steps, sampler=args.sampler,
                        scheduled_sampling=args.scheduled_sampling, negative_prompt=args.negative_prompt,
                        height=args.height, width=args.width, eta=args.eta)
-        # Validate the options once on the real model before the first batch.
-        pipe.check_call_options(**options)
+        # Validated once on the real model, before the first batch.
+        resolved = pipe.check_call_options(**options)
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         raise BatchError(str(err)) from None
-    resolved = pipe.resolve_options(**options)
     ids = checkpoint_ids(args)
     folder.mkdir(parents=True, exist_ok=True)
     written = []

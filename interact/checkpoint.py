@@ -236,12 +236,20 @@ def load_weights(model: InteractDiffusion, ckpt=None, sd_ckpt=None, allow_pickle
     if ckpt is None and sd_ckpt is None:
         raise CheckpointError("no weights given: pass --ckpt (an InteractDiffusion checkpoint) and optionally "
                               "--sd_ckpt (an SD v1.x .ckpt/.safetensors for the backbone)")
-    backbone_src = sd_ckpt if sd_ckpt is not None else ckpt
-    backbone = to_sections(read_file(backbone_src, allow_pickle))
-    interaction = backbone if sd_ckpt is None else (to_sections(read_file(ckpt, allow_pickle)) if ckpt else {})
-    if sd_ckpt is not None and ckpt is None:
+    if ckpt is None:
         raise CheckpointError(f"--sd_ckpt {sd_ckpt} gives the backbone only: pass --ckpt with the interaction "
                               f"weights (an InteractDiffusion checkpoint or an interaction-weights export)")
+    ckpt_raw = read_file(ckpt, allow_pickle)
+    kind = classify(ckpt_raw)
+    if kind == "sd_original":
+        raise CheckpointError(f"--ckpt {ckpt}: is a Stable Diffusion v1.x original checkpoint, which holds no "
+                              f"interaction weights: pass it as --sd_ckpt, and the InteractDiffusion file as --ckpt")
+    if kind == "gligen":
+        raise CheckpointError(f"--ckpt {ckpt}: is a GLIGEN checkpoint (box grounding), not InteractDiffusion: it "
+                              f"can initialise InteractDiffusion training but cannot generate interactions")
+    interaction = to_sections(ckpt_raw)
+    backbone_src = sd_ckpt if sd_ckpt is not None else ckpt
+    backbone = interaction if sd_ckpt is None else to_sections(read_file(sd_ckpt, allow_pickle))
     if "model" not in interaction:
         raise CheckpointError(f"{ckpt}: has no 'model' section with interaction weights")
     for name in ("model", "autoencoder"):

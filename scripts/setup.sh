@@ -12,7 +12,6 @@ VPY=.venv/bin/python
 if ! "$VPY" -c "import interact, torch, transformers, omegaconf, safetensors, pytest" 2>/dev/null \
    || ! "$VPY" -c "import importlib.util as u; assert u.find_spec('open_clip')" 2>/dev/null; then
   echo "[setup] installing dependencies (CPU PyTorch 2.13.0)"
-  "$VPY" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   # torch first and pinned: a CPU wheel; unpinned, pip would pull a multi-GB CUDA build.
   "$VPY" -m pip install -q "torch==2.13.0"
   "$VPY" -m pip install -q -e ".[dev]"

@@ -637,3 +637,15 @@ def test_meta_built_model_takes_every_tensor_from_the_files(tmp_path, source, cl
 def differing_section(a, b, name) -> list[str]:
     sa, sb = a.section(name).state_dict(), b.section(name).state_dict()
     return [k for k in sb if not torch.equal(sa[k], sb[k])]
+
+
+def test_wrong_kind_of_file_as_ckpt_says_where_it_belongs(tmp_path, source, fresh, sd_ckpt_file):
+    with pytest.raises(CheckpointError, match="pass it as --sd_ckpt"):
+        load_weights(fresh, ckpt=sd_ckpt_file)
+    gligen = released_layout(cloned(weights(source)))
+    gligen["model"] = {k: v for k, v in gligen["model"].items()
+                       if not k.startswith(("position_net.linear_action.", "position_net.null_action_feature"))}
+    path = tmp_path / "gligen.pth"
+    torch.save(gligen, path)
+    with pytest.raises(CheckpointError, match="GLIGEN checkpoint"):
+        load_weights(fresh, ckpt=path)
