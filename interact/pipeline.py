@@ -167,7 +167,8 @@ class InteractDiffusionPipeline:
         """Returns a list of PIL images (output_type "pil") or a [B,3,H,W] tensor in [0,1] ("pt").
         `interactions`: a list of Interaction for a single prompt (or for every prompt), or one
         list per prompt (counts may differ). Image i uses seed + i (or seed[i]), so an image does
-        not depend on what else is in the batch. Unset options come from the config."""
+        not depend on what else is in the batch (except DDIM with eta > 0, whose per-step noise
+        is drawn for the whole batch from the first seed). Unset options come from the config."""
         if output_type not in ("pil", "pt"):
             raise ValueError(f"output_type = {output_type!r}: must be 'pil' or 'pt'")
         o = self.check_call_options(guidance_scale=guidance_scale, steps=steps, sampler=sampler,
