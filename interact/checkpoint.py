@@ -46,6 +46,20 @@ class CheckpointError(ValueError):
 
 # ----------------------------------------------------------------------------- reading
 
+def config_globals() -> list:
+    """Classes a weights-only load may rebuild besides tensors: released GLIGEN/InteractDiffusion
+    files store their training config as an OmegaConf object under `config_dict`. These are
+    plain data containers, so allowing them keeps `--allow-pickle` unnecessary for those files."""
+    import collections
+    import typing
+
+    from omegaconf import DictConfig, ListConfig
+    from omegaconf.base import ContainerMetadata, Metadata
+    from omegaconf.nodes import AnyNode
+    return [DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, typing.Any, collections.defaultdict, dict,
+            list, int, float, str, bool]
+
+
 def read_file(path, allow_pickle: bool = False) -> dict:
     """Load a .safetensors or torch pickle file into a dict on the CPU."""
     path = Path(path)
@@ -59,7 +73,8 @@ def read_file(path, allow_pickle: bool = False) -> dict:
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {err}") from None
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        with torch.serialization.safe_globals(config_globals()):
+            raw = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as err:  # torch raises many types for a damaged file; all mean "unusable"
         text = str(err)
         # weights_only refuses a *well-formed* pickle that names classes beyond tensors.

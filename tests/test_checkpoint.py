@@ -649,3 +649,16 @@ def test_wrong_kind_of_file_as_ckpt_says_where_it_belongs(tmp_path, source, fres
     torch.save(gligen, path)
     with pytest.raises(CheckpointError, match="GLIGEN checkpoint"):
         load_weights(fresh, ckpt=path)
+
+
+def test_released_file_with_omegaconf_config_loads_without_allow_pickle(tmp_path, source, fresh):
+    """Released GLIGEN/InteractDiffusion files keep their training config as an OmegaConf object;
+    reading them must not need --allow-pickle, while arbitrary objects still do."""
+    config = OmegaConf.create({"model": {"target": "ldm.x", "params": {"context_dim": 768, "ch": [1, 2, 4.5]}},
+                               "name": "run", "flag": True, "none": None})
+    path = tmp_path / "released.pth"
+    torch.save(released_layout(cloned(weights(source)), config=config), path)
+    raw = read_file(path)
+    assert OmegaConf.to_container(raw["config_dict"]) == OmegaConf.to_container(config)
+    load_weights(fresh, ckpt=path)
+    assert_same_weights(fresh, source)
