@@ -126,6 +126,7 @@ def load_pipeline(args):
               f"Its images are noise-like; they show the pipeline works, not what a trained model draws. "
               f"Pass --ckpt (and --sd_ckpt) for real images.", file=sys.stderr)
         return InteractDiffusionPipeline.from_config(config, seed=0, device=args.device, half=args.half)
+    print(f"loading weights: {' + '.join(p for p in (args.sd_ckpt, args.ckpt) if p)}", file=sys.stderr)
     return InteractDiffusionPipeline.from_checkpoint(args.ckpt, args.sd_ckpt, args.config, args.text_encoder,
                                                      args.device, args.half, args.allow_pickle)
 
