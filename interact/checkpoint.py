@@ -201,7 +201,10 @@ def normalize_section(module: torch.nn.Module, section: str, state: dict) -> dic
 
 def compare(module: torch.nn.Module, section: str, state: dict, ignore=lambda name: False) -> SectionReport:
     """Names and shapes of `state` vs `module.state_dict()`; `ignore(name)` drops names on both sides."""
-    state = normalize_section(module, section, state)
+    return _compare_normalized(module, normalize_section(module, section, state), ignore)
+
+
+def _compare_normalized(module: torch.nn.Module, state: dict, ignore) -> SectionReport:
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items() if not ignore(k)}
     given = {k: tuple(v.shape) for k, v in state.items() if not ignore(k)}
     return SectionReport(
@@ -226,17 +229,16 @@ def check_file(raw: dict, model: InteractDiffusion) -> dict[str, SectionReport]:
 # ----------------------------------------------------------------------------- loading
 
 def _load_strict(module: torch.nn.Module, section: str, state: dict, ignore=lambda k: False, source: str = ""):
-    report = compare(module, section, state, ignore)
+    state = normalize_section(module, section, state)
+    report = _compare_normalized(module, state, ignore)
     if not report.ok:
         detail = "\n  ".join(report.lines(section))
         raise CheckpointError(f"{source}: does not match the model config:\n  {detail}\n"
                               f"(is the --config right for this file? `python -m interact.checkpoint inspect "
                               f"{source}` lists every difference)")
-    state = {k: v for k, v in normalize_section(module, section, state).items() if not ignore(k)}
-    if section == "text_encoder":
-        module.load_text_state_dict(state)  # also rebuilds its non-persistent buffers after a meta build
-        return
-    # A meta-built module has no storage: take the file's tensors themselves (no copy, no init).
+    state = {k: v for k, v in state.items() if not ignore(k)}
+    # A meta-built module has no storage: take the file's tensors themselves (no copy, no init);
+    # InteractDiffusion.finish_meta_load rebuilds what no file holds.
     on_meta = any(t.is_meta for t in module.state_dict().values())
     missing, unexpected = module.load_state_dict(state, strict=False, assign=on_meta)
     assert not unexpected and all(ignore(k) for k in missing), (missing, unexpected)

@@ -79,13 +79,14 @@ class InteractDiffusion(nn.Module):
         return getattr(self, name)
 
     def finish_meta_load(self) -> None:
-        """After loading weights into a meta-built model: recompute the noise schedule if no
-        file supplied it (it is a pure function of the config), and make sure nothing is left
-        without storage."""
+        """After loading weights into a meta-built model: rebuild what no file holds (the noise
+        schedule when a file lacks it, the text encoder's non-persistent position ids), all pure
+        functions of the config, and make sure nothing is left without storage."""
         if any(b.is_meta for b in self.diffusion.buffers()):
             with torch.device("cpu"):
                 self.diffusion = instantiate(self.config.diffusion)
-        left = [n for n, t in self.state_dict().items() if t.is_meta]
+        self.text_encoder.rebuild_position_ids()
+        left = [n for n, t in [*self.named_parameters(), *self.named_buffers()] if t.is_meta]
         if left:
             raise RuntimeError(f"{len(left)} tensors were not loaded from any file, e.g. {left[:5]}")
 

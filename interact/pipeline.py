@@ -199,8 +199,7 @@ class InteractDiffusionPipeline:
             e_cond, e_uncond = model.model(torch.cat([x, x]), torch.cat([t, t]), context, objs, scale).chunk(2)
             return e_uncond + guidance_scale * (e_cond - e_uncond)
 
-        sampler_obj = (DDIMSampler(model.diffusion, steps=steps, eta=o["eta"]) if o["sampler"] == "ddim"
-                       else PLMSSampler(model.diffusion, steps=steps))
+        sampler_obj = SAMPLERS[o["sampler"]](model.diffusion, steps=steps, eta=o["eta"])
         generator = torch.Generator().manual_seed(seeds[0])
         latents = sampler_obj.sample(eps_fn, noise.to(dev, dt), generator=generator, progress=progress)
         images = model.decode_latents(latents).float().cpu()

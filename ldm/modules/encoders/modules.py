@@ -350,10 +350,10 @@ class FrozenCLIPEmbedder(nn.Module):
         # A meta-built model has no storage to copy into: take the tensors themselves.
         self.load_state_dict(loadable, strict=False, assign=on_meta)
         if on_meta:
-            self._rebuild_position_ids()
+            self.rebuild_position_ids()
         self.freeze()
 
-    def _rebuild_position_ids(self) -> None:
+    def rebuild_position_ids(self) -> None:
         # The non-persistent position_ids buffer is not in state dicts, so a meta model keeps a
         # meta one after an assign-load; recreate it beside the loaded weights.
         emb = self._embeddings()
