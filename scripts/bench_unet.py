@@ -277,6 +277,20 @@ def timed_forward(unet, inputs, variant, device, memory: PeakMemory | None = Non
         return time.perf_counter() - start, None
 
 
+def timed_repeats(unet, inputs, variant, device, repeats: int, memory: PeakMemory, after_repeat=None):
+    """`repeats` timed forwards, the peak memory read on the first where the method allows;
+    `after_repeat(r, elapsed, peak)` runs after each. -> (times, peak)."""
+    times, peak = [], None
+    for r in range(repeats):
+        mem = memory if r == 0 and memory.method in ("hwm", "cuda") else None
+        elapsed, p = timed_forward(unet, inputs, variant, device, mem)
+        times.append(elapsed)
+        peak = p if p is not None else peak
+        if after_repeat is not None:
+            after_repeat(r, elapsed, p)
+    return times, peak
+
+
 def child_main(spec: dict) -> None:
     """Fresh-process peak-memory measurement: one forward, ru_maxrss growth."""
     torch.set_num_threads(spec["threads"])
@@ -460,17 +474,14 @@ def run(args) -> None:
     for b in batches[1:]:
         log(f"\n## Forward timings at batch {b}, fp32")
         row_inputs = make_inputs(unet, cfg, b, size, max_slots, device, torch.float32)
-        elapsed, _ = timed_forward(unet, row_inputs, base, device)
-        log(f"warm-up forward: {elapsed:.2f} s")
-        times, peak = [], None
-        for r in range(repeats):
-            mem = memory if r == 0 and memory.method in ("hwm", "cuda") else None
-            elapsed, p = timed_forward(unet, row_inputs, base, device, mem)
-            times.append(elapsed)
-            peak = p if p is not None else peak
+
+        def after_repeat(r, elapsed, p):
             mm_rates.append(matmul_sample(mm_n, device, mm_dtype, 1, mats))
-            log(f"  repeat {r + 1}/{repeats}: {elapsed:.3f} s" + (f", peak +{peak:,.0f} MiB" if p else "")
+            log(f"  repeat {r + 1}/{repeats}: {elapsed:.3f} s" + (f", peak +{p:,.0f} MiB" if p else "")
                 + f"; matmul {mm_rates[-1]:.1f} GFLOP/s")
+
+        log(f"warm-up forward: {timed_forward(unet, row_inputs, base, device)[0]:.2f} s")
+        times, peak = timed_repeats(unet, row_inputs, base, device, repeats, memory, after_repeat)
         rows[(b, "fp32")] = dict(times=times, peak=peak)
         del row_inputs
     mm_rate = statistics.median(mm_rates)
@@ -490,14 +501,8 @@ def run(args) -> None:
         for b in batches:
             try:
                 row_inputs = make_inputs(unet, cfg, b, size, max_slots, device, dtype)
-                elapsed, _ = timed_forward(unet, row_inputs, base, device)
-                log(f"batch {b} warm-up forward: {elapsed:.3f} s")
-                times, peak = [], None
-                for r in range(repeats):
-                    mem = memory if r == 0 and memory.method in ("hwm", "cuda") else None
-                    elapsed, p = timed_forward(unet, row_inputs, base, device, mem)
-                    times.append(elapsed)
-                    peak = p if p is not None else peak
+                log(f"batch {b} warm-up forward: {timed_forward(unet, row_inputs, base, device)[0]:.3f} s")
+                times, peak = timed_repeats(unet, row_inputs, base, device, repeats, memory)
             except Exception as err:  # a benchmark reports a failing dtype instead of dying
                 log(f"batch {b}: {name} forward FAILED: {type(err).__name__}: {err}")
                 failed.append(f"{name} batch {b}: {type(err).__name__}: {str(err)[:200]}")
