@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPY=.venv/bin/python
-if ! "$VPY" -c "import interact, torch, transformers, omegaconf, safetensors, pytest, diffusers" 2>/dev/null \
+if ! "$VPY" -c "import interact, torch, transformers, omegaconf, safetensors, pytest, diffusers, scipy, tensorboard" 2>/dev/null \
    || ! "$VPY" -c "import importlib.util as u; assert u.find_spec('open_clip')" 2>/dev/null; then
   echo "[setup] installing dependencies (CPU PyTorch 2.13.0)"
   # torch first and pinned: a CPU wheel; unpinned, pip would pull a multi-GB CUDA build.

@@ -1,0 +1,2 @@
+"""Training data: HICO-DET readers (official .mat, detector JSON, per-image torch files),
+the preprocessing of FACTS §4, and the toy HOI world (`dataset.toy`)."""
