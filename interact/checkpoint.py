@@ -270,12 +270,12 @@ def load_weights(model: InteractDiffusion, ckpt=None, sd_ckpt=None, allow_pickle
     if "model" not in interaction:
         raise CheckpointError(f"{ckpt}: has no 'model' section with interaction weights")
     for name in ("model", "autoencoder"):
-        if name not in backbone:
+        if name not in backbone and model.section(name).state_dict():  # a parameter-free first stage needs none
             raise CheckpointError(f"{backbone_src}: has no {name!r} section; pass --sd_ckpt with an SD v1.x "
                                   f"checkpoint for the backbone")
     _load_strict(model.model, "model", backbone["model"], is_interaction_key, str(backbone_src))
     _load_strict(model.model, "model", interaction["model"], lambda k: not is_interaction_key(k), str(ckpt))
-    _load_strict(model.autoencoder, "autoencoder", backbone["autoencoder"], source=str(backbone_src))
+    _load_strict(model.autoencoder, "autoencoder", backbone.get("autoencoder", {}), source=str(backbone_src))
     if text_encoder_given:
         pass
     elif "text_encoder" in backbone:
@@ -286,6 +286,50 @@ def load_weights(model: InteractDiffusion, ckpt=None, sd_ckpt=None, allow_pickle
     if "diffusion" in backbone:
         _load_strict(model.diffusion, "diffusion", backbone["diffusion"], source=str(backbone_src))
     model.finish_meta_load()
+
+
+def load_training_init(model: InteractDiffusion, ckpt=None, sd_ckpt=None,
+                       allow_pickle: bool = False) -> tuple[list[str], bool]:
+    """Initialise a randomly built model for training; returns one line per part saying where
+    it came from, and whether the backbone came from a file. `sd_ckpt`: the backbone from an SD v1.x file. `ckpt`: a GLIGEN file (converted
+    as FACTS §3; the instance and role embeddings, which GLIGEN lacks, stay random) or an
+    InteractDiffusion file (full or interaction-only); a full file also gives the backbone when
+    `sd_ckpt` is absent. Parts no file provides keep their random initialisation."""
+    lines, backbone, backbone_src = [], None, None
+    if sd_ckpt is not None:
+        backbone, backbone_src = to_sections(read_file(sd_ckpt, allow_pickle)), sd_ckpt
+    if ckpt is not None:
+        raw = read_file(ckpt, allow_pickle)
+        kind = classify(raw)
+        if kind == "sd_original":
+            raise CheckpointError(f"--ckpt {ckpt}: is a Stable Diffusion v1.x checkpoint; pass it as "
+                                  f"--official_ckpt_name (--ckpt takes a GLIGEN or InteractDiffusion file)")
+        sections = to_sections(raw)
+        if "model" not in sections:
+            raise CheckpointError(f"--ckpt {ckpt}: has no 'model' section")
+        if kind == "gligen":
+            sections["model"] = gligen_to_interaction(sections["model"])
+        fresh = (lambda k: k.startswith(GLIGEN_FRESH_KEYS)) if kind == "gligen" else (lambda k: False)
+        interaction = {k: v for k, v in sections["model"].items() if is_interaction_key(k) and not fresh(k)}
+        _load_strict(model.model, "model", interaction, lambda k: not is_interaction_key(k) or fresh(k), str(ckpt))
+        lines.append(f"interaction control: {ckpt} ({describe_kind(raw)})"
+                     + ("; instance and role embeddings: random (GLIGEN has none)" if kind == "gligen" else ""))
+        if backbone is None and kind != "interaction_weights":
+            backbone, backbone_src = sections, ckpt
+    else:
+        lines.append("interaction control: random initialisation")
+    if backbone is None:
+        lines.append("backbone (UNet, autoencoder, text encoder): random initialisation")
+        return lines, False
+    for name in SECTIONS:
+        if name not in backbone:
+            if name in ("model", "text_encoder") or (name == "autoencoder" and model.autoencoder.state_dict()):
+                raise CheckpointError(f"{backbone_src}: has no {name!r} section for the backbone")
+            continue
+        ignore = is_interaction_key if name == "model" else (lambda k: False)
+        _load_strict(model.section(name), name, backbone[name], ignore, str(backbone_src))
+    lines.append(f"backbone: {backbone_src}")
+    return lines, True
 
 
 def file_digest(path, length: int = 12) -> str:

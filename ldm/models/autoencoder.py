@@ -299,3 +299,37 @@ class AutoencoderKL(nn.Module):
         posterior = self.encode(x)
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
         return self.decode(z), posterior
+
+
+class PointMass:
+    """The posterior of a deterministic first stage: `sample` returns the mean."""
+
+    def __init__(self, mean: torch.Tensor):
+        self.mean = mean
+        self.std = torch.zeros_like(mean)
+
+    def sample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return self.mean
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+
+class SpaceToDepthFirstStage(nn.Module):
+    """A parameter-free, exactly invertible first stage for the toy world: each
+    `factor` x `factor` pixel patch becomes channels (pixel unshuffle). It needs no
+    training, so a toy model can be trained from scratch with the same pipeline;
+    `factor=1` is the identity (pixel-space diffusion)."""
+
+    def __init__(self, factor: int = 2, in_channels: int = 3):
+        super().__init__()
+        if factor < 1:
+            raise ValueError(f"factor = {factor}: must be >= 1")
+        self.downsample_factor = factor
+        self.embed_dim = in_channels * factor * factor
+
+    def encode(self, x: torch.Tensor) -> PointMass:
+        return PointMass(nn.functional.pixel_unshuffle(x, self.downsample_factor))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pixel_shuffle(z, self.downsample_factor)

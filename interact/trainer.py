@@ -1,0 +1,621 @@
+"""Training InteractDiffusion: only `position_net` and the fusers learn (optionally the whole
+UNet, e.g. for the toy world trained from scratch); the autoencoder and text encoder are frozen.
+
+One process or torchrun (NCCL on CUDA, gloo on CPU). Exact resume: every random draw of
+a step (timesteps, noise, caption and grounding drops) comes from a generator seeded by
+(seed, iteration, micro-step) and drawn for the whole global micro-batch, each rank taking
+its rows; the data order is a per-epoch permutation of a global sample stream. A run
+killed at any moment and restarted from its last checkpoint therefore repeats exactly the
+steps the uninterrupted run would have taken, and N ranks with batch b take the same step
+as one process with batch N*b.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import random
+import time
+import warnings
+from dataclasses import dataclass
+from itertools import count
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from interact.checkpoint import atomic_save, export_sections, load_training_init, read_file, to_sections
+from interact.conditions import build_grounding
+from interact.model import CONFIG_DIR, InteractDiffusion, SECTIONS, build_model, is_interaction_key, load_config
+from interact.phrase_cache import PhraseEmbeddingCache
+
+TRAIN_DEFAULTS = {
+    "seed": 123,
+    "batch_size": 4,                   # per process
+    "grad_accumulation_step": 1,
+    "total_iters": 500000,
+    "lr": 5e-5,
+    "weight_decay": 0.0,
+    "warmup_steps": 10000,
+    "scheduler_type": "constant",      # constant | cosine (after warmup)
+    "amp": False,
+    "amp_dtype": "fp16",               # fp16 (with a GradScaler) | bf16; CUDA, or CPUs with native bf16
+    "enable_ema": False,
+    "ema_rate": 0.9999,
+    "grad_clip": 0.0,                  # max gradient norm; 0 = no clipping (the norm is still logged)
+    "null_grounding_prob": 0.1,        # FACTS §2: a micro-batch gets the null grounding
+    "caption_drop_prob": 0.5,          # FACTS §2: per sample, the caption becomes ""
+    "train_whole_unet": False,
+    "fix_interaction_embedding": False,  # keep position_net.interaction_embedding as initialised
+    "save_every_iters": 5000,          # a kept checkpoint_<iters>.pth
+    "checkpoint_every": 500,           # latest.pth (what a restart resumes from)
+    "log_every": 50,
+    "preview_every": 5000,
+    "preview_count": 4,
+    "disable_inference_in_training": False,
+    "workers": 1,
+    "phrase_cache": "",                # "" = <data root>/phrase_embeddings_<encoder fingerprint>.pt
+    "max_steps_per_run": 0,            # stop (with a checkpoint) after this many steps; 0 = no limit
+}
+TOP_LEVEL_KEYS = set(SECTIONS) | {"interaction", "scale_factor", "sampling", "model_config", "train", "data"}
+
+
+# ----------------------------------------------------------------------------- configuration
+
+def load_training_config(path) -> DictConfig:
+    """A training YAML: `model_config` (a model YAML under configs/ or a path) merged under
+    this file's own sections, plus `train` and `data`. Unknown keys and wrong types fail
+    here, naming the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--yaml_file {path}: no such file (see {CONFIG_DIR})")
+    own = OmegaConf.load(path)
+    unknown = sorted(set(own) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level key(s) {unknown}; allowed: {sorted(TOP_LEVEL_KEYS)}")
+    base = OmegaConf.create()
+    if "model_config" in own:
+        base_path = Path(own.model_config)
+        base_path = base_path if base_path.is_file() else CONFIG_DIR / base_path
+        if not base_path.is_file():
+            raise FileNotFoundError(f"{path}: model_config = {own.model_config!r}: not found (nor under {CONFIG_DIR})")
+        base = OmegaConf.load(base_path)
+    config = OmegaConf.merge(base, {k: v for k, v in own.items() if k != "model_config"})
+    config.train = check_train_options(OmegaConf.to_container(config.get("train", {}), resolve=True))
+    load_config(config)  # checks the model sections
+    return config
+
+
+def check_train_options(options: dict, where: str = "train") -> dict:
+    """Defaults filled in; unknown keys and values of the wrong type raise ValueError naming them."""
+    out = dict(TRAIN_DEFAULTS)
+    for key, value in options.items():
+        if key not in TRAIN_DEFAULTS:
+            raise ValueError(f"{where}.{key}: unknown option; known: {', '.join(sorted(TRAIN_DEFAULTS))}")
+        default = TRAIN_DEFAULTS[key]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        else:
+            ok = isinstance(value, type(default)) and not isinstance(value, bool)
+        if not ok:
+            raise ValueError(f"{where}.{key} = {value!r}: expected {type(default).__name__}")
+        out[key] = value
+    checks = {
+        "batch_size": out["batch_size"] >= 1, "grad_accumulation_step": out["grad_accumulation_step"] >= 1,
+        "total_iters": out["total_iters"] >= 1, "lr": out["lr"] > 0, "warmup_steps": out["warmup_steps"] >= 0,
+        "scheduler_type": out["scheduler_type"] in ("constant", "cosine"),
+        "amp_dtype": out["amp_dtype"] in ("fp16", "bf16"), "ema_rate": 0 < out["ema_rate"] < 1,
+        "grad_clip": out["grad_clip"] >= 0, "null_grounding_prob": 0 <= out["null_grounding_prob"] <= 1,
+        "caption_drop_prob": 0 <= out["caption_drop_prob"] <= 1, "save_every_iters": out["save_every_iters"] >= 1,
+        "checkpoint_every": out["checkpoint_every"] >= 1, "log_every": out["log_every"] >= 1,
+        "preview_every": out["preview_every"] >= 1, "workers": out["workers"] >= 0,
+        "max_steps_per_run": out["max_steps_per_run"] >= 0,
+    }
+    for key, ok in checks.items():
+        if not ok:
+            raise ValueError(f"{where}.{key} = {out[key]!r}: out of range")
+    return out
+
+
+# ----------------------------------------------------------------------------- devices and processes
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> Distributed:
+    """Reads torchrun's environment; NCCL for CUDA, gloo for CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        dev = torch.device("cuda", local_rank if world > 1 else (dev.index or 0))
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Distributed(rank, world, local_rank, dev)
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_amp(device: torch.device, amp: bool, amp_dtype: str) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32. On CPU only bf16, and only with native bf16 units:
+    elsewhere reduced precision is many times slower than fp32."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if amp_dtype == "bf16" else torch.float16
+    if cpu_has_native_bf16():
+        return torch.bfloat16
+    warnings.warn("--amp ignored on this CPU: it has no native bf16 units, where reduced precision is many "
+                  "times slower than fp32; training in fp32")
+    return None
+
+
+# ----------------------------------------------------------------------------- randomness and data order
+
+def _seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
+
+
+def keyed_generator(*parts) -> torch.Generator:
+    """A CPU generator that depends only on `parts`."""
+    return torch.Generator().manual_seed(_seed(*parts))
+
+
+class SampleStream(torch.utils.data.Dataset):
+    """Global sample position p -> dataset item: epoch p // n uses its own permutation of the n
+    samples, so the order depends only on (seed, p), never on how far an earlier run got."""
+
+    def __init__(self, dataset, seed: int):
+        if len(dataset) == 0:
+            raise ValueError("the training dataset is empty")
+        self.dataset, self.seed = dataset, seed
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def index(self, position: int) -> tuple[int, int]:
+        epoch, offset = divmod(position, len(self.dataset))
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, torch.randperm(len(self.dataset), generator=keyed_generator(self.seed, "epoch", epoch)))
+        return epoch, int(self._perm[1][offset])
+
+    def __len__(self):  # the stream is endless; DataLoader only needs this for its own checks
+        return 2 ** 62
+
+    def __getitem__(self, position: int):
+        epoch, index = self.index(position)
+        return self.dataset.get(index, epoch)
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """This rank's micro-batches of global positions, from iteration `start` on."""
+
+    def __init__(self, start: int, batch_size: int, world: int, rank: int, accumulation: int):
+        self.start, self.b, self.world, self.rank, self.accum = start, batch_size, world, rank, accumulation
+
+    def __iter__(self):
+        per_step = self.b * self.world * self.accum
+        for it in count(self.start):
+            for micro in range(self.accum):
+                base = it * per_step + (micro * self.world + self.rank) * self.b
+                yield list(range(base, base + self.b))
+
+
+# ----------------------------------------------------------------------------- pieces of a step
+
+class Denoiser(nn.Module):
+    """The trained forward: tokenizer + UNet, one module so DDP sees every trained parameter."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x, t, context, grounding: dict):
+        return self.unet(x, t, context, self.unet.position_net(**grounding))
+
+
+class EMA:
+    """Exponential moving average of the trained parameters, by name."""
+
+    def __init__(self, named_params: dict[str, nn.Parameter], rate: float):
+        self.rate = rate
+        self.shadow = {n: p.detach().clone() for n, p in named_params.items()}
+
+    @torch.no_grad()
+    def update(self, named_params: dict[str, nn.Parameter]) -> None:
+        for n, p in named_params.items():
+            self.shadow[n].lerp_(p.detach(), 1 - self.rate)
+
+    @contextlib.contextmanager
+    def swapped_in(self, named_params: dict[str, nn.Parameter]):
+        """The EMA weights in the model for the duration (previews, exports)."""
+        saved = {n: p.detach().clone() for n, p in named_params.items()}
+        with torch.no_grad():
+            for n, p in named_params.items():
+                p.copy_(self.shadow[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in named_params.items():
+                    p.copy_(saved[n])
+
+
+def lr_lambda(warmup: int, total: int, kind: str):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if kind == "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+    return factor
+
+
+def rng_states() -> dict:
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+@dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def latest(self) -> Path:
+        return self.checkpoints / "latest.pth"
+
+    def kept(self, iters: int) -> Path:
+        return self.checkpoints / f"checkpoint_{iters:08d}.pth"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "model_final.pth"
+
+
+class Trainer:
+    """`config`: a training config (load_training_config). `dataset`: anything with `__len__` and
+    `get(index, epoch) -> HOISample` (built from `config.data` when None)."""
+
+    def __init__(self, config: DictConfig, run_dir, ckpt=None, sd_ckpt=None, dataset=None, device: str = "auto",
+                 allow_pickle: bool = False, progress: bool = True, log=print):
+        self.config = config
+        self.opt: dict = dict(config.train)
+        self.paths = RunPaths(Path(run_dir))
+        self.dist = init_distributed(device)
+        self.log = log if self.dist.is_main else (lambda *a, **k: None)
+        self.progress = progress and self.dist.is_main
+        o = self.opt
+        self.amp_dtype = resolve_amp(self.dist.device, o["amp"], o["amp_dtype"])
+
+        from ldm.modules.encoders.clip_tokenizer import load_clip_tokenizer
+        torch.manual_seed(o["seed"])  # the random initialisation is the same on every rank and every restart
+        self.model: InteractDiffusion = build_model(config, tokenizer=load_clip_tokenizer())
+        lines, self.backbone_from_file = load_training_init(self.model, ckpt, sd_ckpt, allow_pickle)
+        for line in lines:
+            self.log(f"[init] {line}")
+        if not self.backbone_from_file and not o["train_whole_unet"]:
+            warnings.warn("training the interaction control on a randomly initialised backbone: pass "
+                          "--official_ckpt_name (SD v1.x) or set train.train_whole_unet")
+        self.model.to(self.dist.device)
+        self.trained = self._select_trained()
+        self.log(f"[init] training {sum(p.numel() for p in self.trained.values()) / 1e6:.2f} M parameters "
+                 f"({len(self.trained)} tensors) on {self.dist.device}, {self.dist.world} process(es)")
+
+        self.dataset = dataset if dataset is not None else self._build_dataset()
+        self.phrases = self._phrase_cache()
+
+        self.denoiser = Denoiser(self.model.model)
+        self.ddp = None
+        if self.dist.world > 1:
+            ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+            self.ddp = nn.parallel.DistributedDataParallel(self.denoiser, device_ids=ids)
+        self.optimizer = torch.optim.AdamW(list(self.trained.values()), lr=o["lr"], weight_decay=o["weight_decay"])
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(o["warmup_steps"], o["total_iters"], o["scheduler_type"]))
+        self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.amp_dtype == torch.float16)
+        self.ema = EMA(self.trained, o["ema_rate"]) if o["enable_ema"] else None
+        self.iters = 0
+        self.writer = None
+
+    # -------------------------------------------------------------- set-up helpers
+    def _select_trained(self) -> dict[str, nn.Parameter]:
+        o = self.opt
+        self.model.requires_grad_(False)
+        trained = {}
+        for name, p in self.model.model.named_parameters():
+            if not (o["train_whole_unet"] or is_interaction_key(name)):
+                continue
+            if o["fix_interaction_embedding"] and name.startswith("position_net.interaction_embedding."):
+                continue
+            p.requires_grad_(True)
+            trained[name] = p
+        return trained
+
+    def _build_dataset(self):
+        if "data" not in self.config:
+            raise ValueError("the training config has no 'data' section")
+        from dataset.hoi_dataset import build_dataset
+        return build_dataset(self.config.data, "train", seed=self.opt["seed"])
+
+    def _phrase_cache(self) -> PhraseEmbeddingCache:
+        encoder = self.model.text_encoder
+        path = self.opt["phrase_cache"]
+        cache = PhraseEmbeddingCache(encoder)
+        if not path:
+            root = Path(self.config.data.root) if "data" in self.config else self.paths.root
+            path = root / f"phrase_embeddings_{cache.fingerprint}.pt"
+        cache = PhraseEmbeddingCache(encoder, path)
+        phrases = dataset_phrases(self.dataset)
+        if phrases is not None and cache.add(phrases, progress=self.progress) and self.dist.is_main:
+            cache.save()
+            self.log(f"[init] phrase embeddings cached in {path} ({len(cache)} phrases)")
+        return cache
+
+    # -------------------------------------------------------------- checkpoints
+    def state(self) -> dict:
+        interaction_only = self.backbone_from_file and not self.opt["train_whole_unet"]
+        state = export_sections(self.model, interaction_only=interaction_only)
+        state.update(opt=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                     scaler=self.scaler.state_dict(), iters=self.iters, rng=rng_states(),
+                     data={"seed": self.opt["seed"], "samples_per_step": self._samples_per_step(),
+                           "dataset_size": len(self.dataset)},
+                     train=dict(self.opt))
+        if self.ema is not None:
+            state["ema"] = {n: t.clone() for n, t in self.ema.shadow.items()}
+        return state
+
+    def save(self) -> None:
+        """latest.pth always; a kept copy every save_every_iters. Written atomically."""
+        if not self.dist.is_main:
+            return
+        state = self.state()
+        atomic_save(state, self.paths.latest)
+        if self.iters % self.opt["save_every_iters"] == 0:
+            atomic_save(state, self.paths.kept(self.iters))
+
+    def resume(self) -> bool:
+        """Continue from latest.pth when the run folder has one."""
+        if not self.paths.latest.is_file():
+            return False
+        raw = read_file(self.paths.latest)
+        saved_step = raw.get("data", {}).get("samples_per_step")
+        if saved_step is not None and saved_step != self._samples_per_step():
+            warnings.warn(f"resuming with {self._samples_per_step()} samples per step (batch x processes x "
+                          f"accumulation) where the run had {saved_step}: the data order continues, but the "
+                          f"run is no longer step-for-step the uninterrupted one")
+        for name, state in to_sections(raw).items():
+            module = self.model.section(name)
+            missing, unexpected = module.load_state_dict(state, strict=False)
+            if unexpected or (name != "model" and missing) or any(k in self.trained for k in missing):
+                raise RuntimeError(f"{self.paths.latest}: section {name!r} does not match this config "
+                                   f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        self.optimizer.load_state_dict(raw["opt"])
+        self.scheduler.load_state_dict(raw["scheduler"])
+        self.scaler.load_state_dict(raw["scaler"])
+        if self.ema is not None:
+            if "ema" not in raw:
+                raise RuntimeError(f"{self.paths.latest}: has no EMA weights but --enable_ema is set")
+            self.ema.shadow = {n: t.to(self.dist.device) for n, t in raw["ema"].items()}
+        set_rng_states(raw["rng"])
+        self.iters = int(raw["iters"])
+        self.log(f"[resume] {self.paths.latest} at iteration {self.iters}")
+        return True
+
+    def export_final(self) -> Path:
+        """The inference file: interaction weights (plus the backbone when it was trained or
+        random), EMA weights when EMA is on. Loads with inference_batch.py --ckpt."""
+        interaction_only = self.backbone_from_file and not self.opt["train_whole_unet"]
+        context = self.ema.swapped_in(self.trained) if self.ema is not None else contextlib.nullcontext()
+        with context:
+            atomic_save({**export_sections(self.model, interaction_only), "iters": self.iters}, self.paths.final)
+        return self.paths.final
+
+    # -------------------------------------------------------------- one step
+    def _samples_per_step(self) -> int:
+        return self.opt["batch_size"] * self.dist.world * self.opt["grad_accumulation_step"]
+
+    def loss(self, batch: dict, micro: int) -> torch.Tensor:
+        """Noise-prediction MSE for this rank's micro-batch."""
+        o, m, dev = self.opt, self.model, self.dist.device
+        b = len(batch["captions"])
+        rows = slice(self.dist.rank * b, (self.dist.rank + 1) * b)
+        world_b = b * self.dist.world
+        gen = keyed_generator(o["seed"], "step", self.iters, micro)
+        t = torch.randint(0, m.diffusion.num_timesteps, (world_b,), generator=gen)[rows]
+        drop_caption = (torch.rand(world_b, generator=gen) < o["caption_drop_prob"])[rows]
+        null_grounding = bool(torch.rand((), generator=gen) < o["null_grounding_prob"])
+        with torch.no_grad():
+            posterior = m.autoencoder.encode(batch["images"].to(dev))
+            shape = posterior.mean.shape[1:]
+            latent_noise = torch.randn((world_b, *shape), generator=gen)[rows].to(dev)
+            z = (posterior.mean + posterior.std * latent_noise) * m.scale_factor
+            noise = torch.randn((world_b, *shape), generator=gen)[rows].to(dev)
+            t = t.to(dev)
+            x_t = m.diffusion.q_sample(z, t, noise)
+            captions = ["" if d else c for c, d in zip(batch["captions"], drop_caption.tolist())]
+            context = m.text_encoder.encode(captions).to(dev)
+            pn = m.position_net
+            grounding = build_grounding(batch["interactions"], self.phrases, pn.in_dim, pn.max_interactions)
+            if null_grounding:
+                grounding = grounding.null()
+        forward = self.ddp if self.ddp is not None else self.denoiser
+        with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            eps = forward(x_t, t, context, grounding.to(dev).as_kwargs())
+        return nn.functional.mse_loss(eps.float(), noise)
+
+    def step(self, batches) -> dict:
+        """One optimiser step over grad_accumulation_step micro-batches."""
+        o = self.opt
+        accum = o["grad_accumulation_step"]
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for micro in range(accum):
+            batch = next(batches)
+            # DDP: gradients are all-reduced only on the last micro-step.
+            sync = self.ddp.no_sync() if self.ddp is not None and micro < accum - 1 else contextlib.nullcontext()
+            with sync:
+                loss = self.loss(batch, micro) / accum
+                self.scaler.scale(loss).backward()
+            total += loss.item()
+        self.scaler.unscale_(self.optimizer)
+        params = list(self.trained.values())
+        grad_norm = nn.utils.clip_grad_norm_(params, o["grad_clip"] if o["grad_clip"] > 0 else float("inf"))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.trained)
+        self.iters += 1
+        if self.dist.world > 1:  # the logged loss is the global one
+            value = torch.tensor([total], device=self.dist.device)
+            dist.all_reduce(value)
+            total = value.item() / self.dist.world
+        return {"loss": total, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0]}
+
+    def batches(self):
+        o = self.opt
+        stream = SampleStream(self.dataset, o["seed"])
+        sampler = StepBatches(self.iters, o["batch_size"], self.dist.world, self.dist.rank,
+                              o["grad_accumulation_step"])
+        from dataset.sample import collate_samples
+        loader = torch.utils.data.DataLoader(stream, batch_sampler=sampler, num_workers=o["workers"],
+                                             collate_fn=collate_samples, persistent_workers=o["workers"] > 0)
+        return iter(loader)
+
+    # -------------------------------------------------------------- the loop
+    def run(self) -> Path | None:
+        """Train to total_iters (resuming when possible); returns the final export (rank 0)."""
+        o = self.opt
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        self.resume()
+        if self.dist.is_main:
+            OmegaConf.save(self.config, self.paths.root / "config.yaml")
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(self.paths.root / "tensorboard"))
+        self.model.model.train()
+        start = self.iters
+        stop = o["total_iters"] if not o["max_steps_per_run"] else min(o["total_iters"], start + o["max_steps_per_run"])
+        batches = self.batches() if start < stop else None
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=o["total_iters"], initial=start, desc="train", unit="it", dynamic_ncols=True)
+        samples_per_step = self._samples_per_step()
+        while self.iters < stop:
+            tick = time.perf_counter()
+            stats = self.step(batches)
+            stats["samples_per_s"] = samples_per_step / (time.perf_counter() - tick)
+            if not math.isfinite(stats["loss"]):
+                raise FloatingPointError(f"loss is {stats['loss']} at iteration {self.iters}; lower train.lr or "
+                                         f"turn --amp off (the last checkpoint is untouched)")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
+            if self.writer is not None and (self.iters % o["log_every"] == 0 or self.iters == 1):
+                for key, value in stats.items():
+                    self.writer.add_scalar(f"train/{key}", value, self.iters)
+            if self.iters % o["checkpoint_every"] == 0 or self.iters % o["save_every_iters"] == 0:
+                self.save()
+            if self.iters % o["preview_every"] == 0 and not o["disable_inference_in_training"]:
+                self.preview()
+        if self.iters > start and self.iters % o["checkpoint_every"] and self.iters % o["save_every_iters"]:
+            self.save()
+        if bar is not None:
+            bar.close()
+        final = None
+        if self.iters >= o["total_iters"] and self.dist.is_main:
+            final = self.export_final()
+            self.log(f"[done] {o['total_iters']} iterations; inference weights: {final}")
+        if self.writer is not None:
+            self.writer.close()
+        if self.dist.world > 1:
+            dist.barrier()
+        return final
+
+    # -------------------------------------------------------------- previews
+    @torch.no_grad()
+    def preview(self) -> Path | None:
+        """A grid of generated images for the first preview_count training layouts, layout drawn
+        on each, beside the real image; saved under previews/ and to TensorBoard."""
+        if not self.dist.is_main:
+            return None
+        from interact.pipeline import InteractDiffusionPipeline, draw_layout, to_pil
+        n = min(self.opt["preview_count"], len(self.dataset))
+        samples = [self.dataset.get(i, 0) for i in range(n)]
+        size = samples[0].image.shape[-1]
+        context = self.ema.swapped_in(self.trained) if self.ema is not None else contextlib.nullcontext()
+        with context:
+            pipe = InteractDiffusionPipeline(self.model, self.dist.device)
+            images = pipe([s.caption for s in samples], [s.interactions for s in samples], height=size, width=size,
+                          seed=0, progress=False)
+        self.model.model.train()
+        tiles = []
+        for s, image in zip(samples, images):
+            tiles += [draw_layout(image, s.interactions), draw_layout(to_pil((s.image + 1) / 2), s.interactions)]
+        grid = image_grid(tiles, columns=2)
+        path = self.paths.root / "previews" / f"iter_{self.iters:08d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(path)
+        if self.writer is not None:
+            self.writer.add_image("preview", np.asarray(grid), self.iters, dataformats="HWC")
+        return path
+
+
+def image_grid(images, columns: int):
+    from PIL import Image
+    w, h = images[0].size
+    rows = math.ceil(len(images) / columns)
+    grid = Image.new("RGB", (columns * w, rows * h), "white")
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % columns) * w, (i // columns) * h))
+    return grid
+
+
+def dataset_phrases(dataset) -> set[str] | None:
+    """Every subject/action/object phrase of a dataset's records, when it exposes them."""
+    records = getattr(dataset, "records", None)
+    if records is None:
+        return None
+    return {p for r in records for h in r.hois for p in (h.subject, h.action, h.object)}
