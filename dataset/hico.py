@@ -154,10 +154,20 @@ def _attr(struct, name: str, where: str):
     return getattr(struct, name)
 
 
+def _scalar(value, where: str) -> float:
+    # squeeze_me turns a 1x1 MATLAB number into a numpy scalar; anything else is malformed.
+    if np.size(value) != 1:
+        raise _Skip("bad value", where, f"{value!r} is not a single number")
+    try:
+        return float(np.asarray(value).item())
+    except (TypeError, ValueError):
+        raise _Skip("bad value", where, f"{value!r} is not a number") from None
+
+
 def _mat_box(struct, width: int, height: int, where: str):
     # The official file names the fields x1, x2, y1, y2 (left, right, top, bottom).
-    values = [_attr(struct, name, where + ".") for name in ("x1", "y1", "x2", "y2")]
-    return _pixel_box([np.asarray(v).item() if np.size(v) == 1 else v for v in values], width, height, where)
+    values = [_scalar(_attr(struct, name, where + "."), f"{where}.{name}") for name in ("x1", "y1", "x2", "y2")]
+    return _pixel_box(values, width, height, where)
 
 
 def _mat_size(size, where: str) -> tuple[int, int]:
@@ -168,8 +178,8 @@ def _mat_size(size, where: str) -> tuple[int, int]:
         values = list(np.ravel(size))[:2]
         if len(values) < 2:
             raise _Skip("bad value", where, f"{size!r} is not (width, height, depth)")
-    return (_positive_int(np.asarray(values[0]).item(), where + ".width"),
-            _positive_int(np.asarray(values[1]).item(), where + ".height"))
+    return (_positive_int(_scalar(values[0], where + ".width"), where + ".width"),
+            _positive_int(_scalar(values[1], where + ".height"), where + ".height"))
 
 
 def read_hico_mat(anno_mat_path, image_dir, split: str = "train",
@@ -217,13 +227,12 @@ def _mat_record(entry, key: str, actions, image_dir: Path) -> HOIRecord:
     hois = []
     for h, hoi in enumerate(_items(_attr(entry, "hoi", ""))):
         where = f"hoi[{h}]"
-        if int(np.asarray(_attr(hoi, "invis", where + ".")).item() or 0) == 1:
+        if _scalar(_attr(hoi, "invis", where + "."), where + ".invis") == 1:
             continue  # the annotators could not see this interaction: drop it, not an error
-        action_id = _attr(hoi, "id", where + ".")
-        action_id = int(np.asarray(action_id).item()) if np.size(action_id) == 1 else -1
-        if not 1 <= action_id <= len(actions):
+        action_id = _scalar(_attr(hoi, "id", where + "."), where + ".id")
+        if not (action_id == int(action_id) and 1 <= action_id <= len(actions)):
             raise _Skip("unknown category", f"{where}.id", f"{action_id} is not in list_action (1..{len(actions)})")
-        verb, obj = actions[action_id - 1]
+        verb, obj = actions[int(action_id) - 1]
         humans = _items(_attr(hoi, "bboxhuman", where + "."))
         objects = _items(_attr(hoi, "bboxobject", where + "."))
         connection = np.asarray(_attr(hoi, "connection", where + "."), dtype=float).reshape(-1, 2)

@@ -3,11 +3,11 @@ UNet, e.g. for the toy world trained from scratch); the autoencoder and text enc
 
 One process or torchrun (NCCL on CUDA, gloo on CPU). Exact resume: every random draw of
 a step (timesteps, noise, caption and grounding drops) comes from a generator seeded by
-(seed, iteration, micro-step) and drawn for the whole global micro-batch, each rank taking
-its rows; the data order is a per-epoch permutation of a global sample stream. A run
+(seed, iteration) and is drawn for the step's whole global batch, each micro-batch of each
+rank taking its rows; the data order is a per-epoch permutation of a global sample stream. A run
 killed at any moment and restarted from its last checkpoint therefore repeats exactly the
-steps the uninterrupted run would have taken, and N ranks with batch b take the same step
-as one process with batch N*b.
+steps the uninterrupted run would have taken, and N ranks with batch b and A accumulation
+micro-steps take the same step as one process with batch N*A*b.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ TRAIN_DEFAULTS = {
     "enable_ema": False,
     "ema_rate": 0.9999,
     "grad_clip": 0.0,                  # max gradient norm; 0 = no clipping (the norm is still logged)
-    "null_grounding_prob": 0.1,        # FACTS §2: a micro-batch gets the null grounding
+    "null_grounding_prob": 0.1,        # FACTS §2: a step's whole batch gets the null grounding
     "caption_drop_prob": 0.5,          # FACTS §2: per sample, the caption becomes ""
     "train_whole_unet": False,
     "fix_interaction_embedding": False,  # keep position_net.interaction_embedding as initialised
@@ -278,7 +278,11 @@ def lr_lambda(warmup: int, total: int, kind: str):
 
 
 def rng_states() -> dict:
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Tensors and plain values only, so checkpoints load with weights_only=True."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}
+    states = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -286,7 +290,9 @@ def rng_states() -> dict:
 
 def set_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -459,10 +465,13 @@ class Trainer:
     def loss(self, batch: dict, micro: int) -> torch.Tensor:
         """Noise-prediction MSE for this rank's micro-batch."""
         o, m, dev = self.opt, self.model, self.dist.device
+        # Draws for the step's whole global batch, then this micro-batch's rows: the same
+        # numbers whatever the split into processes and accumulation micro-steps.
         b = len(batch["captions"])
-        rows = slice(self.dist.rank * b, (self.dist.rank + 1) * b)
-        world_b = b * self.dist.world
-        gen = keyed_generator(o["seed"], "step", self.iters, micro)
+        first = (micro * self.dist.world + self.dist.rank) * b
+        rows = slice(first, first + b)
+        world_b = b * self.dist.world * o["grad_accumulation_step"]
+        gen = keyed_generator(o["seed"], "step", self.iters)
         t = torch.randint(0, m.diffusion.num_timesteps, (world_b,), generator=gen)[rows]
         drop_caption = (torch.rand(world_b, generator=gen) < o["caption_drop_prob"])[rows]
         null_grounding = bool(torch.rand((), generator=gen) < o["null_grounding_prob"])

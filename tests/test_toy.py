@@ -1,0 +1,296 @@
+"""The toy HOI world (dataset.toy): determinism, boxes against pixels, vocabulary, verb
+geometry, the rare-category rule and the CLI. Only a handful of images are generated."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dataset import toy
+from dataset.toy import (HOI_BY_ID, HOI_CATEGORIES, OBJECT_BY_ID, OBJECT_BY_NAME, RARE_SPAN, VERB_BY_NAME,
+                         count_hois, find_hoi, generate, hoi_names, render_image, render_scene)
+from dataset.toy.__main__ import main as toy_main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def load(out: Path, split: str = "train") -> list[dict]:
+    return json.loads((out / "annotations" / toy.ANNOTATION_FILES[split]).read_text())
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    """12 train + 4 test images, seed 0."""
+    return generate(tmp_path_factory.mktemp("toy") / "out", train=12, test=4, progress=False)
+
+
+# --- determinism ------------------------------------------------------------------------------
+
+
+def test_same_seed_is_byte_identical_and_splits_are_prefixes(small, tmp_path):
+    a = generate(tmp_path / "a", train=12, test=4, progress=False)
+    assert files(a) == files(small)
+    assert toy.is_complete(a) and not list(a.rglob("*.tmp"))
+
+    short = generate(tmp_path / "short", train=5, test=2, progress=False)
+    for i in range(5):
+        name = f"images/train/train_{i:06d}.png"
+        assert (short / name).read_bytes() == (small / name).read_bytes()
+    assert load(short) == load(small)[:5]
+    assert load(short, "test") == load(small, "test")[:2]
+
+    other = generate(tmp_path / "other", train=5, test=2, seed=1, progress=False)
+    assert load(other) != load(short)
+    assert (other / "images/train/train_000000.png").read_bytes() != (short / "images/train/train_000000.png").read_bytes()
+
+
+def test_output_does_not_depend_on_workers(small, tmp_path):
+    # 70 images make two chunks, so two workers really split the work.
+    par = generate(tmp_path / "par", train=70, test=0, workers=2, progress=False)
+    entries = load(par)
+    assert entries[:12] == load(small)
+    for i in (12, 64, 69):   # the second chunk came from another process: compare in-process
+        img, ann, _ = render_image(0, "train", i)
+        assert entries[i]["annotations"] == ann["annotations"]
+        assert np.array_equal(np.asarray(Image.open(par / f"images/train/train_{i:06d}.png")), np.asarray(img))
+
+
+# --- boxes against pixels ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_boxes_are_tight_around_the_drawn_masks(size):
+    for i in range(25):
+        img, ann, masks = render_image(3, "train", i, size)
+        pix = np.asarray(img)
+        assert img.size == (size, size) and img.mode == "RGB"
+        assert len(masks) == len(ann["annotations"])
+        for a, m in zip(ann["annotations"], masks):
+            x0, y0, x1, y1 = a["bbox"]
+            assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size
+            ys, xs = np.nonzero(m)
+            # inside the box, and touching all four edges (x1/y1 are exclusive edges)
+            assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)
+            # where the mask is set, something was drawn
+            assert (pix[m] != ann["background"]).any(axis=-1).all()
+
+
+def test_png_colours_lie_inside_their_category_boxes(small):
+    """From the PNG and JSON alone: each category's key colour appears only inside the boxes of
+    that category (overlaps may hide colour, never move it), and every instance shows some."""
+    for split in ("train", "test"):
+        for e in load(small, split):
+            pix = np.asarray(Image.open(small / "images" / split / e["file_name"]).convert("RGB"))
+            assert pix.shape == (e["height"], e["width"], 3)
+            for cat in {a["category_id"] for a in e["annotations"]}:
+                inside = np.zeros(pix.shape[:2], bool)
+                for a in e["annotations"]:
+                    if a["category_id"] == cat:
+                        x0, y0, x1, y1 = a["bbox"]
+                        inside[y0:y1, x0:x1] = True
+                coloured = (pix == OBJECT_BY_ID[cat].colour).all(axis=-1)
+                assert coloured.any() and not (coloured & ~inside).any()
+            for a in e["annotations"]:
+                x0, y0, x1, y1 = a["bbox"]
+                assert (pix[y0:y1, x0:x1] == OBJECT_BY_ID[a["category_id"]].colour).all(axis=-1).any()
+
+
+# --- vocabulary -------------------------------------------------------------------------------
+
+
+def test_vocabulary_is_consistent():
+    assert 6 <= sum(o.kind == "object" for o in toy.OBJECTS) <= 10
+    assert 5 <= len(toy.VERBS) <= 8 and 20 <= len(HOI_CATEGORIES) <= 40
+    for seq in (toy.OBJECTS, toy.VERBS, HOI_CATEGORIES):
+        assert [x.id for x in seq] == list(range(1, len(seq) + 1))
+    assert len({o.colour for o in toy.OBJECTS}) == len(toy.OBJECTS)
+    assert all(min(o.colour) < 185 for o in toy.OBJECTS)   # never a pastel background
+    assert len({(h.subject_id, h.verb_id, h.object_id) for h in HOI_CATEGORIES}) == len(HOI_CATEGORIES)
+    assert {hoi_names(h)[0] for h in HOI_CATEGORIES} == {"person", "robot", "dog"}
+    assert find_hoi("person", "ride", "bicycle").verb_id == VERB_BY_NAME["ride"].id
+
+
+def test_hoi_annotations_refer_to_listed_categories(small):
+    cats = json.loads((small / "annotations/categories.json").read_text())
+    kinds = {o["id"]: o["kind"] for o in cats["objects"]}
+    listed = {h["id"]: (h["subject_id"], h["verb_id"], h["object_id"]) for h in cats["hoi_categories"]}
+    assert cats["seed"] == 0 and cats["size"] == 64
+    for split in ("train", "test"):
+        entries = load(small, split)
+        assert [e["file_name"] for e in entries] == [f"{split}_{i:06d}.png" for i in range(len(entries))]
+        counts = {str(h.id): 0 for h in HOI_CATEGORIES}
+        for e in entries:
+            n = len(e["annotations"])
+            assert 1 <= len(e["hoi_annotation"]) <= 4
+            assert n - 2 * len(e["hoi_annotation"]) <= 2   # at most two distractors
+            subjects = [h["subject_id"] for h in e["hoi_annotation"]]
+            assert len(set(subjects)) == len(subjects)     # one interaction per subject
+            for h in e["hoi_annotation"]:
+                assert 0 <= h["subject_id"] < n and 0 <= h["object_id"] < n
+                s = e["annotations"][h["subject_id"]]["category_id"]
+                o = e["annotations"][h["object_id"]]["category_id"]
+                assert kinds[s] == "subject" and kinds[o] == "object"
+                assert listed[h["hoi_category_id"]] == (s, h["category_id"], o)
+                counts[str(h["hoi_category_id"])] += 1
+        assert cats["counts"][split] == counts
+
+
+# --- verb geometry ----------------------------------------------------------------------------
+
+
+def near(p, box, tol=1.5) -> bool:
+    x0, y0, x1, y1 = box
+    return x0 - tol <= p[0] <= x1 + tol and y0 - tol <= p[1] <= y1 + tol
+
+
+def centre(box):
+    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+
+
+def check_verb(verb: str, subj: str, sb, ob, sp: dict, op: dict, size: int) -> None:
+    """Geometric signature of each verb, from boxes and the renderer's keypoints."""
+    sh, oh = sb[3] - sb[1], ob[3] - ob[1]
+    scx, scy = centre(sb)
+    ocx, ocy = centre(ob)
+    facing = 1 if sp["eye"][0] >= sp["head"][0] else -1
+    if verb == "hold":
+        grip = sp["mouth"] if subj == "dog" else sp["hand"]
+        assert near(grip, ob)                          # the hand (or mouth) is at the object
+        assert ocy < sb[3] - 0.2 * sh                  # held up, not lying on the ground
+    elif verb == "kick":
+        assert abs(ob[3] - sb[3]) <= 1                 # object on the ground at the feet
+        assert near(sp["foot"], ob)                    # the kicking foot touches it ...
+        assert sp["foot"][1] < sb[3] - 0.1 * sh        # ... raised off the ground
+        assert (ocx - scx) * facing > 0
+    elif verb == "ride":
+        assert scy < ocy and sb[1] < ob[1]             # subject above the object
+        assert ob[0] <= scx <= ob[2]                   # centred over it
+        assert ob[1] <= sb[3] <= ob[3]                 # feet on it
+    elif verb == "look at":
+        gap = max(ob[0] - sb[2], sb[0] - ob[2])
+        assert gap >= 2                                # apart
+        assert (ocx - scx) * (sp["eye"][0] - sp["head"][0]) > 0   # eye turned toward it
+    elif verb == "carry":
+        assert ob[3] <= sp["head"][1]                  # object above the head
+        assert sb[0] <= ocx <= sb[2]
+        assert near(sp["hand"], ob) and near(sp["hand2"], ob)
+        assert sp["hand"][1] < sp["head"][1]           # arms up
+    elif verb == "push":
+        assert abs(ob[3] - sb[3]) <= 1                 # on the ground
+        assert (ocx - scx) * facing > 0                # in front
+        if subj == "dog":
+            assert near(sp["mouth"], ob) and sp["head"][1] > sb[1] + 0.2 * sh   # head lowered
+        else:
+            assert near(sp["hand"], ob) and near(sp["hand2"], ob)
+            assert abs(sp["hand"][1] - sp["hand2"][1]) < 0.1 * sh   # both arms forward together
+            assert (sp["hand"][0] - sp["shoulder"][0]) * facing > 0.15 * sh
+    elif verb == "throw":
+        assert not near(sp["hand"], ob, tol=1)         # already left the hand
+        assert ocy < sp["shoulder"][1]                 # up in the air
+        assert (ocx - scx) * facing > 0
+    else:
+        raise AssertionError(f"no geometry check for {verb!r}")
+
+
+@pytest.mark.parametrize("verb", [v.name for v in toy.VERBS])
+def test_verb_geometry(verb):
+    hois = [h for h in HOI_CATEGORIES if h.verb_id == VERB_BY_NAME[verb].id]
+    assert hois
+    for h in hois:
+        for size in (64, 128):
+            for seed in range(4):
+                # alone, and beside three other interactions (smaller figures)
+                for forced in ([h.id], [h.id, 1, 9, 27]):
+                    _, ann, _ = render_scene(seed, size, forced, n_distractors=0)
+                    hoi = ann["hoi_annotation"][0]
+                    assert hoi["hoi_category_id"] == h.id
+                    s, o = hoi["subject_id"], hoi["object_id"]
+                    check_verb(verb, hoi_names(h)[0], ann["annotations"][s]["bbox"], ann["annotations"][o]["bbox"],
+                               ann["points"][s], ann["points"][o], size)
+
+
+def test_render_scene_rejects_bad_requests():
+    with pytest.raises(ValueError):
+        render_scene(0, 64, [1, 2, 3, 4, 5])
+    with pytest.raises(ValueError):
+        render_scene(0, 64, [999])
+    img, ann, _ = render_scene(np.random.default_rng(5), 64)   # a random plan
+    assert img.size == (64, 64) and ann["hoi_annotation"]
+
+
+# --- the rare rule ----------------------------------------------------------------------------
+
+
+def test_rare_categories_have_fixed_small_quotas():
+    train = count_hois(0, "train", RARE_SPAN)
+    for h in HOI_CATEGORIES:
+        if h.rare:
+            assert 1 <= train[h.id] <= 9 and train[h.id] == h.quota
+        else:
+            assert train[h.id] >= 50
+    assert 5 <= len(toy.RARE_IDS) <= 10
+    # the schedule is fixed by index, so a shorter split holds the rare instances of its prefix
+    head = count_hois(0, "train", 3000)
+    expected = {h: sum(1 for i, ids in toy.rare_schedule().items() if i < 3000 for x in ids if x == h)
+                for h in toy.RARE_IDS}
+    assert {h: head[h] for h in toy.RARE_IDS} == expected
+    test = count_hois(0, "test", 1000)
+    assert min(test.values()) >= 5   # every category, rare included, is in the test split
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_refuses_a_non_empty_out_without_overwrite(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    r = subprocess.run([sys.executable, "-m", "dataset.toy", "generate", "--out", str(out), "--train", "2",
+                        "--test", "1", "--quiet"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+    assert toy_main(["generate", "--out", str(out), "--train", "2", "--test", "1", "--quiet", "--overwrite"]) == 0
+    assert (out / "keep.txt").read_text() == "mine"            # unrelated files survive
+    assert toy.is_complete(out) and len(load(out)) == 2
+    assert "--train 2 --test 1" in (out / "README.txt").read_text()
+    # a second overwrite with fewer images leaves no stale ones behind
+    assert toy_main(["generate", "--out", str(out), "--train", "1", "--test", "1", "--quiet", "--overwrite"]) == 0
+    assert [p.name for p in (out / "images/train").iterdir()] == ["train_000000.png"]
+
+
+def test_cli_size_128_scales_images_and_boxes(small, tmp_path):
+    out = tmp_path / "big"
+    assert toy_main(["generate", "--out", str(out), "--train", "12", "--test", "0", "--size", "128",
+                     "--quiet", "--workers", "1"]) == 0
+    big = load(out)
+    assert json.loads((out / "annotations/categories.json").read_text())["size"] == 128
+    heights = {64: [], 128: []}
+    for e64, e128 in zip(load(small), big):
+        assert Image.open(out / "images/train" / e128["file_name"]).size == (128, 128)
+        assert e128["width"] == e128["height"] == 128
+        # same plan at both sizes; the drawing scales with the image
+        assert [h["hoi_category_id"] for h in e128["hoi_annotation"]] == \
+               [h["hoi_category_id"] for h in e64["hoi_annotation"]]
+        for size, e in ((64, e64), (128, e128)):
+            for h in e["hoi_annotation"]:
+                b = e["annotations"][h["subject_id"]]["bbox"]
+                assert 0 <= b[0] < b[2] <= size and 0 <= b[1] < b[3] <= size
+                heights[size].append(b[3] - b[1])
+    ratio = np.mean(heights[128]) / np.mean(heights[64])
+    assert 1.6 < ratio < 2.4
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    with pytest.raises(ValueError):
+        generate(tmp_path / "x", train=1, test=0, size=16, progress=False)
+    assert toy_main(["generate", "--out", str(tmp_path / "y"), "--seed", "-1", "--quiet"]) == 2

@@ -1,0 +1,295 @@
+"""interact/trainer.py: configuration errors, what is trained, the LR schedule, gradient
+accumulation, exact resume after a kill, two-process gloo DDP against one process, atomic
+checkpoints, and that a tiny model overfits 8 images."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dataset.sample import HOISample
+from interact.conditions import Interaction
+from interact.model import is_interaction_key
+from interact.trainer import SampleStream, StepBatches, Trainer, check_train_options, load_training_config, lr_lambda
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO_ROOT / "configs" / "tiny_random.yaml"
+
+pytestmark = pytest.mark.filterwarnings("ignore:training the interaction control on a randomly initialised")
+
+SHAPES = [("person", "hold", "ball"), ("robot", "kick", "box"), ("dog", "look at", "cup"), ("person", "ride", "box")]
+
+
+class Squares:
+    """n images of coloured rectangles at their interaction boxes; the flip depends on (index, epoch)
+    like the real dataset's, so the data stream is exercised."""
+
+    def __init__(self, n: int = 8, size: int = 16):
+        self.n, self.size = n, size
+
+    def __len__(self):
+        return self.n
+
+    def get(self, index: int, epoch: int) -> HOISample:
+        g = torch.Generator().manual_seed(index)
+        s = self.size
+        image = torch.full((3, s, s), -1.0)
+        subject, action, obj = SHAPES[index % len(SHAPES)]
+        x0 = int(torch.randint(0, s // 2, (), generator=g))
+        sub_box = (x0 / s, 0.25, (x0 + s // 4) / s, 1.0)
+        obj_box = ((x0 + s // 4) / s, 0.5, (x0 + s // 2) / s, 0.75)
+        for box, colour in ((sub_box, (1.0, -0.5, -0.5)), (obj_box, (-0.5, -0.5, 1.0))):
+            xa, ya, xb, yb = (round(v * s) for v in box)
+            image[:, ya:yb, xa:xb] = torch.tensor(colour)[:, None, None]
+        if (index + epoch) % 2:
+            image = image.flip(-1)
+            sub_box = (1 - sub_box[2], sub_box[1], 1 - sub_box[0], sub_box[3])
+            obj_box = (1 - obj_box[2], obj_box[1], 1 - obj_box[0], obj_box[3])
+        return HOISample(f"img{index}", image, f"a {subject} {action} a {obj}",
+                         [Interaction(subject, action, obj, sub_box, obj_box)])
+
+
+def tiny_train_config(tmp_path, **train) -> OmegaConf:
+    """configs/tiny_random.yaml with the toy world's parameter-free first stage (16x16 images ->
+    8x8x12), so a step takes milliseconds."""
+    config = OmegaConf.load(TINY_CONFIG)
+    config.autoencoder = {"target": "ldm.models.autoencoder.SpaceToDepthFirstStage", "params": {"factor": 2}}
+    config.model.params.in_channels = config.model.params.out_channels = 12
+    config.model.params.image_size = 8
+    config.scale_factor = 1.0
+    options = dict(seed=3, batch_size=4, total_iters=6, lr=1e-3, warmup_steps=2, checkpoint_every=2,
+                   save_every_iters=100, disable_inference_in_training=True, workers=0, log_every=1,
+                   phrase_cache=str(tmp_path / "phrases.pt"))
+    options.update(train)
+    config.train = check_train_options(options)
+    return config
+
+
+def make_trainer(tmp_path, run="run", dataset=None, device="auto", **train) -> Trainer:
+    config = tiny_train_config(tmp_path, **train)
+    return Trainer(config, tmp_path / run, dataset=dataset or Squares(), device=device, progress=False,
+                   log=lambda *a: None)
+
+
+def trained_state(trainer: Trainer) -> dict:
+    return {n: p.detach().clone() for n, p in trainer.trained.items()}
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+def test_unknown_and_mistyped_train_options_name_the_key():
+    with pytest.raises(ValueError, match=r"train\.batchsize: unknown option"):
+        check_train_options({"batchsize": 4})
+    with pytest.raises(ValueError, match=r"train\.lr = 'fast': expected float"):
+        check_train_options({"lr": "fast"})
+    with pytest.raises(ValueError, match=r"train\.amp = 1: expected bool"):
+        check_train_options({"amp": 1})
+    with pytest.raises(ValueError, match=r"train\.scheduler_type = 'linear': out of range"):
+        check_train_options({"scheduler_type": "linear"})
+    assert check_train_options({"lr": 1})["lr"] == 1.0
+
+
+def test_training_yaml_merges_model_config_and_rejects_unknown_sections(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("model_config: tiny_random.yaml\ntrain: {batch_size: 2}\nscale_factor: 0.5\n")
+    config = load_training_config(good)
+    assert config.train["batch_size"] == 2 and config.train["lr"] == 5e-5
+    assert config.scale_factor == 0.5 and config.model.params.model_channels == 32
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model_config: tiny_random.yaml\ntrainer: {batch_size: 2}\n")
+    with pytest.raises(ValueError, match="unknown top-level key.*trainer"):
+        load_training_config(bad)
+    bad.write_text("model_config: tiny_random.yaml\ntrain: {bach_size: 2}\n")
+    with pytest.raises(ValueError, match=r"train\.bach_size"):
+        load_training_config(bad)
+
+
+def test_shipped_training_configs_load():
+    for name in ("toy_hoi.yaml", "hoi_hico_text.yaml"):
+        config = load_training_config(REPO_ROOT / "configs" / name)
+        assert "data" in config and config.train["total_iters"] > 0
+
+
+@pytest.mark.parametrize("kind", ["constant", "cosine"])
+def test_lr_schedule_closed_form(kind):
+    f = lr_lambda(warmup=4, total=14, kind=kind)
+    assert [f(s) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    import math
+    for step in (4, 6, 9, 14, 20):
+        expected = 1.0 if kind == "constant" else 0.5 * (1 + math.cos(math.pi * min(1.0, (step - 4) / 10)))
+        assert f(step) == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------------------- data order
+
+def test_sample_stream_is_a_permutation_per_epoch_and_independent_of_where_it_starts():
+    stream = SampleStream(Squares(5), seed=1)
+    epochs = [[stream.index(p) for p in range(e * 5, e * 5 + 5)] for e in range(3)]
+    for e, items in enumerate(epochs):
+        assert {i for _, i in items} == set(range(5)) and {ep for ep, _ in items} == {e}
+    assert [i for _, i in epochs[0]] != [i for _, i in epochs[1]]  # reshuffled
+    fresh = SampleStream(Squares(5), seed=1)
+    assert fresh.index(12) == epochs[2][2]
+
+
+def test_step_batches_split_the_global_stream_between_ranks():
+    def take(sampler, n):
+        it = iter(sampler)
+        return [next(it) for _ in range(n)]
+    one = take(StepBatches(3, batch_size=4, world=1, rank=0, accumulation=2), 2)
+    r0 = take(StepBatches(3, batch_size=2, world=2, rank=0, accumulation=2), 2)
+    r1 = take(StepBatches(3, batch_size=2, world=2, rank=1, accumulation=2), 2)
+    assert one[0] == r0[0] + r1[0] and one[1] == r0[1] + r1[1]
+    assert one[0][0] == 3 * 8  # iteration 3 starts after 3 steps of 8 samples
+
+
+# ----------------------------------------------------------------------------- what is trained
+
+def test_only_interaction_parameters_train_by_default(tmp_path):
+    t = make_trainer(tmp_path, total_iters=1)
+    assert t.trained and all(is_interaction_key(n) for n in t.trained)
+    before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+    t.run()
+    after = dict(t.model.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(n.startswith("model.") and is_interaction_key(n[len("model."):]) for n in changed)
+    # The gates start at 0, so after one step the fusers' gates must have moved.
+    assert any(".fuser.alpha" in n for n in changed)
+
+
+def test_fix_interaction_embedding_keeps_it(tmp_path):
+    t = make_trainer(tmp_path, total_iters=1, fix_interaction_embedding=True)
+    assert not any("interaction_embedding" in n for n in t.trained)
+    emb = t.model.position_net.interaction_embedding.emb.weight.detach().clone()
+    t.run()
+    assert torch.equal(emb, t.model.position_net.interaction_embedding.emb.weight)
+
+
+def test_gradient_accumulation_equals_the_doubled_batch(tmp_path):
+    big = make_trainer(tmp_path, "big", batch_size=4, grad_accumulation_step=1, total_iters=2)
+    big.run()
+    accumulated = make_trainer(tmp_path, "accumulated", batch_size=2, grad_accumulation_step=2, total_iters=2)
+    accumulated.run()
+    assert max_difference(trained_state(big), trained_state(accumulated)) < 1e-5
+    assert max_difference(trained_state(big), trained_state(make_trainer(tmp_path, "fresh"))) > 1e-4
+
+
+# ----------------------------------------------------------------------------- resume and checkpoints
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path):
+    straight = make_trainer(tmp_path, "straight", total_iters=6, enable_ema=True, ema_rate=0.9)
+    straight.run()
+    reference = trained_state(straight)
+
+    victim = make_trainer(tmp_path, "killed", total_iters=6, enable_ema=True, ema_rate=0.9)
+    real_step = victim.step
+
+    def step_then_die(batches):
+        stats = real_step(batches)
+        if victim.iters == 3:  # after the checkpoint at 2: iteration 3's work is lost
+            raise Killed
+        return stats
+    victim.step = step_then_die
+    with pytest.raises(Killed):
+        victim.run()
+    saved = torch.load(victim.paths.latest, weights_only=False)
+    assert saved["iters"] == 2
+
+    resumed = make_trainer(tmp_path, "killed", total_iters=6, enable_ema=True, ema_rate=0.9)
+    assert resumed.resume() and resumed.iters == 2
+    resumed.run()
+    assert resumed.iters == 6
+    assert max_difference(trained_state(resumed), reference) < 1e-6
+    assert max_difference(resumed.ema.shadow, straight.ema.shadow) < 1e-6
+    # The run differs from a fresh start: the comparison is not vacuous.
+    assert max_difference(reference, trained_state(make_trainer(tmp_path, "fresh"))) > 1e-3
+
+
+def test_interrupted_checkpoint_write_leaves_the_previous_one_readable(tmp_path, monkeypatch):
+    t = make_trainer(tmp_path, total_iters=2, checkpoint_every=1)
+    t.run()
+    good = torch.load(t.paths.latest, weights_only=False)
+    assert good["iters"] == 2
+
+    def torn_save(obj, f):
+        f.write(b"PK\x03\x04 partial")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", torn_save)
+    t.iters = 3
+    with pytest.raises(OSError, match="disk full"):
+        t.save()
+    monkeypatch.undo()
+    assert torch.load(t.paths.latest, weights_only=False)["iters"] == 2
+    assert not list(t.paths.checkpoints.glob(".*tmp*"))
+
+
+def test_final_export_loads_for_inference(tmp_path):
+    from interact.pipeline import InteractDiffusionPipeline
+    t = make_trainer(tmp_path, total_iters=2, train_whole_unet=True)
+    final = t.run()
+    pipe = InteractDiffusionPipeline.from_checkpoint(final, config=t.config)
+    for name, p in t.model.model.named_parameters():
+        assert torch.equal(p.detach(), pipe.model.model.get_parameter(name).detach()), name
+
+
+# ----------------------------------------------------------------------------- overfitting
+
+def test_tiny_model_overfits_eight_images(tmp_path):
+    config = tiny_train_config(tmp_path, batch_size=8, total_iters=100, lr=3e-3, warmup_steps=10,
+                               train_whole_unet=True, caption_drop_prob=0.0, null_grounding_prob=0.0,
+                               checkpoint_every=1000)
+    config.model.params.attention_resolutions = [2]  # one attention level: 3x faster, still a full UNet
+    t = Trainer(config, tmp_path / "overfit", dataset=Squares(), progress=False, log=lambda *a: None)
+    losses = []
+    real_step = t.step
+
+    def record(batches):
+        stats = real_step(batches)
+        losses.append(stats["loss"])
+        return stats
+    t.step = record
+    t.run()
+    first, last = sum(losses[:10]) / 10, sum(losses[-20:]) / 20
+    assert last <= 0.5 * first, (first, last)
+
+
+# ----------------------------------------------------------------------------- DDP
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, tmp: str, out: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    t = make_trainer(Path(tmp), "ddp", batch_size=2, total_iters=2, device="cpu")
+    t.run()
+    if rank == 0:
+        torch.save(trained_state(t), out)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_gloo_ddp_equals_one_process_with_the_doubled_batch(tmp_path):
+    import torch.multiprocessing as mp
+    out = tmp_path / "ddp.pt"
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path), str(out)), nprocs=2, start_method="spawn")
+    ddp_state = torch.load(out)
+    single = make_trainer(tmp_path, "single", batch_size=4, total_iters=2)
+    single.run()
+    assert max_difference(ddp_state, trained_state(single)) < 1e-5
