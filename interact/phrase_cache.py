@@ -28,9 +28,9 @@ def encoder_fingerprint(text_encoder: torch.nn.Module) -> str:
 class PhraseEmbeddingCache:
     """phrase -> [D] pooled embedding. `encode` is the text encoder's `encode_pooled`."""
 
-    def __init__(self, text_encoder, path=None, batch_size: int = 256):
+    def __init__(self, text_encoder, path=None, batch_size: int = 256, fingerprint: str | None = None):
         self.text_encoder = text_encoder
-        self.fingerprint = encoder_fingerprint(text_encoder)
+        self.fingerprint = fingerprint or encoder_fingerprint(text_encoder)
         self.path = Path(path) if path is not None else None
         self.batch_size = batch_size
         self.table: dict[str, torch.Tensor] = {}

@@ -31,7 +31,7 @@ from torch import nn
 from interact.checkpoint import atomic_save, export_sections, load_training_init, read_file, to_sections
 from interact.conditions import build_grounding
 from interact.model import CONFIG_DIR, InteractDiffusion, SECTIONS, build_model, is_interaction_key, load_config
-from interact.phrase_cache import PhraseEmbeddingCache
+from interact.phrase_cache import PhraseEmbeddingCache, encoder_fingerprint
 
 TRAIN_DEFAULTS = {
     "seed": 123,
@@ -335,10 +335,7 @@ class Trainer:
         o = self.opt
         self.amp_dtype = resolve_amp(self.dist.device, o["amp"], o["amp_dtype"])
 
-        from ldm.modules.encoders.clip_tokenizer import load_clip_tokenizer
-        torch.manual_seed(o["seed"])  # the random initialisation is the same on every rank and every restart
-        self.model: InteractDiffusion = build_model(config, tokenizer=load_clip_tokenizer())
-        lines, self.backbone_from_file = load_training_init(self.model, ckpt, sd_ckpt, allow_pickle)
+        self.model, lines, self.backbone_from_file = build_training_model(config, ckpt, sd_ckpt, allow_pickle)
         for line in lines:
             self.log(f"[init] {line}")
         if not self.backbone_from_file and not o["train_whole_unet"]:
@@ -386,17 +383,11 @@ class Trainer:
         return build_dataset(self.config.data, "train", seed=self.opt["seed"])
 
     def _phrase_cache(self) -> PhraseEmbeddingCache:
-        encoder = self.model.text_encoder
-        path = self.opt["phrase_cache"]
-        cache = PhraseEmbeddingCache(encoder)
-        if not path:
-            root = Path(self.config.data.root) if "data" in self.config else self.paths.root
-            path = root / f"phrase_embeddings_{cache.fingerprint}.pt"
-        cache = PhraseEmbeddingCache(encoder, path)
+        cache = open_phrase_cache(self.config, self.model.text_encoder, self.paths.root)
         phrases = dataset_phrases(self.dataset)
         if phrases is not None and cache.add(phrases, progress=self.progress) and self.dist.is_main:
             cache.save()
-            self.log(f"[init] phrase embeddings cached in {path} ({len(cache)} phrases)")
+            self.log(f"[init] phrase embeddings cached in {cache.path} ({len(cache)} phrases)")
         return cache
 
     # -------------------------------------------------------------- checkpoints
@@ -610,6 +601,28 @@ class Trainer:
         if self.writer is not None:
             self.writer.add_image("preview", np.asarray(grid), self.iters, dataformats="HWC")
         return path
+
+
+def build_training_model(config: DictConfig, ckpt=None, sd_ckpt=None,
+                         allow_pickle: bool = False) -> tuple[InteractDiffusion, list[str], bool]:
+    """The model a training run starts from: random initialisation seeded by train.seed (so it is
+    the same on every rank and every restart), then whatever the files provide. Returns the
+    model, one line per part saying where it came from, and whether the backbone came from a file."""
+    from ldm.modules.encoders.clip_tokenizer import load_clip_tokenizer
+    torch.manual_seed(config.train["seed"])
+    model = build_model(config, tokenizer=load_clip_tokenizer())
+    lines, backbone_from_file = load_training_init(model, ckpt, sd_ckpt, allow_pickle)
+    return model, lines, backbone_from_file
+
+
+def open_phrase_cache(config: DictConfig, text_encoder, fallback_root) -> PhraseEmbeddingCache:
+    """train.phrase_cache, else <data.root>/phrase_embeddings_<encoder fingerprint>.pt."""
+    fingerprint = encoder_fingerprint(text_encoder)
+    path = config.train["phrase_cache"]
+    if not path:
+        root = Path(config.data.root) if "data" in config else Path(fallback_root)
+        path = root / f"phrase_embeddings_{fingerprint}.pt"
+    return PhraseEmbeddingCache(text_encoder, path, fingerprint=fingerprint)
 
 
 def image_grid(images, columns: int):

@@ -662,3 +662,49 @@ def test_released_file_with_omegaconf_config_loads_without_allow_pickle(tmp_path
     assert OmegaConf.to_container(raw["config_dict"]) == OmegaConf.to_container(config)
     load_weights(fresh, ckpt=path)
     assert_same_weights(fresh, source)
+
+
+# ----------------------------------------------------------------------------- training initialisation
+
+def test_training_init_from_gligen_and_sd_files(tmp_path, source, fresh, sd_ckpt_file, config_dict):
+    from interact.checkpoint import load_training_init
+    sections = cloned(weights(source))
+    gligen_model = {k: v for k, v in sections["model"].items() if not k.startswith(GLIGEN_DROPPED)}
+    torch.save(released_layout({**sections, "model": gligen_model}, config_dict), tmp_path / "gligen.pth")
+    fresh_embeddings = {k: v.clone() for k, v in fresh.model.state_dict().items()
+                        if k.startswith(("position_net.interaction_embedding.", "position_net.position_embedding."))}
+    lines, from_file = load_training_init(fresh, tmp_path / "gligen.pth", sd_ckpt_file)
+    assert from_file and any("GLIGEN" in line for line in lines)
+    state, src = fresh.model.state_dict(), sections["model"]
+    for key, value in src.items():
+        if key in fresh_embeddings:  # GLIGEN has none: they keep the fresh initialisation
+            assert torch.equal(state[key], fresh_embeddings[key])
+        elif key.startswith("position_net.linear_action."):
+            assert torch.equal(state[key], src[key.replace("linear_action", "linears")])
+        elif key == "position_net.null_action_feature":
+            assert torch.equal(state[key], src["position_net.null_positive_feature"])
+        else:
+            assert torch.equal(state[key], value), key
+    assert not differing_sections(fresh, source, ("autoencoder", "text_encoder", "diffusion"))
+
+
+def test_training_init_from_interaction_weights_keeps_a_random_backbone(fresh, source, interaction_file):
+    from interact.checkpoint import load_training_init
+    backbone_before = {k: v.clone() for k, v in fresh.model.state_dict().items() if not is_interaction_key(k)}
+    lines, from_file = load_training_init(fresh, interaction_file)
+    assert not from_file and any("random" in line for line in lines)
+    state = fresh.model.state_dict()
+    for key, value in source.model.state_dict().items():
+        expected = value if is_interaction_key(key) else backbone_before[key]
+        assert torch.equal(state[key], expected), key
+
+
+def test_training_init_refuses_an_sd_file_as_ckpt(fresh, sd_ckpt_file):
+    from interact.checkpoint import load_training_init
+    with pytest.raises(CheckpointError, match="--official_ckpt_name"):
+        load_training_init(fresh, sd_ckpt_file)
+
+
+def differing_sections(a, b, names) -> list[str]:
+    return [f"{n}.{k}" for n in names for k, v in a.section(n).state_dict().items()
+            if not torch.equal(v, b.section(n).state_dict()[k])]
