@@ -293,3 +293,33 @@ def test_two_process_gloo_ddp_equals_one_process_with_the_doubled_batch(tmp_path
     single = make_trainer(tmp_path, "single", batch_size=4, total_iters=2)
     single.run()
     assert max_difference(ddp_state, trained_state(single)) < 1e-5
+
+
+# ----------------------------------------------------------------------------- logging and previews
+
+def test_tensorboard_gets_loss_lr_grad_norm_and_throughput(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    t = make_trainer(tmp_path, total_iters=3, log_every=1, warmup_steps=4)
+    t.run()
+    events = EventAccumulator(str(t.paths.root / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s"} <= tags
+    lr = [e.value for e in events.Scalars("train/lr")]
+    assert [e.step for e in events.Scalars("train/lr")] == [1, 2, 3]
+    assert lr == pytest.approx([1e-3 * f for f in (0.5, 0.75, 1.0)])  # warmup after steps 1, 2, 3
+    assert all(e.value > 0 for e in events.Scalars("train/samples_per_s"))
+
+
+def test_preview_grid_shows_generated_and_real_images_with_layouts(tmp_path):
+    from PIL import Image
+    t = make_trainer(tmp_path, total_iters=1, preview_count=3)
+    path = t.preview()
+    grid = Image.open(path)
+    # Each 16 px tile is drawn at >= 256 px for legible labels; 2 columns (generated, real), 3 rows.
+    assert grid.size == (2 * 256, 3 * 256)
+    real_tile = grid.crop((256, 0, 512, 256))
+    # The real image's subject rectangle is red: the tile must contain it (and the layout colours).
+    colours = {c for _, c in real_tile.getcolors(1 << 16)}
+    assert (255, 63, 63) in colours or any(r > 240 and g < 80 and b < 80 for r, g, b in colours)
+    assert t.model.model.training  # back in training mode after sampling
