@@ -251,15 +251,19 @@ def _mat_record(entry, key: str, actions, image_dir: Path) -> HOIRecord:
 
 # ----------------------------------------------------------------------------- detector JSON
 
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+
+
 def load_category_file(path) -> tuple[dict[int, str], dict[int, str]]:
     """Read a `categories.json`: {"objects": [{"id", "name"}], "verbs": [{"id", "name"}],
     "hoi_categories": [...]} -> (object_names, verb_names). `hoi_categories` is not
     needed to name phrases and is ignored here."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from None
+    data = _read_json(path)
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object with 'objects' and 'verbs'")
     out = []
@@ -294,10 +298,7 @@ def read_detector_json(json_path, image_dir, object_names: dict[int, str] | None
     path = Path(json_path)
     object_names = OBJECT_NAMES if object_names is None else object_names
     verb_names = VERB_NAMES if verb_names is None else verb_names
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from None
+    data = _read_json(path)
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of images, got {type(data).__name__}")
     report = SkipReport(path.name)

@@ -361,6 +361,7 @@ class Trainer:
         self.ema = EMA(self.trained, o["ema_rate"]) if o["enable_ema"] else None
         self.iters = 0
         self.writer = None
+        self._resumed = False
 
     # -------------------------------------------------------------- set-up helpers
     def _select_trained(self) -> dict[str, nn.Parameter]:
@@ -413,9 +414,10 @@ class Trainer:
             atomic_save(state, self.paths.kept(self.iters))
 
     def resume(self) -> bool:
-        """Continue from latest.pth when the run folder has one."""
-        if not self.paths.latest.is_file():
-            return False
+        """Continue from latest.pth when the run folder has one (once per Trainer)."""
+        if self._resumed or not self.paths.latest.is_file():
+            return self._resumed
+        self._resumed = True
         raw = read_file(self.paths.latest)
         saved_step = raw.get("data", {}).get("samples_per_step")
         if saved_step is not None and saved_step != self._samples_per_step():
