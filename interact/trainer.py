@@ -398,6 +398,7 @@ class Trainer:
         state.update(opt=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                      scaler=self.scaler.state_dict(), iters=self.iters, rng=rng_states(),
                      data={"seed": self.opt["seed"], "samples_per_step": self._samples_per_step(),
+                           "position": self.iters * self._samples_per_step(),  # in the global sample stream
                            "dataset_size": len(self.dataset)},
                      train=dict(self.opt))
         if self.ema is not None:

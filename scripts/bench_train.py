@@ -9,8 +9,8 @@ noisy shared machine shifts both sides of a ratio alike.
 Configs:
   toy  configs/toy_hoi.yaml: 64x64 images, whole UNet trained (as that config says), EMA on.
   SD   configs/hoi_hico_text.yaml (SD v1.x, random weights): 512x512 images -> 64x64 latents,
-       only position_net + fusers trained. Rows with use_checkpoint off (the default here) and
-       on (what that config sets, for GPUs).
+       only position_net + fusers trained, use_checkpoint off (that config turns it on for GPUs;
+       --checkpoint-row adds a row with it on). One SD step takes about a minute on 2 cores.
 Each is timed with SDPA and with the naive softmax(QK^T)V attention (attention_backend("naive")).
 Data: a synthetic in-memory dataset (rectangles, 3 interactions per image), phrases pre-cached.
 
@@ -21,6 +21,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -126,7 +127,7 @@ def bench_config(label, config_path, variants, repeats, warmup, batch, tmp, memo
     n_trained = sum(p.numel() for p in trainer.trained.values())
     n_unet = sum(p.numel() for p in trainer.model.model.parameters())
     log(f"built in {time.perf_counter() - t0:.1f} s; images {image}x{image}; trained {n_trained / 1e6:.2f} M of "
-        f"the UNet's {n_unet / 1e6:.1f} M parameters; EMA {'on' if trainer.ema else 'off'}")
+        f"the {n_unet / 1e6:.1f} M parameters of UNet + fusers + position_net; EMA {'on' if trainer.ema else 'off'}")
     batches = trainer.batches()
 
     def step(v: Variant, mem=None):
@@ -165,14 +166,13 @@ def bench_config(label, config_path, variants, repeats, warmup, batch, tmp, memo
 
     m.autoencoder.encode, m.text_encoder.encode = clocked(m.autoencoder.encode), clocked(m.text_encoder.encode)
     fwd, enc_times, fwd_peak = [], [], None
-    for r in range(max(1, repeats)):
+    for r in range(max(1, repeats // 2)):
         batch_data = next(batches)
         trainer.optimizer.zero_grad(set_to_none=True)
         enc["s"] = 0.0
-        holder = {}
-        elapsed, peak = timed(lambda: holder.setdefault("loss", trainer.loss(batch_data, 0)),
-                              memory if r == 0 else None)
-        del holder
+        graph = []  # the loss and its autograd graph stay alive until the peak is read
+        elapsed, peak = timed(lambda: graph.append(trainer.loss(batch_data, 0)), memory if r == 0 else None)
+        graph.clear()
         fwd.append(elapsed)
         enc_times.append(enc["s"])
         fwd_peak = peak if peak is not None else fwd_peak
@@ -180,7 +180,6 @@ def bench_config(label, config_path, variants, repeats, warmup, batch, tmp, memo
         + (f", peak +{fwd_peak:,.0f} MiB" if fwd_peak is not None else ""))
     result = dict(label=label, latent=latent, trained=n_trained, variants=variants, forward=fwd,
                   encoders=enc_times, forward_peak=fwd_peak, batch=batch)
-    del trainer, batches
     return result
 
 
@@ -209,11 +208,11 @@ def summary(results, mm_rate) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="toy config only, fewer repeats")
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default: toy 10, SD 3; --quick 3)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default: toy 10, SD 2; --quick 3)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--batch", type=int, default=1, help="per-step batch size")
     p.add_argument("--skip-sd", action="store_true", help="toy config only")
-    p.add_argument("--no-checkpoint-row", action="store_true", help="SD: skip the use_checkpoint=True row")
+    p.add_argument("--checkpoint-row", action="store_true", help="SD: add a row with use_checkpoint on")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     run_start = time.perf_counter()
@@ -231,6 +230,8 @@ def main(argv=None) -> None:
     log(f"torch {torch.__version__}, python {platform.python_version()}, CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} torch threads; "
         f"{mm_n}x{mm_n} fp32 matmul: " + ", ".join(f"{r:.1f}" for r in mm["rates"]) + " GFLOP/s")
+    log(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (other processes share them: "
+        f"compare min/median, and ratios within a round)")
     log(f"peak memory: {memory.describe().replace('forward', 'step')}; gradients freed before each step")
 
     results = []
@@ -241,12 +242,13 @@ def main(argv=None) -> None:
                                     toy_repeats, 1 if args.quick else 2, args.batch, tmp, memory, mm))
         if not (args.quick or args.skip_sd):
             sd_variants = [Variant("SDPA", "sdpa"), Variant("naive", "naive")]
-            if not args.no_checkpoint_row:
+            if args.checkpoint_row:
                 sd_variants.append(Variant("SDPA + use_checkpoint", "sdpa", checkpointing=True))
-            results.append(bench_config("SD v1.x", SD_CONFIG, sd_variants, args.repeats or 3, 1, args.batch, tmp,
+            results.append(bench_config("SD v1.x", SD_CONFIG, sd_variants, args.repeats or 2, 1, args.batch, tmp,
                                         memory, mm, warm_all=False))
 
-    log(f"\n## Summary (total run {time.perf_counter() - run_start:.0f} s)")
+    log(f"\n## Summary (total run {time.perf_counter() - run_start:.0f} s, load average now "
+        f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads)")
     summary(results, statistics.median(mm["rates"]))
 
 
