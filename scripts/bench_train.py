@@ -10,12 +10,13 @@ Configs:
   toy  configs/toy_hoi.yaml: 64x64 images, whole UNet trained (as that config says), EMA on.
   SD   configs/hoi_hico_text.yaml (SD v1.x, random weights): 512x512 images -> 64x64 latents,
        only position_net + fusers trained, use_checkpoint off (that config turns it on for GPUs;
-       --checkpoint-row adds a row with it on). One SD step takes about a minute on 2 cores.
+       --checkpoint-row adds a row with it on). One SD step takes 1.5-2 minutes on 2 cores;
+       the default run about 11 minutes.
 Each is timed with SDPA and with the naive softmax(QK^T)V attention (attention_backend("naive")).
 Data: a synthetic in-memory dataset (rectangles, 3 interactions per image), phrases pre-cached.
 
 Usage:
-  .venv/bin/python scripts/bench_train.py            # toy + SD, several minutes on 2 CPU cores
+  .venv/bin/python scripts/bench_train.py            # toy + SD, about 11 minutes on 2 CPU cores
   .venv/bin/python scripts/bench_train.py --quick    # toy only, fewer repeats, seconds
 """
 from __future__ import annotations
@@ -127,7 +128,7 @@ def bench_config(label, config_path, variants, repeats, warmup, batch, tmp, memo
     n_trained = sum(p.numel() for p in trainer.trained.values())
     n_unet = sum(p.numel() for p in trainer.model.model.parameters())
     log(f"built in {time.perf_counter() - t0:.1f} s; images {image}x{image}; trained {n_trained / 1e6:.2f} M of "
-        f"the {n_unet / 1e6:.1f} M parameters of UNet + fusers + position_net; EMA {'on' if trainer.ema else 'off'}")
+        f"the {n_unet / 1e6:.2f} M parameters of UNet + fusers + position_net; EMA {'on' if trainer.ema else 'off'}")
     batches = trainer.batches()
 
     def step(v: Variant, mem=None):
@@ -196,12 +197,12 @@ def summary(results, mm_rate) -> None:
                 f"| {med(v.ratios):.2f} | {fmt_mem(v.peak)} | {ratio} |")
     log("")
     for res in results:
-        base, fwd = res["variants"][0], med(res["forward"])
+        base, fwd, enc = res["variants"][0], med(res["forward"]), med(res["encoders"])
+        rest = med(base.times) - fwd
         log(f"- {res['label']}: {res['trained'] / 1e6:.2f} M trained parameters; latent {res['latent']}x"
-            f"{res['latent']}; SDPA step {med(base.times):.3f} s = forward {fwd:.3f} s (of which frozen encoders "
-            f"{med(res['encoders']):.3f} s; forward peak +{fmt_mem(res['forward_peak'])} MiB) + backward/AdamW/"
-            f"data {med(base.times) - fwd:.3f} s (backward+optimizer ~{(med(base.times) - fwd) / fwd:.2f}x the "
-            f"forward).")
+            f"{res['latent']}; SDPA step {med(base.times):.3f} s = forward {fwd:.3f} s (frozen encoders {enc:.3f} s "
+            f"+ denoiser {fwd - enc:.3f} s; forward peak +{fmt_mem(res['forward_peak'])} MiB) + backward/AdamW/data "
+            f"{rest:.3f} s ({rest / (fwd - enc):.2f}x the denoiser forward).")
     log(f"- matmul rate {mm_rate:.1f} GFLOP/s fp32 (median of samples before and between rounds).")
 
 
