@@ -335,6 +335,7 @@ class Trainer:
         o = self.opt
         self.amp_dtype = resolve_amp(self.dist.device, o["amp"], o["amp_dtype"])
 
+        self.dataset = dataset if dataset is not None else self._build_dataset()  # fails before the model is built
         self.model, lines, self.backbone_from_file = build_training_model(config, ckpt, sd_ckpt, allow_pickle)
         for line in lines:
             self.log(f"[init] {line}")
@@ -346,7 +347,6 @@ class Trainer:
         self.log(f"[init] training {sum(p.numel() for p in self.trained.values()) / 1e6:.2f} M parameters "
                  f"({len(self.trained)} tensors) on {self.dist.device}, {self.dist.world} process(es)")
 
-        self.dataset = dataset if dataset is not None else self._build_dataset()
         self.phrases = self._phrase_cache()
 
         self.denoiser = Denoiser(self.model.model)
@@ -381,7 +381,11 @@ class Trainer:
         if "data" not in self.config:
             raise ValueError("the training config has no 'data' section")
         from dataset.hoi_dataset import build_dataset
-        return build_dataset(self.config.data, "train", seed=self.opt["seed"])
+        try:
+            return build_dataset(self.config.data, "train", seed=self.opt["seed"])
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err} (point data.root or --DATA_ROOT at the data set; the toy world is "
+                                    f"made by `python -m dataset.toy generate --out {self.config.data.root}`)") from None
 
     def _phrase_cache(self) -> PhraseEmbeddingCache:
         cache = open_phrase_cache(self.config, self.model.text_encoder, self.paths.root)
