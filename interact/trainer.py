@@ -240,16 +240,24 @@ class Denoiser(nn.Module):
 
 
 class EMA:
-    """Exponential moving average of the trained parameters, by name."""
+    """Exponential moving average of the trained parameters, by name. The decay warms up as
+    min(rate, (1 + n) / (10 + n)) after n updates: with a flat 0.9999 the average would hold
+    mostly the random initialisation for the first tens of thousands of steps."""
 
     def __init__(self, named_params: dict[str, nn.Parameter], rate: float):
         self.rate = rate
+        self.updates = 0
         self.shadow = {n: p.detach().clone() for n, p in named_params.items()}
+
+    def decay(self) -> float:
+        return min(self.rate, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
     def update(self, named_params: dict[str, nn.Parameter]) -> None:
+        decay = self.decay()
         for n, p in named_params.items():
-            self.shadow[n].lerp_(p.detach(), 1 - self.rate)
+            self.shadow[n].lerp_(p.detach(), 1 - decay)
+        self.updates += 1
 
     @contextlib.contextmanager
     def swapped_in(self, named_params: dict[str, nn.Parameter]):
@@ -407,6 +415,7 @@ class Trainer:
                      train=dict(self.opt))
         if self.ema is not None:
             state["ema"] = {n: t.clone() for n, t in self.ema.shadow.items()}
+            state["ema_updates"] = self.ema.updates
         return state
 
     def save(self) -> None:
@@ -442,6 +451,7 @@ class Trainer:
             if "ema" not in raw:
                 raise RuntimeError(f"{self.paths.latest}: has no EMA weights but --enable_ema is set")
             self.ema.shadow = {n: t.to(self.dist.device) for n, t in raw["ema"].items()}
+            self.ema.updates = int(raw.get("ema_updates", raw["iters"]))
         set_rng_states(raw["rng"])
         self.iters = int(raw["iters"])
         self.log(f"[resume] {self.paths.latest} at iteration {self.iters}")

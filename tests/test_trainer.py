@@ -323,3 +323,22 @@ def test_preview_grid_shows_generated_and_real_images_with_layouts(tmp_path):
     colours = {c for _, c in real_tile.getcolors(1 << 16)}
     assert (255, 63, 63) in colours or any(r > 240 and g < 80 and b < 80 for r, g, b in colours)
     assert t.model.model.training  # back in training mode after sampling
+
+
+def test_ema_decay_warms_up_and_averages_as_the_closed_form():
+    from interact.trainer import EMA
+    p = {"w": torch.nn.Parameter(torch.zeros(3))}
+    ema = EMA(p, rate=0.99)
+    expected = torch.zeros(3)
+    for n in range(1000):
+        with torch.no_grad():
+            p["w"].fill_(float(n + 1))
+        decay = min(0.99, (1 + n) / (10 + n))
+        expected = decay * expected + (1 - decay) * (n + 1)
+        ema.update(p)
+    assert ema.decay() == 0.99 and ema.updates == 1000
+    assert torch.allclose(ema.shadow["w"], expected.expand(3), rtol=1e-5)
+    # The warm-up: after the first update the average is already 90% the current weights.
+    fresh = EMA({"w": torch.nn.Parameter(torch.zeros(1))}, rate=0.9999)
+    fresh.update({"w": torch.nn.Parameter(torch.ones(1))})
+    assert fresh.shadow["w"].item() == pytest.approx(0.9)
