@@ -193,7 +193,8 @@ def build_dataset(data_cfg, split: str, seed: int) -> HOIDataset:
             names = dict(zip(("object_names", "verb_names"), load_category_file(path)))
         records, report = read_detector_json(annotations, images, **names, max_skip_fraction=max_skip)
     else:
-        records, report = read_torch_files(annotations, max_skip_fraction=max_skip)
+        # Images stay in their files until used: held inline, HICO-DET's would take tens of GB per process.
+        records, report = read_torch_files(annotations, max_skip_fraction=max_skip, inline_images=False)
     dataset = HOIDataset(records, size, random_flip=random_flip and split == "train", seed=seed,
                          min_area=min_area, max_interactions=max_interactions, verify_images=verify,
                          max_skip_fraction=max_skip, source=report.source)

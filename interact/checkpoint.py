@@ -269,23 +269,27 @@ def load_weights(model: InteractDiffusion, ckpt=None, sd_ckpt=None, allow_pickle
     backbone = interaction if sd_ckpt is None else to_sections(read_file(sd_ckpt, allow_pickle))
     if "model" not in interaction:
         raise CheckpointError(f"{ckpt}: has no 'model' section with interaction weights")
-    for name in ("model", "autoencoder"):
-        if name not in backbone and model.section(name).state_dict():  # a parameter-free first stage needs none
-            raise CheckpointError(f"{backbone_src}: has no {name!r} section; pass --sd_ckpt with an SD v1.x "
-                                  f"checkpoint for the backbone")
-    _load_strict(model.model, "model", backbone["model"], is_interaction_key, str(backbone_src))
+    _load_backbone(model, backbone, backbone_src, text_encoder_given,
+                   hint="pass --sd_ckpt with an SD v1.x checkpoint for the backbone")
     _load_strict(model.model, "model", interaction["model"], lambda k: not is_interaction_key(k), str(ckpt))
-    _load_strict(model.autoencoder, "autoencoder", backbone.get("autoencoder", {}), source=str(backbone_src))
-    if text_encoder_given:
-        pass
-    elif "text_encoder" in backbone:
-        _load_strict(model.text_encoder, "text_encoder", backbone["text_encoder"], source=str(backbone_src))
-    else:
-        raise CheckpointError(f"{backbone_src}: has no text encoder weights: pass --text_encoder DIR (a Hugging "
-                              f"Face CLIP ViT-L/14 text model folder, e.g. an SD v1.x repo's text_encoder/)")
-    if "diffusion" in backbone:
-        _load_strict(model.diffusion, "diffusion", backbone["diffusion"], source=str(backbone_src))
     model.finish_meta_load()
+
+
+def _load_backbone(model: InteractDiffusion, backbone: dict, source, text_encoder_given: bool = False,
+                   hint: str = "") -> None:
+    """The frozen parts (UNet without the interaction control, autoencoder, text encoder, and the
+    schedule when the file has it), strictly. A parameter-free first stage needs no section."""
+    needed = ["model"] + (["autoencoder"] if model.autoencoder.state_dict() else [])
+    missing = [name for name in needed if name not in backbone]
+    if missing:  # checked before anything loads, so the message names the real problem
+        raise CheckpointError(f"{source}: has no {missing[0]!r} section" + (f"; {hint}" if hint else ""))
+    if "text_encoder" not in backbone and not text_encoder_given:
+        raise CheckpointError(f"{source}: has no text encoder weights: pass --text_encoder DIR (a Hugging "
+                              f"Face CLIP ViT-L/14 text model folder, e.g. an SD v1.x repo's text_encoder/)")
+    for name in SECTIONS:
+        if name in backbone and not (name == "text_encoder" and text_encoder_given):
+            ignore = is_interaction_key if name == "model" else (lambda k: False)
+            _load_strict(model.section(name), name, backbone[name], ignore, str(source))
 
 
 def load_training_init(model: InteractDiffusion, ckpt=None, sd_ckpt=None,
@@ -301,6 +305,9 @@ def load_training_init(model: InteractDiffusion, ckpt=None, sd_ckpt=None,
     if ckpt is not None:
         raw = read_file(ckpt, allow_pickle)
         kind = classify(raw)
+        if kind == "unknown":
+            raise CheckpointError(f"--ckpt {ckpt}: unrecognised layout (top-level keys {sorted(map(str, raw))[:10]}); "
+                                  f"expected a GLIGEN or InteractDiffusion checkpoint")
         if kind == "sd_original":
             raise CheckpointError(f"--ckpt {ckpt}: is a Stable Diffusion v1.x checkpoint; pass it as "
                                   f"--official_ckpt_name (--ckpt takes a GLIGEN or InteractDiffusion file)")
@@ -321,13 +328,7 @@ def load_training_init(model: InteractDiffusion, ckpt=None, sd_ckpt=None,
     if backbone is None:
         lines.append("backbone (UNet, autoencoder, text encoder): random initialisation")
         return lines, False
-    for name in SECTIONS:
-        if name not in backbone:
-            if name in ("model", "text_encoder") or (name == "autoencoder" and model.autoencoder.state_dict()):
-                raise CheckpointError(f"{backbone_src}: has no {name!r} section for the backbone")
-            continue
-        ignore = is_interaction_key if name == "model" else (lambda k: False)
-        _load_strict(model.section(name), name, backbone[name], ignore, str(backbone_src))
+    _load_backbone(model, backbone, backbone_src)
     lines.append(f"backbone: {backbone_src}")
     return lines, True
 

@@ -6,7 +6,8 @@ a step (timesteps, noise, caption and grounding drops) comes from a generator se
 (seed, iteration) and is drawn for the step's whole global batch, each micro-batch of each
 rank taking its rows; the data order is a per-epoch permutation of a global sample stream. A run
 killed at any moment and restarted from its last checkpoint therefore repeats exactly the
-steps the uninterrupted run would have taken, and N ranks with batch b and A accumulation
+steps the uninterrupted run would have taken (bit for bit on CPU; on CUDA with
+train.deterministic, since GPU kernels otherwise differ in the last bits from run to run), and N ranks with batch b and A accumulation
 micro-steps take the same step as one process with batch N*A*b.
 """
 from __future__ import annotations
@@ -60,6 +61,7 @@ TRAIN_DEFAULTS = {
     "workers": 1,
     "phrase_cache": "",                # "" = <data root>/phrase_embeddings_<encoder fingerprint>.pt
     "max_steps_per_run": 0,            # stop (with a checkpoint) after this many steps; 0 = no limit
+    "deterministic": False,            # CUDA: deterministic kernels (slower), for bit-exact resume; CPU always is
 }
 TOP_LEVEL_KEYS = set(SECTIONS) | {"interaction", "scale_factor", "sampling", "model_config", "train", "data"}
 
@@ -155,6 +157,23 @@ def init_distributed(device: str = "auto") -> Distributed:
     return Distributed(rank, world, local_rank, dev)
 
 
+def make_deterministic() -> None:
+    """Deterministic CUDA kernels: without them two identical GPU runs (and so a resumed one)
+    differ in the last bits, from atomics in convolution and attention backward passes."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read at cuBLAS start-up
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def deterministic_attention(enabled: bool):
+    """The math SDPA kernel (the flash / memory-efficient backward passes are not deterministic)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def cpu_has_native_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -192,6 +211,8 @@ class SampleStream(torch.utils.data.Dataset):
     """Global sample position p -> dataset item: epoch p // n uses its own permutation of the n
     samples, so the order depends only on (seed, p), never on how far an earlier run got."""
 
+    MAX_REPLACEMENTS = 100
+
     def __init__(self, dataset, seed: int):
         if len(dataset) == 0:
             raise ValueError("the training dataset is empty")
@@ -208,8 +229,16 @@ class SampleStream(torch.utils.data.Dataset):
         return 2 ** 62
 
     def __getitem__(self, position: int):
-        epoch, index = self.index(position)
-        return self.dataset.get(index, epoch)
+        # A sample that cannot be read (a corrupt image found only now) is replaced by the next
+        # position's: a pure function of the position, so a resumed run makes the same choice.
+        from dataset.hico import DataError
+        for offset in range(self.MAX_REPLACEMENTS):
+            epoch, index = self.index(position + offset)
+            try:
+                return self.dataset.get(index, epoch)
+            except DataError as err:
+                warnings.warn(f"{err}; sample skipped, using the next one")
+        raise DataError(f"{self.MAX_REPLACEMENTS} unreadable samples in a row from position {position}")
 
 
 class StepBatches(torch.utils.data.Sampler):
@@ -291,8 +320,8 @@ def rng_states() -> dict:
     numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                    "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}
     states = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # nothing here draws from it; kept for user code that does
+        states["cuda"] = torch.cuda.get_rng_state()
     return states
 
 
@@ -303,7 +332,7 @@ def set_rng_states(states: dict) -> None:
                          n["cached_gaussian"]))
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state(states["cuda"])
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -337,6 +366,8 @@ class Trainer:
         self.config = config
         self.opt: dict = dict(config.train)
         self.paths = RunPaths(Path(run_dir))
+        if config.train["deterministic"]:
+            make_deterministic()
         self.dist = init_distributed(device)
         self.log = log if self.dist.is_main else (lambda *a, **k: None)
         self.progress = progress and self.dist.is_main
@@ -412,7 +443,7 @@ class Trainer:
                      data={"seed": self.opt["seed"], "samples_per_step": self._samples_per_step(),
                            "position": self.iters * self._samples_per_step(),  # in the global sample stream
                            "dataset_size": len(self.dataset)},
-                     train=dict(self.opt))
+                     train=dict(self.opt), backbone_from_file=self.backbone_from_file)
         if self.ema is not None:
             state["ema"] = {n: t.clone() for n, t in self.ema.shadow.items()}
             state["ema_updates"] = self.ema.updates
@@ -433,11 +464,15 @@ class Trainer:
             return self._resumed
         self._resumed = True
         raw = read_file(self.paths.latest)
+        if raw.get("backbone_from_file") and not self.backbone_from_file:
+            raise RuntimeError(f"{self.paths.latest}: this run's frozen backbone came from a file, which the "
+                               f"checkpoint does not hold: pass the same --official_ckpt_name/--ckpt as before")
         saved_step = raw.get("data", {}).get("samples_per_step")
         if saved_step is not None and saved_step != self._samples_per_step():
             warnings.warn(f"resuming with {self._samples_per_step()} samples per step (batch x processes x "
-                          f"accumulation) where the run had {saved_step}: the data order continues, but the "
-                          f"run is no longer step-for-step the uninterrupted one")
+                          f"accumulation) where the run had {saved_step}: the data stream goes on from "
+                          f"iteration x samples per step, so some samples are skipped or repeated, and the run "
+                          f"is no longer step-for-step the uninterrupted one")
         for name, state in to_sections(raw).items():
             module = self.model.section(name)
             missing, unexpected = module.load_state_dict(state, strict=False)
@@ -446,7 +481,9 @@ class Trainer:
                                    f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
         self.optimizer.load_state_dict(raw["opt"])
         self.scheduler.load_state_dict(raw["scheduler"])
-        self.scaler.load_state_dict(raw["scaler"])
+        self._apply_lr_options(raw.get("train", {}))
+        if raw["scaler"] and self.scaler.is_enabled():  # a run that had no fp16 scaler saved an empty state
+            self.scaler.load_state_dict(raw["scaler"])
         if self.ema is not None:
             if "ema" not in raw:
                 raise RuntimeError(f"{self.paths.latest}: has no EMA weights but --enable_ema is set")
@@ -456,6 +493,17 @@ class Trainer:
         self.iters = int(raw["iters"])
         self.log(f"[resume] {self.paths.latest} at iteration {self.iters}")
         return True
+
+    def _apply_lr_options(self, saved: dict) -> None:
+        """The optimiser state restores the saved lr and weight decay: the command line's win."""
+        o = self.opt
+        changed = [k for k in ("lr", "weight_decay") if k in saved and saved[k] != o[k]]
+        if changed:
+            self.log(f"[resume] {', '.join(f'{k} {saved[k]} -> {o[k]}' for k in changed)}")
+        self.scheduler.base_lrs = [o["lr"]] * len(self.optimizer.param_groups)
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"], group["lr"], group["weight_decay"] = o["lr"], o["lr"] * factor, o["weight_decay"]
 
     def export_final(self) -> Path:
         """The inference file: interaction weights (plus the backbone when it was trained or
@@ -498,7 +546,8 @@ class Trainer:
             if null_grounding:
                 grounding = grounding.null()
         forward = self.ddp if self.ddp is not None else self.denoiser
-        with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+        with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None), \
+                deterministic_attention(o["deterministic"] and dev.type == "cuda"):
             eps = forward(x_t, t, context, grounding.to(dev).as_kwargs())
         return nn.functional.mse_loss(eps.float(), noise)
 
@@ -589,6 +638,7 @@ class Trainer:
             self.writer.close()
         if self.dist.world > 1:
             dist.barrier()
+            dist.destroy_process_group()
         return final
 
     # -------------------------------------------------------------- previews
@@ -638,6 +688,8 @@ def open_phrase_cache(config: DictConfig, text_encoder, fallback_root) -> Phrase
     path = config.train["phrase_cache"]
     if not path:
         root = Path(config.data.root) if "data" in config else Path(fallback_root)
+        if not os.access(root, os.W_OK):  # a read-only or shared data set
+            root = Path(fallback_root)
         path = root / f"phrase_embeddings_{fingerprint}.pt"
     return PhraseEmbeddingCache(text_encoder, path, fingerprint=fingerprint)
 

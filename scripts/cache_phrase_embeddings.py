@@ -30,6 +30,9 @@ def main(argv=None) -> int:
 
     from dataset.hoi_dataset import build_dataset
     from interact.trainer import build_training_model, dataset_phrases, load_training_config, open_phrase_cache
+    from main import optional_path, resolve_weights
+    ckpt = resolve_weights(optional_path(args.ckpt), args.data_root, "--ckpt")
+    sd_ckpt = resolve_weights(optional_path(args.official_ckpt_name), args.data_root, "--official_ckpt_name")
     config = load_training_config(args.yaml_file)
     if args.data_root is not None:
         config.data.root = args.data_root
@@ -41,7 +44,7 @@ def main(argv=None) -> int:
             print(f"[cache] no data.{split} in {args.yaml_file}; skipped")
             continue
         phrases |= dataset_phrases(build_dataset(config.data, split, seed=config.train["seed"]))
-    model, lines, _ = build_training_model(config, args.ckpt, args.official_ckpt_name, args.allow_pickle)
+    model, lines, _ = build_training_model(config, ckpt, sd_ckpt, args.allow_pickle)
     for line in lines:
         print(f"[init] {line}")
     cache = open_phrase_cache(config, model.text_encoder, Path("."))

@@ -342,3 +342,36 @@ def test_ema_decay_warms_up_and_averages_as_the_closed_form():
     fresh = EMA({"w": torch.nn.Parameter(torch.zeros(1))}, rate=0.9999)
     fresh.update({"w": torch.nn.Parameter(torch.ones(1))})
     assert fresh.shadow["w"].item() == pytest.approx(0.9)
+
+
+# ----------------------------------------------------------------------------- resume edge cases
+
+def test_an_unreadable_sample_is_replaced_by_the_next_position():
+    from dataset.hico import DataError
+
+    class OneBad(Squares):
+        def get(self, index, epoch):
+            if index == 2:
+                raise DataError("img2: cannot read image img2.png")
+            return super().get(index, epoch)
+    stream = SampleStream(OneBad(5), seed=1)
+    position = next(p for p in range(5) if stream.index(p)[1] == 2)
+    with pytest.warns(UserWarning, match="img2: cannot read image"):
+        sample = stream[position]
+    assert sample.key == f"img{stream.index(position + 1)[1]}"
+
+
+def test_resume_takes_the_new_lr_and_refuses_a_missing_backbone(tmp_path):
+    make_trainer(tmp_path, total_iters=2, warmup_steps=0).run()
+    again = make_trainer(tmp_path, total_iters=4, warmup_steps=0, lr=3e-4)
+    assert again.resume() and again.iters == 2
+    assert [g["lr"] for g in again.optimizer.param_groups] == [3e-4]
+    again.run()
+    assert again.scheduler.get_last_lr() == [3e-4]
+
+    latest = again.paths.latest
+    raw = torch.load(latest, weights_only=True)
+    raw["backbone_from_file"] = True  # as if the run had been started with --official_ckpt_name
+    torch.save(raw, latest)
+    with pytest.raises(RuntimeError, match="--official_ckpt_name"):
+        make_trainer(tmp_path, total_iters=6).resume()
