@@ -27,13 +27,10 @@ def optional_path(value):
     return None if value is None or str(value).lower() in ("", "none") else value
 
 
-# CLI flag -> train option; the flags keep the reference trainer's names.
-TRAIN_FLAGS = {
-    "batch_size": int, "grad_accumulation_step": int, "total_iters": int, "lr": float, "warmup_steps": int,
-    "save_every_iters": int, "seed": int, "workers": int, "weight_decay": float, "scheduler_type": str,
-    "ema_rate": float, "amp": str2bool, "enable_ema": str2bool, "disable_inference_in_training": str2bool,
-    "fix_interaction_embedding": str2bool,
-}
+# Train options settable by flag (the reference trainer's names); types come from TRAIN_DEFAULTS.
+TRAIN_FLAGS = ("batch_size", "grad_accumulation_step", "total_iters", "lr", "warmup_steps", "save_every_iters",
+               "seed", "workers", "weight_decay", "scheduler_type", "ema_rate", "amp", "enable_ema",
+               "disable_inference_in_training", "fix_interaction_embedding")
 ALIASES = {"grad_accumulation_step": ["--gradient_accumulation_step"], "lr": ["--base_learning_rate"]}
 
 
@@ -51,7 +48,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--allow-pickle", action="store_true", help="unpickle arbitrary objects (trusted files only)")
     p.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)  # old launchers
-    for flag, kind in TRAIN_FLAGS.items():
+    from interact.trainer import TRAIN_DEFAULTS
+    for flag in TRAIN_FLAGS:
+        default = TRAIN_DEFAULTS[flag]
+        kind = str2bool if isinstance(default, bool) else type(default)
         extra = {"nargs": "?", "const": True} if kind is str2bool else {}
         p.add_argument(f"--{flag}", *ALIASES.get(flag, []), dest=flag, type=kind, default=None, **extra)
     return p.parse_args(argv)

@@ -144,12 +144,9 @@ def init_distributed(device: str = "auto") -> Distributed:
     """Reads torchrun's environment; NCCL for CUDA, gloo for CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device in (None, "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    from interact.pipeline import resolve_device
+    dev = resolve_device(device)
+    if dev.type == "cuda":  # one GPU per torchrun process
         dev = torch.device("cuda", local_rank if world > 1 else (dev.index or 0))
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
@@ -435,9 +432,14 @@ class Trainer:
         return cache
 
     # -------------------------------------------------------------- checkpoints
+    @property
+    def interaction_only(self) -> bool:
+        """Checkpoints hold only the trained interaction weights when the frozen backbone comes
+        from a file the restart reads again; otherwise (trained or random backbone) everything."""
+        return self.backbone_from_file and not self.opt["train_whole_unet"]
+
     def state(self) -> dict:
-        interaction_only = self.backbone_from_file and not self.opt["train_whole_unet"]
-        state = export_sections(self.model, interaction_only=interaction_only)
+        state = export_sections(self.model, interaction_only=self.interaction_only)
         state.update(opt=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                      scaler=self.scaler.state_dict(), iters=self.iters, rng=rng_states(),
                      data={"seed": self.opt["seed"], "samples_per_step": self._samples_per_step(),
@@ -508,10 +510,10 @@ class Trainer:
     def export_final(self) -> Path:
         """The inference file: interaction weights (plus the backbone when it was trained or
         random), EMA weights when EMA is on. Loads with inference_batch.py --ckpt."""
-        interaction_only = self.backbone_from_file and not self.opt["train_whole_unet"]
         context = self.ema.swapped_in(self.trained) if self.ema is not None else contextlib.nullcontext()
         with context:
-            atomic_save({**export_sections(self.model, interaction_only), "iters": self.iters}, self.paths.final)
+            atomic_save({**export_sections(self.model, self.interaction_only), "iters": self.iters},
+                        self.paths.final)
         return self.paths.final
 
     # -------------------------------------------------------------- one step
