@@ -7,13 +7,13 @@ a bad record or an existing file fails fast and nothing already written is lost.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
+from interact.checkpoint import atomic_write
 from interact.conditions import ConditionError, interactions_from_record
 from interact.model import CONFIG_DIR, REPO_ROOT
 
@@ -108,16 +108,6 @@ def plan_outputs(folder: Path, count: int, overwrite: bool, skip_existing: bool)
     return todo
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def load_pipeline(args):
     from interact.pipeline import InteractDiffusionPipeline
     if args.ckpt is None and args.sd_ckpt is None:
@@ -174,16 +164,16 @@ def run_batch(args) -> list[Path]:
                       **resolved)
         for i, (record, interactions), image, seed in zip(chunk, records, images, seeds):
             paths = output_paths(folder, i)
-            _atomic_write(paths["image"], lambda p: image.save(p, format="PNG"))
+            atomic_write(paths["image"], lambda p: image.save(p, format="PNG"))
             layout = draw_layout(image, interactions)
-            _atomic_write(paths["layout"], lambda p: layout.save(p, format="PNG"))
+            atomic_write(paths["layout"], lambda p: layout.save(p, format="PNG"))
             sidecar = {"record": i, "prompt": record["prompt"],
                        "interactions": [{"subject": it.subject, "action": it.action, "object": it.object,
                                          "subject_box": list(it.subject_box), "object_box": list(it.object_box),
                                          "action_box": list(it.action_box)} for it in interactions],
                        "seed": seed, **resolved, "model": pipe.source, "checkpoint": ids,
                        "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", "")}
-            _atomic_write(paths["sidecar"], lambda p: p.write_text(json.dumps(sidecar, indent=2) + "\n"))
+            atomic_write(paths["sidecar"], lambda p: p.write_text(json.dumps(sidecar, indent=2) + "\n"))
             written.append(paths["image"])
         bar.update(len(chunk))
     bar.close()

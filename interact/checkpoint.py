@@ -344,21 +344,28 @@ def file_digest(path, length: int = 12) -> str:
 
 # ----------------------------------------------------------------------------- writing
 
-def atomic_save(obj, path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename: a crash
-    mid-write leaves any previous file at `path` intact."""
+def atomic_write(path, write) -> None:
+    """`write(tmp_path)` into a temporary file in the same folder, then rename it over `path`:
+    a crash mid-write leaves any previous file at `path` intact, and no partial file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def atomic_save(obj, path) -> None:
+    """torch.save through atomic_write, fsynced before the rename."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    atomic_write(path, write)
 
 
 def export_sections(model: InteractDiffusion, interaction_only: bool = False) -> dict:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from interact.checkpoint import atomic_write
+
 from .categories import HOI_CATEGORIES, RARE_SPAN, categories_dict
 from .world import plan_image, render_image
 
@@ -53,11 +55,7 @@ def _render_chunk(job):
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj) + "\n"))
 
 
 def _prepare(out: Path, overwrite: bool) -> None:
