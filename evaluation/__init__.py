@@ -1,0 +1,1 @@
+"""Evaluation: FID/KID, HICO-DET HOI detection mAP, detector adapters, table builders."""
