@@ -19,13 +19,14 @@ def parse_args(argv=None):
     src.add_argument("--sd_ckpt", help="Stable Diffusion v1.x .ckpt/.safetensors for the backbone")
     src.add_argument("--text_encoder", help="Hugging Face CLIP text model folder (config.json + weights, "
                                             "tokenizer files beside or in ../tokenizer)")
-    src.add_argument("--config", help="model YAML (default: configs/sd_v1_interact.yaml with a checkpoint, "
-                                      "the embedded default without)")
+    src.add_argument("--config", help="model YAML (default: configs/sd_v1_interact.yaml with a checkpoint; "
+                                      "without one, the embedded toy model, or random weights of --config)")
     src.add_argument("--allow-pickle", action="store_true", help="unpickle arbitrary objects (trusted files only)")
     io = p.add_argument_group("input and output")
     io.add_argument("--input", help="layouts: .json (a list of records), .jsonl or .pkl (default: "
-                                    "examples/layouts.json)")
+                                    "examples/toy_layouts.json for the embedded toy model, else examples/layouts.json)")
     io.add_argument("--folder", default="outputs/generated", help="output folder")
+    io.add_argument("--grid", help="also write one PNG with every record's image and overlay (e.g. out/grid.png)")
     io.add_argument("--no-overwrite", action="store_true", help="skip records whose outputs already exist")
     io.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     gen = p.add_argument_group("sampling (defaults from the config's sampling section)")

@@ -221,6 +221,14 @@ class HOICategories:
         return cls(cats, object_names, verb_names, source=str(path))
 
     @classmethod
+    def toy(cls) -> "HOICategories":
+        """The toy world's categories from its code (dataset/toy/categories.py): no data needed."""
+        from dataset.toy.categories import HOI_CATEGORIES, OBJECTS, VERBS
+        cats = [HOICategory(id=h.id, subject_id=h.subject_id, verb_id=h.verb_id, object_id=h.object_id, rare=h.rare)
+                for h in HOI_CATEGORIES]
+        return cls(cats, {o.id: o.name for o in OBJECTS}, {v.id: v.name for v in VERBS}, source="toy world")
+
+    @classmethod
     def hico(cls, train_records=None, *, hoi_list=None, hoi_id_to_num=None,
              expected: int | None = HICO_NUM_CATEGORIES) -> "HOICategories":
         """HICO-DET's (verb, object) categories, subject always person, objects by COCO id and

@@ -18,7 +18,15 @@ from interact.conditions import ConditionError, interactions_from_record
 from interact.model import CONFIG_DIR, REPO_ROOT
 
 DEFAULT_INPUT = REPO_ROOT / "examples" / "layouts.json"
-DEFAULT_CONFIG = CONFIG_DIR / "tiny_random.yaml"
+# The embedded default: the toy InteractDiffusion model (scripts/train_toy.sh), which draws
+# toy-world scenes, and layouts in its vocabulary.
+DEFAULT_CKPT = REPO_ROOT / "assets" / "toy_interactdiffusion.pth"
+DEFAULT_CONFIG = CONFIG_DIR / "toy_hoi.yaml"
+DEFAULT_TOY_INPUT = REPO_ROOT / "examples" / "toy_layouts.json"
+
+
+def uses_embedded_default(args) -> bool:
+    return args.ckpt is None and args.sd_ckpt is None
 
 
 class BatchError(Exception):
@@ -110,12 +118,16 @@ def plan_outputs(folder: Path, count: int, overwrite: bool, skip_existing: bool)
 
 def load_pipeline(args):
     from interact.pipeline import InteractDiffusionPipeline
-    if args.ckpt is None and args.sd_ckpt is None:
-        config = args.config or DEFAULT_CONFIG
-        print(f"No --ckpt given: using the embedded default, a tiny RANDOMLY INITIALISED model ({config}). "
-              f"Its images are noise-like; they show the pipeline works, not what a trained model draws. "
-              f"Pass --ckpt (and --sd_ckpt) for real images.", file=sys.stderr)
-        return InteractDiffusionPipeline.from_config(config, seed=0, device=args.device, half=args.half)
+    if uses_embedded_default(args):
+        if args.config is not None:
+            print(f"No --ckpt given: a RANDOMLY INITIALISED model of {args.config} (noise-like images; for "
+                  f"tests and timing).", file=sys.stderr)
+            return InteractDiffusionPipeline.from_config(args.config, seed=0, device=args.device, half=args.half)
+        print(f"No --ckpt given: using the embedded default, the toy InteractDiffusion model ({DEFAULT_CKPT.name}, "
+              f"trained on the toy HOI world: persons, robots and dogs with toy objects, 64x64). Pass --ckpt "
+              f"(and --sd_ckpt) for a Stable Diffusion model.", file=sys.stderr)
+        return InteractDiffusionPipeline.from_checkpoint(DEFAULT_CKPT, config=DEFAULT_CONFIG, device=args.device,
+                                                         half=args.half)
     print(f"loading weights: {' + '.join(p for p in (args.sd_ckpt, args.ckpt) if p)}", file=sys.stderr)
     return InteractDiffusionPipeline.from_checkpoint(args.ckpt, args.sd_ckpt, args.config, args.text_encoder,
                                                      args.device, args.half, args.allow_pickle)
@@ -123,12 +135,16 @@ def load_pipeline(args):
 
 def checkpoint_ids(args) -> dict:
     from interact.checkpoint import file_digest
+    if uses_embedded_default(args):
+        if args.config is not None:
+            return {"embedded_default": str(args.config), "weights": "random (seed 0)"}
+        return {"embedded_default": str(DEFAULT_CKPT.relative_to(REPO_ROOT)), "sha256_12": file_digest(DEFAULT_CKPT)}
     out = {}
     for label in ("ckpt", "sd_ckpt"):
         path = getattr(args, label)
         if path is not None:
             out[label] = {"path": str(path), "sha256_12": file_digest(path)}
-    return out or {"embedded_default": str(args.config or DEFAULT_CONFIG), "weights": "random (seed 0)"}
+    return out
 
 
 def run_batch(args) -> list[Path]:
@@ -136,7 +152,7 @@ def run_batch(args) -> list[Path]:
     from interact.checkpoint import CheckpointError
     from interact.pipeline import draw_layout
 
-    source = args.input or DEFAULT_INPUT
+    source = args.input or (DEFAULT_TOY_INPUT if uses_embedded_default(args) and args.config is None else DEFAULT_INPUT)
     parsed = parse_records(read_layouts(source), str(source))
     folder = Path(args.folder)
     todo = plan_outputs(folder, len(parsed), args.overwrite, args.no_overwrite)
@@ -178,4 +194,34 @@ def run_batch(args) -> list[Path]:
         bar.update(len(chunk))
     bar.close()
     print(f"wrote {len(written)} image(s), overlays and sidecars to {folder}", file=sys.stderr)
+    if getattr(args, "grid", None):
+        grid = write_grid(folder, len(parsed), args.grid)
+        print(f"wrote {grid}: one row per record, image | layout overlay", file=sys.stderr)
     return written
+
+
+def write_grid(folder: Path, count: int, out) -> Path:
+    """One row per record: the image upscaled to its overlay's height, then the overlay."""
+    from PIL import Image
+    rows = []
+    for i in range(count):
+        paths = output_paths(folder, i)
+        if not (paths["image"].is_file() and paths["layout"].is_file()):
+            continue
+        with Image.open(paths["layout"]) as layout:
+            layout = layout.convert("RGB")
+        with Image.open(paths["image"]) as image:
+            image = image.convert("RGB").resize(layout.size, Image.NEAREST)
+        rows.append((image, layout))
+    if not rows:
+        raise BatchError(f"--grid: no finished records in {folder}")
+    width = max(a.width + b.width for a, b in rows)
+    canvas = Image.new("RGB", (width, sum(a.height for a, _ in rows)), (255, 255, 255))
+    y = 0
+    for image, layout in rows:
+        canvas.paste(image, (0, y))
+        canvas.paste(layout, (image.width, y))
+        y += image.height
+    out = Path(out)
+    atomic_write(out, lambda p: canvas.save(p, format="PNG"))
+    return out

@@ -99,7 +99,8 @@ def classify(raw: dict) -> str:
     model = raw.get("model")
     if _is_tensor_dict(model):
         has_backbone = any(not is_interaction_key(k) for k in model)
-        if any(k.startswith("position_net.linear_action.") for k in model):
+        # GLIGEN's tokenizer has neither; a box-only InteractDiffusion ablation lacks linear_action.
+        if any(k.startswith(("position_net.linear_action.", "position_net.interaction_embedding.")) for k in model):
             return "interactdiffusion" if has_backbone else "interaction_weights"
         if any(k.startswith("position_net.") for k in model):
             return "gligen"
@@ -283,7 +284,8 @@ def _load_backbone(model: InteractDiffusion, backbone: dict, source, text_encode
     missing = [name for name in needed if name not in backbone]
     if missing:  # checked before anything loads, so the message names the real problem
         raise CheckpointError(f"{source}: has no {missing[0]!r} section" + (f"; {hint}" if hint else ""))
-    if "text_encoder" not in backbone and not text_encoder_given:
+    seeded = getattr(model.text_encoder, "init_seed", None) is not None
+    if "text_encoder" not in backbone and not text_encoder_given and not seeded:
         raise CheckpointError(f"{source}: has no text encoder weights: pass --text_encoder DIR (a Hugging "
                               f"Face CLIP ViT-L/14 text model folder, e.g. an SD v1.x repo's text_encoder/)")
     for name in SECTIONS:
@@ -374,12 +376,31 @@ def export_sections(model: InteractDiffusion, interaction_only: bool = False) ->
     model_state = {k: v for k, v in model.model.state_dict().items() if not interaction_only or is_interaction_key(k)}
     out = {"model": model_state, "config_dict": OmegaConf.to_container(model.config, resolve=True)}
     if not interaction_only:
-        out.update({name: model.section(name).state_dict() for name in SECTIONS if name != "model"})
+        seeded = getattr(model.text_encoder, "init_seed", None) is not None  # rebuilt from the config's seed
+        out.update({name: model.section(name).state_dict() for name in SECTIONS
+                    if name != "model" and not (name == "text_encoder" and seeded)})
     return out
 
 
 def save_checkpoint(path, model: InteractDiffusion, interaction_only: bool = False, **extra) -> None:
     atomic_save({**export_sections(model, interaction_only), **extra}, path)
+
+
+def pack(src, out, half: bool = True, allow_pickle: bool = False, **extra) -> dict:
+    """A training export -> a file to ship: the model sections only (no optimizer or iteration
+    state), floating weights in fp16 when `half` (they load into fp32 models), and no noise
+    schedule (rebuilt from the config; fp16 would round it). Returns the packed dict."""
+    raw = read_file(src, allow_pickle)
+    sections = to_sections(raw)
+    if "model" not in sections:
+        raise CheckpointError(f"{src}: has no 'model' section to pack")
+    cast = (lambda t: t.half() if half and t.is_floating_point() else t)
+    packed = {name: {k: cast(v) for k, v in state.items()} for name, state in sections.items() if name != "diffusion"}
+    if "config_dict" in raw:
+        packed["config_dict"] = raw["config_dict"]
+    packed.update(extra)
+    atomic_save(packed, out)
+    return packed
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -416,8 +437,17 @@ def main(argv=None) -> int:
     p.add_argument("file")
     p.add_argument("--config", default=None, help=f"model YAML (default {SD_V1_CONFIG.relative_to(SD_V1_CONFIG.parents[1])})")
     p.add_argument("--allow-pickle", action="store_true", help="unpickle arbitrary objects (trusted files only)")
+    p = sub.add_parser("pack", help="a training export -> a shippable file (model sections, fp16)")
+    p.add_argument("file")
+    p.add_argument("out")
+    p.add_argument("--fp32", action="store_true", help="keep fp32 weights")
+    p.add_argument("--allow-pickle", action="store_true", help="unpickle arbitrary objects (trusted files only)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "pack":
+            pack(args.file, args.out, half=not args.fp32, allow_pickle=args.allow_pickle)
+            print(f"wrote {args.out} ({Path(args.out).stat().st_size / 2**20:.2f} MiB)")
+            return 0
         return inspect(args.file, args.config, args.allow_pickle)
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

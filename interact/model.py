@@ -80,11 +80,15 @@ class InteractDiffusion(nn.Module):
 
     def finish_meta_load(self) -> None:
         """After loading weights into a meta-built model: rebuild what no file holds (the noise
-        schedule when a file lacks it, the text encoder's non-persistent position ids), all pure
+        schedule when a file lacks it, a seeded text encoder, the text encoder's non-persistent position ids), all pure
         functions of the config, and make sure nothing is left without storage."""
         if any(b.is_meta for b in self.diffusion.buffers()):
             with torch.device("cpu"):
                 self.diffusion = instantiate(self.config.diffusion)
+        te = self.text_encoder
+        if getattr(te, "init_seed", None) is not None and any(p.is_meta for p in te.parameters()):
+            with torch.device("cpu"):  # a seeded encoder's weights are in no file (FrozenCLIPEmbedder init_seed)
+                self.text_encoder = instantiate(self.config.text_encoder, tokenizer=te.tokenizer)
         self.text_encoder.rebuild_position_ids()
         left = [n for n, t in [*self.named_parameters(), *self.named_buffers()] if t.is_meta]
         if left:

@@ -195,9 +195,12 @@ class InteractDiffusionPipeline:
         def eps_fn(x, t, step_index):
             scale = fuser_scale(step_index, steps, beta)
             if not use_cfg:
-                return model.model(x, t, context, objs, scale)
-            e_cond, e_uncond = model.model(torch.cat([x, x]), torch.cat([t, t]), context, objs, scale).chunk(2)
-            return e_uncond + guidance_scale * (e_cond - e_uncond)
+                out = model.model(x, t, context, objs, scale)
+            else:
+                cond, uncond = model.model(torch.cat([x, x]), torch.cat([t, t]), context, objs, scale).chunk(2)
+                out = uncond + guidance_scale * (cond - uncond)
+            # Guidance is linear, and so is the v -> eps map for a fixed x: it may come after.
+            return model.diffusion.to_eps(x, t, out)
 
         sampler_obj = SAMPLERS[o["sampler"]](model.diffusion, steps=steps, eta=o["eta"])
         generator = torch.Generator().manual_seed(seeds[0])

@@ -51,6 +51,8 @@ TRAIN_DEFAULTS = {
     "null_grounding_prob": 0.1,        # FACTS §2: a step's whole batch gets the null grounding
     "caption_drop_prob": 0.5,          # FACTS §2: per sample, the caption becomes ""
     "train_whole_unet": False,
+    "train_interaction": True,         # False: the interaction control stays as initialised (gates 0 =
+                                       # a plain text-to-image UNet; the toy world's backbone pretraining)
     "fix_interaction_embedding": False,  # keep position_net.interaction_embedding as initialised
     "save_every_iters": 5000,          # a kept checkpoint_<iters>.pth
     "checkpoint_every": 500,           # latest.pth (what a restart resumes from)
@@ -123,6 +125,8 @@ def check_train_options(options: dict, where: str = "train") -> dict:
     for key, ok in checks.items():
         if not ok:
             raise ValueError(f"{where}.{key} = {out[key]!r}: out of range")
+    if not (out["train_whole_unet"] or out["train_interaction"]):
+        raise ValueError(f"{where}.train_interaction = False with train_whole_unet = False: nothing to train")
     return out
 
 
@@ -407,6 +411,8 @@ class Trainer:
         for name, p in self.model.model.named_parameters():
             if not (o["train_whole_unet"] or is_interaction_key(name)):
                 continue
+            if not o["train_interaction"] and is_interaction_key(name):
+                continue
             if o["fix_interaction_embedding"] and name.startswith("position_net.interaction_embedding."):
                 continue
             p.requires_grad_(True)
@@ -521,7 +527,7 @@ class Trainer:
         return self.opt["batch_size"] * self.dist.world * self.opt["grad_accumulation_step"]
 
     def loss(self, batch: dict, micro: int) -> torch.Tensor:
-        """Noise-prediction MSE for this rank's micro-batch."""
+        """MSE to the schedule's target (the noise, or v) for this rank's micro-batch."""
         o, m, dev = self.opt, self.model, self.dist.device
         # Draws for the step's whole global batch, then this micro-batch's rows: the same
         # numbers whatever the split into processes and accumulation micro-steps.
@@ -550,8 +556,8 @@ class Trainer:
         forward = self.ddp if self.ddp is not None else self.denoiser
         with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None), \
                 deterministic_attention(o["deterministic"] and dev.type == "cuda"):
-            eps = forward(x_t, t, context, grounding.to(dev).as_kwargs())
-        return nn.functional.mse_loss(eps.float(), noise)
+            output = forward(x_t, t, context, grounding.to(dev).as_kwargs())
+        return nn.functional.mse_loss(output.float(), m.diffusion.training_target(z, t, noise))
 
     def step(self, batches) -> dict:
         """One optimiser step over grad_accumulation_step micro-batches."""

@@ -1,5 +1,6 @@
 """Tests for ldm.models.autoencoder.AutoencoderKL (CPU, fp32, tiny sizes)."""
 
+import pytest
 import torch
 
 from ldm.models.autoencoder import AutoencoderKL, DiagonalGaussian
@@ -104,3 +105,24 @@ def test_downsample_is_asymmetric_pad_stride2():
     )
     assert down(x).shape == (1, 32, 4, 4)
     torch.testing.assert_close(down(x), expected)
+
+
+def test_space_to_depth_standardises_and_inverts_exactly():
+    from ldm.models.autoencoder import SpaceToDepthFirstStage
+    stage = SpaceToDepthFirstStage(factor=2, mean=[0.5, -0.2, 0.1], std=[0.25, 0.5, 2.0])
+    assert stage.state_dict() == {} and stage.embed_dim == 12 and stage.downsample_factor == 2
+    x = torch.rand(2, 3, 4, 6) * 2 - 1
+    z = stage.encode(x).sample()
+    assert z.shape == (2, 12, 2, 3)
+    # Channel (c, dy, dx) of latent pixel (i, j) is standardised image pixel (c, 2i+dy, 2j+dx).
+    mean, std = torch.tensor([0.5, -0.2, 0.1]), torch.tensor([0.25, 0.5, 2.0])
+    for c in range(3):
+        for dy in range(2):
+            for dx in range(2):
+                want = (x[:, c, dy::2, dx::2] - mean[c]) / std[c]
+                torch.testing.assert_close(z[:, c * 4 + dy * 2 + dx], want)
+    torch.testing.assert_close(stage.decode(z), x)
+    with pytest.raises(ValueError, match="std"):
+        SpaceToDepthFirstStage(std=[1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="mean"):
+        SpaceToDepthFirstStage(mean=[0.0, 0.0])

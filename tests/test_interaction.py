@@ -212,6 +212,23 @@ def test_position_net_padding_ignores_garbage_and_uses_nulls():
 
 
 @torch.no_grad()
+def test_position_net_without_action_tokens_is_the_full_one_minus_actions():
+    """The GLIGEN-style ablation (action_tokens=False): same subject and object tokens as the
+    full tokenizer with the same weights, no action tokens, no action parameters."""
+    full = tiny_position_net(seed=11)
+    boxes_only = HOIPositionNet(IN, OUT, max_interactions=NMAX, hidden_dim=full.linears[0].out_features,
+                                action_tokens=False).double()
+    assert not any("_action" in k for k in boxes_only.state_dict())
+    missing, unexpected = boxes_only.load_state_dict(full.state_dict(), strict=False)
+    assert not missing and all("_action" in k for k in unexpected) and unexpected
+    args = random_grounding_inputs(2, NMAX, seed=12)
+    want = full(*args)
+    got = boxes_only(*args)
+    assert boxes_only.num_tokens == got.shape[1] == 2 * NMAX
+    torch.testing.assert_close(got, torch.cat([want[:, :NMAX], want[:, 2 * NMAX:]], 1), rtol=0, atol=0)
+
+
+@torch.no_grad()
 def test_position_net_rejects_too_many_slots():
     net = tiny_position_net()
     args = random_grounding_inputs(2, NMAX + 1, seed=6, garbage_padding=False)

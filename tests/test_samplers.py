@@ -324,3 +324,21 @@ def test_eta_noise_is_seeded(sched):
 def test_progress_bar_runs(sched, capsys):
     out = PLMSSampler(sched, steps=3).sample(lambda x, t, i: 0.1 * x, torch.randn(1, 1, 2, 2), progress=True)
     assert torch.isfinite(out).all()
+
+
+def test_v_parameterization_round_trip_and_closed_form():
+    """v = sqrt(a) eps - sqrt(1-a) x0 (Salimans & Ho); to_eps inverts it given x_t."""
+    sched = NoiseSchedule(parameterization="v")
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 3, 2, 2, generator=g), torch.randn(4, 3, 2, 2, generator=g)
+    t = torch.tensor([0, 10, 500, 999])
+    x_t = sched.q_sample(x0, t, noise)
+    v = sched.training_target(x0, t, noise)
+    a = sched.alphas_cumprod.double()[t].reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(v.double(), a.sqrt() * noise.double() - (1 - a).sqrt() * x0.double(), rtol=1e-5,
+                               atol=1e-6)
+    torch.testing.assert_close(sched.to_eps(x_t, t, v), noise, rtol=1e-4, atol=1e-5)
+    eps_sched = NoiseSchedule()
+    assert eps_sched.training_target(x0, t, noise) is noise and eps_sched.to_eps(x_t, t, v) is v
+    with pytest.raises(ValueError, match="parameterization"):
+        NoiseSchedule(parameterization="x0")

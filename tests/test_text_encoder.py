@@ -213,3 +213,24 @@ def test_from_pretrained_folder_missing(tmp_path):
         FrozenCLIPEmbedder.from_pretrained_folder(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         FrozenCLIPEmbedder.from_pretrained_folder(str(tmp_path / "nope"))
+
+
+def test_seeded_encoder_is_a_function_of_its_seed(tok):
+    """init_seed: the weights come from the seed alone (not from the global RNG), with our
+    closed-form rule: unit LayerNorm scales, zero biases, N(0, 0.02) elsewhere."""
+    torch.manual_seed(1)
+    a = FrozenCLIPEmbedder(tokenizer=tok, init_seed=5, **TINY)
+    torch.manual_seed(2)
+    b = FrozenCLIPEmbedder(tokenizer=tok, init_seed=5, **TINY)
+    c = FrozenCLIPEmbedder(tokenizer=tok, init_seed=6, **TINY)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    table = "transformer.embeddings.token_embedding.weight"
+    assert not torch.equal(sa[table], sc[table])
+    assert 0.018 < float(sa[table].std()) < 0.022 and abs(float(sa[table].mean())) < 1e-3
+    for name, value in sa.items():
+        if "norm" in name and name.endswith("weight"):
+            assert torch.equal(value, torch.ones_like(value)), name
+        elif name.endswith("bias"):
+            assert torch.equal(value, torch.zeros_like(value)), name
+    assert a.init_seed == 5 and FrozenCLIPEmbedder(tokenizer=tok, **TINY).init_seed is None

@@ -319,17 +319,37 @@ class SpaceToDepthFirstStage(nn.Module):
     """A parameter-free, exactly invertible first stage for the toy world: each
     `factor` x `factor` pixel patch becomes channels (pixel unshuffle). It needs no
     training, so a toy model can be trained from scratch with the same pipeline;
-    `factor=1` is the identity (pixel-space diffusion)."""
+    `factor=1` is the identity (pixel-space diffusion).
 
-    def __init__(self, factor: int = 2, in_channels: int = 3):
+    `mean`/`std` (one value per image channel, in the [-1, 1] image scale) standardise the
+    latents, as SD's scale_factor does for its VAE's: the noise schedule assumes unit-variance
+    data, and toy images (light backgrounds, std ~0.3) would otherwise sit at a far lower
+    signal-to-noise ratio at every timestep. They are config constants, not weights."""
+
+    def __init__(self, factor: int = 2, in_channels: int = 3, mean=None, std=None):
         super().__init__()
         if factor < 1:
             raise ValueError(f"factor = {factor}: must be >= 1")
+        mean = [0.0] * in_channels if mean is None else [float(v) for v in mean]
+        std = [1.0] * in_channels if std is None else [float(v) for v in std]
+        for name, values in (("mean", mean), ("std", std)):
+            if len(values) != in_channels:
+                raise ValueError(f"{name} = {values}: needs one value per image channel ({in_channels})")
+        if min(std) <= 0:
+            raise ValueError(f"std = {std}: values must be > 0")
         self.downsample_factor = factor
         self.embed_dim = in_channels * factor * factor
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        as_tensor = lambda v: torch.tensor(v, device=x.device, dtype=x.dtype)[None, :, None, None]  # noqa: E731
+        return as_tensor(self.mean), as_tensor(self.std)
 
     def encode(self, x: torch.Tensor) -> PointMass:
-        return PointMass(nn.functional.pixel_unshuffle(x, self.downsample_factor))
+        mean, std = self._stats(x)
+        return PointMass(nn.functional.pixel_unshuffle((x - mean) / std, self.downsample_factor))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return nn.functional.pixel_shuffle(z, self.downsample_factor)
+        x = nn.functional.pixel_shuffle(z, self.downsample_factor)
+        mean, std = self._stats(x)
+        return x * std + mean

@@ -65,8 +65,18 @@ def _gather(buf: Tensor, t: Union[int, Tensor], x: Tensor) -> Tensor:
     return out.reshape(out.shape[0], *([1] * (x.dim() - 1)))
 
 
+PARAMETERIZATIONS = ("eps", "v")
+
+
 class NoiseSchedule(nn.Module):
-    """DDPM forward-process quantities (v_posterior = 0), stored as float32 buffers."""
+    """DDPM forward-process quantities (v_posterior = 0), stored as float32 buffers.
+
+    `parameterization`: what the UNet predicts. "eps" (SD v1.x) is the noise; "v" (SD 2.x's
+    768-v models, Salimans & Ho 2022) is v = sqrt(a) eps - sqrt(1-a) x0, for which the noise is
+    eps = sqrt(a) v + sqrt(1-a) x_t. With v the UNet need not learn the near-identity
+    eps ~ x_t of the noisiest steps, whose small errors eps-prediction amplifies by
+    1/sqrt(a) (~15 at t = 999) into the first x0 estimates: small models trained briefly (the
+    toy world) sample noise with eps and images with v."""
 
     def __init__(
         self,
@@ -74,8 +84,12 @@ class NoiseSchedule(nn.Module):
         linear_start: float = 0.00085,
         linear_end: float = 0.012,
         schedule: str = "linear",
+        parameterization: str = "eps",
     ):
         super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization = {parameterization!r}: must be one of {PARAMETERIZATIONS}")
+        self.parameterization = parameterization
         self.num_timesteps = int(timesteps)
         self.linear_start = float(linear_start)
         self.linear_end = float(linear_end)
@@ -112,8 +126,22 @@ class NoiseSchedule(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"timesteps={self.num_timesteps}, linear_start={self.linear_start}, "
-            f"linear_end={self.linear_end}, schedule={self.schedule!r}"
+            f"linear_end={self.linear_end}, schedule={self.schedule!r}, "
+            f"parameterization={self.parameterization!r}"
         )
+
+    def training_target(self, x0: Tensor, t: Union[int, Tensor], noise: Tensor) -> Tensor:
+        """What the UNet is trained to output for x_t = q_sample(x0, t, noise)."""
+        if self.parameterization == "eps":
+            return noise
+        return _gather(self.sqrt_alphas_cumprod, t, x0) * noise - _gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+
+    def to_eps(self, x_t: Tensor, t: Union[int, Tensor], output: Tensor) -> Tensor:
+        """The UNet's output -> the noise prediction the samplers take."""
+        if self.parameterization == "eps":
+            return output
+        return (_gather(self.sqrt_alphas_cumprod, t, x_t) * output
+                + _gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t)
 
     def q_sample(self, x0: Tensor, t: Union[int, Tensor], noise: Optional[Tensor] = None) -> Tensor:
         """Sample x_t ~ q(x_t | x0); t is an int or a LongTensor [B] (one per batch element)."""

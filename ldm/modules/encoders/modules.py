@@ -173,6 +173,7 @@ class FrozenCLIPEmbedder(nn.Module):
         max_length: int = 77,
         vocab_size: int = CLIP_VOCAB_SIZE,
         device: str | torch.device | None = None,
+        init_seed: int | None = None,
     ):
         super().__init__()
         from transformers import CLIPTextModel
@@ -183,6 +184,25 @@ class FrozenCLIPEmbedder(nn.Module):
         with torch.device(device if device is not None else torch.get_default_device()):
             transformer = CLIPTextModel(config)
         self._attach(transformer, tokenizer, max_length)
+        # A frozen random encoder (the toy world's) is defined by its seed alone, so checkpoints
+        # need not carry its weights (the 49408-row token table dominates a toy model's size).
+        self.init_seed = init_seed
+        if init_seed is not None and transformer.device.type != "meta":
+            self._init_from_seed(init_seed)
+
+    @torch.no_grad()
+    def _init_from_seed(self, seed: int) -> None:
+        """Our own initialisation (not transformers', which may change between versions):
+        N(0, 0.02) weights and embeddings, zero biases, unit LayerNorm scales, drawn from a
+        generator seeded by `seed` in parameter-name order."""
+        generator = torch.Generator().manual_seed(seed)
+        for name, p in sorted(self.transformer.named_parameters()):
+            if "norm" in name:
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
 
     def _attach(self, transformer: nn.Module, tokenizer, max_length: int) -> None:
         if isinstance(tokenizer, (str, os.PathLike)) or tokenizer is None:
@@ -195,6 +215,7 @@ class FrozenCLIPEmbedder(nn.Module):
         self.transformer = transformer
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.init_seed = None
         self.freeze()
 
     @classmethod

@@ -1,0 +1,65 @@
+"""The paper's table in miniature (see evaluation/table.py for what each step does).
+
+    python scripts/reproduce_table.py --world toy            # trains (or reuses) the rows, ~1 h on 2 CPU cores
+    python scripts/reproduce_table.py --world hico --real HICO/images/test2015 --gt test_hico.json \\
+        --train trainval_hico.json --weights pt_inception-2015-12-05-6726825d.pth \\
+        --row "GLIGEN" gen/gligen dets/gligen.pkl --row "InteractDiffusion" gen/id dets/id.pkl --format fgahoi
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--world", choices=("toy", "hico"), default="toy")
+    toy = p.add_argument_group("toy world")
+    toy.add_argument("--n", type=int, default=500, help="test layouts generated per row")
+    toy.add_argument("--data", default="data/toy")
+    toy.add_argument("--runs", default="runs", help="where the rows' training runs live")
+    toy.add_argument("--out", default="runs/table_toy")
+    toy.add_argument("--device", default=None)
+    real = p.add_argument_group("real runs (--world hico)")
+    real.add_argument("--row", nargs=3, action="append", metavar=("NAME", "IMAGES", "DETECTIONS"),
+                      help="a row: generated image folder and the detector's output on it (repeatable)")
+    real.add_argument("--real", help="real test image folder (FID/KID reference)")
+    real.add_argument("--gt", help="test_hico.json")
+    real.add_argument("--train", help="trainval_hico.json (rare = fewer than 10 training instances)")
+    real.add_argument("--categories", help="a categories.json instead of --train")
+    real.add_argument("--ceiling", help="the detector's output on the real test images")
+    real.add_argument("--format", choices=("json", "fgahoi"), default="json")
+    real.add_argument("--allow-pickle", action="store_true")
+    real.add_argument("--extractor", default="inception")
+    real.add_argument("--weights", help="feature extractor weights (pt_inception-2015-12-05-6726825d.pth)")
+    args = p.parse_args(argv)
+    if args.world == "hico" and not (args.row and args.real and args.gt):
+        p.error("--world hico needs --real, --gt and at least one --row NAME IMAGES DETECTIONS")
+    if args.n < 2:
+        p.error(f"--n {args.n}: needs at least 2 layouts")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from evaluation.table import markdown_table, run_hico, run_toy
+    try:
+        if args.world == "toy":
+            results = run_toy(args.n, args.data, args.runs, args.out, args.device)
+            print(f"\n{args.n} toy test layouts per row; {results['_meta']['seconds'] / 60:.1f} min; "
+                  f"written to {args.out}/table.md\n")
+        else:
+            results = run_hico(args.row, args.real, args.gt, args.train, args.categories, args.extractor,
+                               args.weights, args.format, args.allow_pickle, args.ceiling)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(markdown_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

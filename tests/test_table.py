@@ -1,0 +1,139 @@
+"""The toy score (layouts -> ground truth -> detector mAP), the table builder and checkpoint packing."""
+import json
+import math
+
+import pytest
+import torch
+
+from dataset.toy import OBJECT_BY_ID, VERB_BY_ID, render_image
+from evaluation.hico_map import HOICategories, HOIEvalError
+from evaluation.table import markdown_table
+from evaluation.toy_score import layouts_to_ground_truth, main as toy_score_main, toy_score
+
+
+def scene_layout(index):
+    """A rendered toy test scene and its layout record (normalised boxes, toy phrases)."""
+    image, ann, _ = render_image(0, "test", index)
+    w, h = ann["width"], ann["height"]
+    boxes = [[b["bbox"][0] / w, b["bbox"][1] / h, b["bbox"][2] / w, b["bbox"][3] / h] for b in ann["annotations"]]
+    names = [OBJECT_BY_ID[b["category_id"]].name for b in ann["annotations"]]
+    hois = ann["hoi_annotation"]
+    record = {"prompt": "toy scene", "subject_phrases": [names[x["subject_id"]] for x in hois],
+              "action_phrases": [VERB_BY_ID[x["category_id"]].name for x in hois],
+              "object_phrases": [names[x["object_id"]] for x in hois],
+              "subject_boxes": [boxes[x["subject_id"]] for x in hois], "object_boxes": [boxes[x["object_id"]] for x in hois]}
+    return image, ann, record
+
+
+def test_layouts_become_pixel_ground_truth_with_shared_instances():
+    record = {"prompt": "p", "subject_phrases": ["person", "person"], "action_phrases": ["hold", "kick"],
+              "object_phrases": ["ball", "ball"], "subject_boxes": [[0.1, 0.2, 0.5, 0.9]] * 2,
+              "object_boxes": [[0.5, 0.5, 0.6, 0.6], [0.6, 0.8, 0.7, 0.9]]}
+    (gt,) = layouts_to_ground_truth([record], ["00000.png"], [(64, 32)])
+    assert gt["file_name"] == "00000.png"
+    assert len(gt["annotations"]) == 3  # one person (same phrase and box), two balls
+    assert gt["annotations"][0]["bbox"] == pytest.approx([6.4, 6.4, 32.0, 28.8])
+    assert [h["subject_id"] for h in gt["hoi_annotation"]] == [0, 0]
+    verbs = {v.name: v.id for v in VERB_BY_ID.values()}
+    assert [h["category_id"] for h in gt["hoi_annotation"]] == [verbs["hold"], verbs["kick"]]
+    bad = dict(record, object_phrases=["ball", "horse"])
+    with pytest.raises(HOIEvalError, match="record 0.*'horse'"):
+        layouts_to_ground_truth([bad], ["00000.png"], [(64, 64)], "layouts.json")
+    with pytest.raises(HOIEvalError, match="record 0.*'feeding'"):
+        layouts_to_ground_truth([dict(record, action_phrases=["hold", "feeding"])], ["x.png"], [(64, 64)])
+
+
+def test_toy_score_is_high_on_real_scenes_and_low_on_blank_images(tmp_path, capsys):
+    from evaluation.toy_detector import DEFAULT_WEIGHTS
+    if not DEFAULT_WEIGHTS.is_file():
+        pytest.skip("toy detector weights missing")
+    records = []
+    for i in range(4):
+        image, _, record = scene_layout(i)
+        image.save(tmp_path / f"{i:05d}.png")
+        records.append(record)
+    layouts = tmp_path / "layouts.json"
+    layouts.write_text(json.dumps(records))
+    result, detections = toy_score(tmp_path, layouts)
+    assert result.summary["default"]["full"] >= 0.8
+    assert toy_score_main(["--folder", str(tmp_path), "--input", str(layouts)]) == 0
+    assert "toy HOI score" in capsys.readouterr().out
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    for i in range(4):
+        from PIL import Image
+        Image.new("RGB", (64, 64), (230, 220, 210)).save(blank / f"{i:05d}.png")
+    assert toy_score(blank, layouts)[0].summary["default"]["full"] == 0.0
+    (blank / "00003.png").unlink()
+    with pytest.raises(HOIEvalError, match="1 of 4 images missing"):
+        toy_score(blank, layouts)
+
+
+def test_toy_categories_match_the_generated_file(tmp_path):
+    from dataset.toy import categories_dict
+    path = tmp_path / "categories.json"
+    path.write_text(json.dumps(categories_dict()))
+    a, b = HOICategories.toy(), HOICategories.from_file(path)
+    assert a.categories == b.categories and a.object_names == b.object_names and a.verb_names == b.verb_names
+
+
+def test_markdown_table_shape_and_formatting():
+    m = {"default": {"full": 0.5, "rare": float("nan"), "non_rare": 0.25},
+         "known_object": {"full": 0.75, "rare": 0.1, "non_rare": 1.0}}
+    text = markdown_table({"A": {"fid": 12.345, "kid_mean": 0.01234, "kid_std": 0.002, "map": m},
+                           "ceiling": {"map": m}, "_meta": {"n": 3}})
+    lines = text.strip().splitlines()
+    assert len(lines) == 4 and lines[0].count("|") == 10
+    assert lines[2] == "| A | 12.35 | 0.0123 ± 0.0020 | 50.00 | - | 25.00 | 75.00 | 10.00 | 100.00 |"
+    assert lines[3].startswith("| ceiling | - | - | 50.00 |")
+
+
+def test_pack_halves_weights_and_loads_into_fp32_model(tmp_path):
+    from conftest import TINY_CONFIG
+    from interact.checkpoint import load_weights, pack, read_file, save_checkpoint
+    from interact.model import build_model
+    torch.manual_seed(0)
+    model = build_model(TINY_CONFIG)
+    src = tmp_path / "full.pth"
+    save_checkpoint(src, model, iters=7)
+    packed = pack(src, tmp_path / "packed.pth")
+    assert "iters" not in packed and "diffusion" not in packed
+    assert all(v.dtype == torch.float16 for v in packed["model"].values() if v.is_floating_point())
+    assert (tmp_path / "packed.pth").stat().st_size < 0.6 * src.stat().st_size
+    fresh = build_model(TINY_CONFIG, device="meta")
+    load_weights(fresh, tmp_path / "packed.pth")  # rebuilds the schedule, which the pack leaves out
+    fresh = fresh.float()
+    for name, value in model.model.state_dict().items():
+        torch.testing.assert_close(fresh.model.state_dict()[name], value.half().float())
+    torch.testing.assert_close(fresh.diffusion.alphas_cumprod, model.diffusion.alphas_cumprod)  # rebuilt, fp32
+    assert not math.isnan(float(read_file(tmp_path / "packed.pth")["model"][next(iter(packed["model"]))].float().sum()))
+
+
+def test_hico_route_assembles_rows_from_folders_and_detection_files(tmp_path):
+    """--world hico: FID/KID from image folders, mAP from detector files; exercised on toy
+    scenes with a categories file (no HICO data here)."""
+    from dataset.toy import categories_dict
+    from evaluation.table import run_hico
+    real, fake = tmp_path / "real", tmp_path / "fake"
+    real.mkdir(), fake.mkdir()
+    gt = []
+    for i in range(6):
+        image, ann, _ = render_image(0, "test", i)
+        image.save(real / f"{i}.png")
+        image.transpose(0).save(fake / f"{i}.png")  # mirrored: same statistics, different images
+        gt.append({"file_name": f"{i}.png", "annotations": ann["annotations"], "hoi_annotation": ann["hoi_annotation"]})
+    perfect = [{"file_name": g["file_name"], "predictions": g["annotations"],
+                "hoi_prediction": [dict(h, score=1.0) for h in g["hoi_annotation"]]} for g in gt]
+    empty = [{"file_name": g["file_name"], "predictions": [], "hoi_prediction": []} for g in gt]
+    paths = {}
+    for name, value in (("gt", gt), ("perfect", perfect), ("empty", empty), ("categories", categories_dict())):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(value))
+    results = run_hico([("A", str(fake), str(paths["perfect"])), ("B", str(real), str(paths["empty"]))],
+                       str(real), str(paths["gt"]), None, str(paths["categories"]), "toy", None,
+                       ceiling=str(paths["perfect"]))
+    assert results["A"]["map"]["default"]["full"] == 1.0 and results["B"]["map"]["default"]["full"] == 0.0
+    assert results["B"]["fid"] == pytest.approx(0.0, abs=1e-3) < results["A"]["fid"]
+    assert results["real images (detector ceiling)"]["map"]["known_object"]["full"] == 1.0
+    with pytest.raises(ValueError, match="--train"):
+        run_hico([("A", str(fake), str(paths["perfect"]))], str(real), str(paths["gt"]), None, None, "toy", None)
