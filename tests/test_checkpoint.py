@@ -643,8 +643,7 @@ def test_wrong_kind_of_file_as_ckpt_says_where_it_belongs(tmp_path, source, fres
     with pytest.raises(CheckpointError, match="pass it as --sd_ckpt"):
         load_weights(fresh, ckpt=sd_ckpt_file)
     gligen = released_layout(cloned(weights(source)))
-    gligen["model"] = {k: v for k, v in gligen["model"].items()
-                       if not k.startswith(("position_net.linear_action.", "position_net.null_action_feature"))}
+    gligen["model"] = {k: v for k, v in gligen["model"].items() if not k.startswith(GLIGEN_DROPPED)}
     path = tmp_path / "gligen.pth"
     torch.save(gligen, path)
     with pytest.raises(CheckpointError, match="GLIGEN checkpoint"):
@@ -708,3 +707,14 @@ def test_training_init_refuses_an_sd_file_as_ckpt(fresh, sd_ckpt_file):
 def differing_sections(a, b, names) -> list[str]:
     return [f"{n}.{k}" for n in names for k, v in a.section(n).state_dict().items()
             if not torch.equal(v, b.section(n).state_dict()[k])]
+
+
+def test_box_only_ablation_is_not_mistaken_for_gligen():
+    """The toy table's box-only tokenizer has no action MLP but keeps the instance and role
+    embeddings that GLIGEN's lacks."""
+    t = torch.zeros(1)
+    box_only = {"model": {"input_blocks.0.0.weight": t, "position_net.linears.0.weight": t,
+                          "position_net.interaction_embedding.emb.weight": t}}
+    assert classify(box_only) == "interactdiffusion"
+    gligen = {"model": {"input_blocks.0.0.weight": t, "position_net.linears.0.weight": t}}
+    assert classify(gligen) == "gligen"

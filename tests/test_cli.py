@@ -50,7 +50,7 @@ def test_cli_subprocess_writes_image_overlay_and_sidecar(tmp_path):
                            "--folder", str(out), "--seed", "7", *FAST], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "RANDOMLY INITIALISED" in proc.stderr  # the demo says plainly what it runs
+    assert "embedded default, the toy InteractDiffusion model" in proc.stderr  # says plainly what it runs
     assert sorted(p.name for p in out.iterdir()) == [
         "00000.json", "00000.png", "00000_layout.png", "00001.json", "00001.png", "00001_layout.png"]
     assert Image.open(out / "00000.png").size == (32, 32)
@@ -60,6 +60,8 @@ def test_cli_subprocess_writes_image_overlay_and_sidecar(tmp_path):
     assert sidecar["steps"] == 2 and sidecar["sampler"] == "plms"
     assert sidecar["interactions"][0]["action_box"] == [0.4, 0.4, 0.5, 0.6]
     assert sidecar["prompt"] == "a person holding a cup"
+    assert sidecar["checkpoint"]["embedded_default"] == "assets/toy_interactdiffusion.pth"
+    assert len(sidecar["checkpoint"]["sha256_12"]) == 12
 
 
 def test_batch_size_and_seed_reproducibility(tmp_path):
