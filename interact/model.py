@@ -61,7 +61,8 @@ class InteractDiffusion(nn.Module):
         self.config = config
         self.model = instantiate(config.model)
         self.model.position_net = instantiate(config.interaction.position_net)
-        attach_fusers(self.model, self.model.position_net.out_dim, config.interaction.get("fuser_type", "gatedSA"))
+        attach_fusers(self.model, self.model.position_net.out_dim, config.interaction.get("fuser_type", "gatedSA"),
+                      config.interaction.get("fuser_init", "zero_gates"))
         self.autoencoder = instantiate(config.autoencoder)
         self.text_encoder = instantiate(config.text_encoder, tokenizer=tokenizer)
         self.diffusion = instantiate(config.diffusion)

@@ -53,7 +53,6 @@ TRAIN_DEFAULTS = {
     "train_whole_unet": False,
     "train_interaction": True,         # False: the interaction control stays as initialised (gates 0 =
                                        # a plain text-to-image UNet; the toy world's backbone pretraining)
-    "gate_lr_multiplier": 1.0,         # the fusers' gates' lr = lr x this (see Trainer._param_groups)
     "fix_interaction_embedding": False,  # keep position_net.interaction_embedding as initialised
     "save_every_iters": 5000,          # a kept checkpoint_<iters>.pth
     "checkpoint_every": 500,           # latest.pth (what a restart resumes from)
@@ -121,7 +120,7 @@ def check_train_options(options: dict, where: str = "train") -> dict:
         "caption_drop_prob": 0 <= out["caption_drop_prob"] <= 1, "save_every_iters": out["save_every_iters"] >= 1,
         "checkpoint_every": out["checkpoint_every"] >= 1, "log_every": out["log_every"] >= 1,
         "preview_every": out["preview_every"] >= 1, "workers": out["workers"] >= 0,
-        "max_steps_per_run": out["max_steps_per_run"] >= 0, "gate_lr_multiplier": out["gate_lr_multiplier"] > 0,
+        "max_steps_per_run": out["max_steps_per_run"] >= 0,
     }
     for key, ok in checks.items():
         if not ok:
@@ -395,7 +394,7 @@ class Trainer:
         if self.dist.world > 1:
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.denoiser, device_ids=ids)
-        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=o["lr"], weight_decay=o["weight_decay"])
+        self.optimizer = torch.optim.AdamW(list(self.trained.values()), lr=o["lr"], weight_decay=o["weight_decay"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(o["warmup_steps"], o["total_iters"], o["scheduler_type"]))
         self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.amp_dtype == torch.float16)
@@ -419,17 +418,6 @@ class Trainer:
             p.requires_grad_(True)
             trained[name] = p
         return trained
-
-    def _param_groups(self) -> list[dict]:
-        """The fusers' tanh gates may take a larger learning rate (train.gate_lr_multiplier): they
-        start at 0 and Adam moves a parameter by about lr per step, so with a short budget they
-        would stay near 0 and the control would barely act."""
-        gates = [p for n, p in self.trained.items() if n.endswith((".alpha_attn", ".alpha_dense"))]
-        rest = [p for n, p in self.trained.items() if not n.endswith((".alpha_attn", ".alpha_dense"))]
-        mult = self.opt["gate_lr_multiplier"]
-        if mult == 1.0 or not gates:
-            return [{"params": rest + gates}]
-        return [{"params": rest}, {"params": gates, "lr": self.opt["lr"] * mult, "weight_decay": 0.0}]
 
     def _build_dataset(self):
         if "data" not in self.config:
@@ -520,13 +508,10 @@ class Trainer:
         changed = [k for k in ("lr", "weight_decay") if k in saved and saved[k] != o[k]]
         if changed:
             self.log(f"[resume] {', '.join(f'{k} {saved[k]} -> {o[k]}' for k in changed)}")
+        self.scheduler.base_lrs = [o["lr"]] * len(self.optimizer.param_groups)
         factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
-        fresh = self._param_groups()  # the options' per-group lr and weight decay
-        self.scheduler.base_lrs = [g.get("lr", o["lr"]) for g in fresh]
-        for group, want in zip(self.optimizer.param_groups, fresh):
-            lr = want.get("lr", o["lr"])
-            group["initial_lr"], group["lr"] = lr, lr * factor
-            group["weight_decay"] = want.get("weight_decay", o["weight_decay"])
+        for group in self.optimizer.param_groups:
+            group["initial_lr"], group["lr"], group["weight_decay"] = o["lr"], o["lr"] * factor, o["weight_decay"]
 
     def export_final(self) -> Path:
         """The inference file: interaction weights (plus the backbone when it was trained or

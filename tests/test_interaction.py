@@ -550,6 +550,25 @@ def test_fresh_fuser_gates_are_zero_parameters():
     assert f.attn.to_q.bias is None and f.attn.to_k.bias is None and f.attn.to_v.bias is None
 
 
+def test_zero_outputs_init_is_identity_yet_every_weight_gets_gradient():
+    """fuser_init zero_outputs: identity at start like zero gates, but the attention's and
+    feed-forward's weights receive gradient on the first step (with zero gates they get none)."""
+    torch.manual_seed(0)
+    x, objs = torch.randn(2, 5, C), torch.randn(2, 3, CTX)
+    grads = {}
+    for init in ("zero_gates", "zero_outputs"):
+        f = GatedSelfAttentionDense(C, CTX, HEADS, DHEAD, init=init)
+        out = f(x, objs)
+        assert torch.equal(out, x)
+        (out * torch.randn_like(out)).sum().backward()
+        grads[init] = {n: float(p.grad.abs().sum()) if p.grad is not None else 0.0 for n, p in f.named_parameters()}
+    assert grads["zero_gates"]["attn.to_q.weight"] == 0 and grads["zero_gates"]["attn.to_out.0.weight"] == 0
+    assert grads["zero_outputs"]["attn.to_out.0.weight"] > 0 and grads["zero_outputs"]["ff.net.2.weight"] > 0
+    assert grads["zero_outputs"]["alpha_attn"] == 0  # output layer zero: nothing to gate yet
+    with pytest.raises(ValueError, match="fuser_init"):
+        GatedSelfAttentionDense(C, CTX, HEADS, DHEAD, init="ones")
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("scale", [1.0, 0.5])
 @pytest.mark.parametrize("n_objs", [6, 0])
