@@ -22,13 +22,26 @@ SECTIONS = ("model", "autoencoder", "text_encoder", "diffusion")
 REQUIRED_KEYS = SECTIONS + ("interaction", "scale_factor")
 
 
+def read_config_file(path) -> DictConfig:
+    """A YAML file; `model_config: <file>` (a name under configs/ or a path) is merged underneath,
+    so a training or ablation YAML names only what it changes."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path} (see {CONFIG_DIR} for the shipped configs)")
+    own = OmegaConf.load(path)
+    if "model_config" not in own:
+        return own
+    base = Path(own.model_config)
+    base = base if base.is_file() else CONFIG_DIR / base
+    if not base.is_file():
+        raise FileNotFoundError(f"{path}: model_config = {own.model_config!r}: not found (nor under {CONFIG_DIR})")
+    return OmegaConf.merge(read_config_file(base), {k: v for k, v in own.items() if k != "model_config"})
+
+
 def load_config(config) -> DictConfig:
     """A path, a dict or a DictConfig -> DictConfig, checked for the required sections."""
     if isinstance(config, (str, Path)):
-        path = Path(config)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path} (see {CONFIG_DIR} for the shipped configs)")
-        config = OmegaConf.load(path)
+        config = read_config_file(config)
     elif isinstance(config, dict):
         config = OmegaConf.create(config)
     missing = [k for k in REQUIRED_KEYS if k not in config]

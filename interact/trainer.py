@@ -31,7 +31,7 @@ from torch import nn
 
 from interact.checkpoint import atomic_save, export_sections, load_training_init, read_file, to_sections
 from interact.conditions import build_grounding
-from interact.model import CONFIG_DIR, InteractDiffusion, SECTIONS, build_model, is_interaction_key, load_config
+from interact.model import CONFIG_DIR, InteractDiffusion, SECTIONS, build_model, is_interaction_key, load_config, read_config_file
 from interact.phrase_cache import PhraseEmbeddingCache, encoder_fingerprint
 
 TRAIN_DEFAULTS = {
@@ -81,14 +81,7 @@ def load_training_config(path) -> DictConfig:
     unknown = sorted(set(own) - TOP_LEVEL_KEYS)
     if unknown:
         raise ValueError(f"{path}: unknown top-level key(s) {unknown}; allowed: {sorted(TOP_LEVEL_KEYS)}")
-    base = OmegaConf.create()
-    if "model_config" in own:
-        base_path = Path(own.model_config)
-        base_path = base_path if base_path.is_file() else CONFIG_DIR / base_path
-        if not base_path.is_file():
-            raise FileNotFoundError(f"{path}: model_config = {own.model_config!r}: not found (nor under {CONFIG_DIR})")
-        base = OmegaConf.load(base_path)
-    config = OmegaConf.merge(base, {k: v for k, v in own.items() if k != "model_config"})
+    config = read_config_file(path)
     config.train = check_train_options(OmegaConf.to_container(config.get("train", {}), resolve=True))
     load_config(config)  # checks the model sections
     return config
