@@ -53,9 +53,20 @@ def ap_of(result, hoi_id, setting="ap_default"):
 
 # ----------------------------------------------------------------------------- known answers
 
-def test_perfect_detections_on_the_toy_test_set_give_ap_one():
-    cats = HOICategories.from_file(TOY / "categories.json")
-    gt = read_ground_truth(TOY / "test_hico.json", cats)
+@pytest.fixture(scope="module")
+def toy_annotations(tmp_path_factory):
+    """data/toy's annotations, or a small toy world written here (a fresh clone has no data)."""
+    if (TOY / "categories.json").is_file():
+        return TOY
+    from dataset.toy.generate import generate
+    out = tmp_path_factory.mktemp("toy")
+    generate(out, train=1, test=300, workers=1, progress=False)
+    return out / "annotations"
+
+
+def test_perfect_detections_on_the_toy_test_set_give_ap_one(toy_annotations):
+    cats = HOICategories.from_file(toy_annotations / "categories.json")
+    gt = read_ground_truth(toy_annotations / "test_hico.json", cats)
     dets = [{"file_name": g["file_name"], "predictions": g["annotations"],
              "hoi_prediction": [dict(h, score=1.0) for h in g["hoi_annotation"]]} for g in gt]
     result = evaluate_hoi_map(gt, dets, cats)
