@@ -111,7 +111,7 @@ def score_images(folder: Path, gt: list[dict], categories: HOICategories, detect
 
 def run_toy(n: int = 500, data_root="data/toy", runs="runs", out="runs/table_toy", device=None,
             log=print) -> dict:
-    from evaluation.fid_kid import compute_fid_kid
+    from evaluation.fid_kid import compute_fid_kid, read_image
     from evaluation.toy_detector import ToyHOIDetector
     from evaluation.toy_features import load_toy_extractor
     data_root, runs, out = Path(data_root), Path(runs), Path(out)
@@ -131,7 +131,7 @@ def run_toy(n: int = 500, data_root="data/toy", runs="runs", out="runs/table_toy
     for row in TOY_ROWS:
         ckpt = train_row(row, runs, backbone, data_root, log)
         folder = generate_row(row, ckpt, samples, out / row.run, device=device, log=log)
-        fake = torch.stack([_read_png(folder / Path(s.key).name) for s in samples])
+        fake = torch.stack([read_image(folder / Path(s.key).name) for s in samples])
         # KID subsets of half the images, so that they differ and the std means something.
         metrics = compute_fid_kid(real_images, fake, extractor, kid_subset_size=min(1000, max(2, n // 2)),
                                   progress=False)
@@ -144,11 +144,6 @@ def run_toy(n: int = 500, data_root="data/toy", runs="runs", out="runs/table_toy
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "table.md").write_text(markdown_table(results))
     return results
-
-
-def _read_png(path: Path) -> torch.Tensor:
-    from evaluation.fid_kid import read_image
-    return read_image(path)
 
 
 # ----------------------------------------------------------------------------- real runs

@@ -76,14 +76,10 @@ def main(argv=None) -> int:
     p.add_argument("--folder", required=True, help="inference_batch.py's output folder")
     p.add_argument("--input", required=True, help="the layouts file the images were generated from")
     args = p.parse_args(argv)
+    from interact.batch import BatchError
     try:
         result, _ = toy_score(args.folder, args.input)
-    except (HOIEvalError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # BatchError from reading the layouts
-        if type(err).__name__ != "BatchError":
-            raise
+    except (HOIEvalError, FileNotFoundError, BatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     s = result.summary["default"]
