@@ -284,8 +284,7 @@ def _load_backbone(model: InteractDiffusion, backbone: dict, source, text_encode
     missing = [name for name in needed if name not in backbone]
     if missing:  # checked before anything loads, so the message names the real problem
         raise CheckpointError(f"{source}: has no {missing[0]!r} section" + (f"; {hint}" if hint else ""))
-    seeded = getattr(model.text_encoder, "init_seed", None) is not None
-    if "text_encoder" not in backbone and not text_encoder_given and not seeded:
+    if "text_encoder" not in backbone and not text_encoder_given and not model.text_encoder_seeded:
         raise CheckpointError(f"{source}: has no text encoder weights: pass --text_encoder DIR (a Hugging "
                               f"Face CLIP ViT-L/14 text model folder, e.g. an SD v1.x repo's text_encoder/)")
     for name in SECTIONS:
@@ -376,9 +375,8 @@ def export_sections(model: InteractDiffusion, interaction_only: bool = False) ->
     model_state = {k: v for k, v in model.model.state_dict().items() if not interaction_only or is_interaction_key(k)}
     out = {"model": model_state, "config_dict": OmegaConf.to_container(model.config, resolve=True)}
     if not interaction_only:
-        seeded = getattr(model.text_encoder, "init_seed", None) is not None  # rebuilt from the config's seed
         out.update({name: model.section(name).state_dict() for name in SECTIONS
-                    if name != "model" and not (name == "text_encoder" and seeded)})
+                    if name != "model" and not (name == "text_encoder" and model.text_encoder_seeded)})
     return out
 
 

@@ -87,6 +87,12 @@ class InteractDiffusion(nn.Module):
     def position_net(self):
         return self.model.position_net
 
+    @property
+    def text_encoder_seeded(self) -> bool:
+        """A frozen random text encoder defined by its config seed (FrozenCLIPEmbedder init_seed):
+        no file holds its weights; it is rebuilt from the config."""
+        return getattr(self.text_encoder, "init_seed", None) is not None
+
     def section(self, name: str) -> nn.Module:
         if name not in SECTIONS:
             raise KeyError(f"unknown section {name!r}; sections are {SECTIONS}")
@@ -99,10 +105,9 @@ class InteractDiffusion(nn.Module):
         if any(b.is_meta for b in self.diffusion.buffers()):
             with torch.device("cpu"):
                 self.diffusion = instantiate(self.config.diffusion)
-        te = self.text_encoder
-        if getattr(te, "init_seed", None) is not None and any(p.is_meta for p in te.parameters()):
-            with torch.device("cpu"):  # a seeded encoder's weights are in no file (FrozenCLIPEmbedder init_seed)
-                self.text_encoder = instantiate(self.config.text_encoder, tokenizer=te.tokenizer)
+        if self.text_encoder_seeded and any(p.is_meta for p in self.text_encoder.parameters()):
+            with torch.device("cpu"):
+                self.text_encoder = instantiate(self.config.text_encoder, tokenizer=self.text_encoder.tokenizer)
         self.text_encoder.rebuild_position_ids()
         left = [n for n, t in [*self.named_parameters(), *self.named_buffers()] if t.is_meta]
         if left:

@@ -31,7 +31,8 @@ from torch import nn
 
 from interact.checkpoint import atomic_save, export_sections, load_training_init, read_file, to_sections
 from interact.conditions import build_grounding
-from interact.model import CONFIG_DIR, InteractDiffusion, SECTIONS, build_model, is_interaction_key, load_config, read_config_file
+from interact.model import (CONFIG_DIR, InteractDiffusion, SECTIONS, build_model, is_interaction_key, load_config,
+                            read_config_file)
 from interact.phrase_cache import PhraseEmbeddingCache, encoder_fingerprint
 
 TRAIN_DEFAULTS = {

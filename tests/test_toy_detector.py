@@ -8,16 +8,12 @@ import torch
 from PIL import Image, ImageFilter
 
 from dataset.toy import HOI_CATEGORIES, OBJECT_BY_ID, categories_dict, render_image, render_scene
+from evaluation.hico_map import box_iou
 from evaluation.toy_detector import DEFAULT_WEIGHTS, ToyHOIDetector, main
 
 
-def iou(a, b):
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+def iou(a, b) -> float:
+    return float(box_iou(a, b)[0, 0])
 
 
 @pytest.fixture(scope="module")
