@@ -22,6 +22,9 @@ def parse_args(argv=None):
     src.add_argument("--config", help="model YAML (default: configs/sd_v1_interact.yaml with a checkpoint; "
                                       "without one, the embedded toy model, or random weights of --config)")
     src.add_argument("--allow-pickle", action="store_true", help="unpickle arbitrary objects (trusted files only)")
+    from interact.model import interaction_switches
+    for key, choices in interaction_switches().items():
+        src.add_argument(f"--{key}", choices=choices, help=f"overrides interaction.{key} of the config")
     io = p.add_argument_group("input and output")
     io.add_argument("--input", help="layouts: .json (a list of records), .jsonl or .pkl (default: "
                                     "examples/toy_layouts.json for the embedded toy model, else examples/layouts.json)")

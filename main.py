@@ -48,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--allow-pickle", action="store_true", help="unpickle arbitrary objects (trusted files only)")
     p.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)  # old launchers
+    from interact.model import interaction_switches
+    for key, choices in interaction_switches().items():
+        p.add_argument(f"--{key}", choices=choices, default=None, help=f"overrides interaction.{key} of the YAML")
     from interact.trainer import TRAIN_DEFAULTS
     for flag in TRAIN_FLAGS:
         default = TRAIN_DEFAULTS[flag]
@@ -70,9 +73,11 @@ def resolve_weights(path, data_root, flag: str):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from interact.checkpoint import CheckpointError
+    from interact.model import set_interaction_options
     from interact.trainer import Trainer, check_train_options, load_training_config
     try:
         config = load_training_config(args.yaml_file)
+        config = set_interaction_options(config, fuser_type=args.fuser_type, role_embedding=args.role_embedding)
         overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
         config.train = check_train_options({**config.train, **overrides})
         if args.data_root is not None:

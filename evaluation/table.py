@@ -5,10 +5,16 @@ exists, so a killed run picks up where it stopped:
 1. the toy world's data (`python -m dataset.toy generate`);
 2. the text-to-image backbone (configs/toy_base.yaml), the counterpart of SD v1.x;
 3. one fine-tune per row from that backbone, same budget each: text only (captions only),
-   box only (GLIGEN-style subject/object tokens), InteractDiffusion (subject/action/object);
-4. images for the first `n` toy test layouts (caption + boxes), per row;
+   box only (GLIGEN-style subject/object tokens), InteractDiffusion (subject/action/object),
+   and the reproduction study's variants of it: typed role embeddings, the cross-attention
+   fuser, both. Rows with `seeds` > 1 are trained that many times (train.seed 0, 1, ...);
+4. images for the first `n` toy test layouts (caption + boxes), per row (its first seed);
 5. FID/KID (toy feature net) against the real test images, and HOI mAP of the toy detector on
-   the generated images against the layouts; the real images' own mAP is the ceiling row.
+   the generated images against the layouts; the real images' own mAP is the ceiling row. Also
+   the mAP over the categories with a non-human subject (robot, dog) and over the non-contact
+   ones (look at);
+6. the layout gain (evaluation/layout_gain.py) of every seed on `gain_n` test samples: all of
+   them, those with a non-human subject, those with a non-contact action; mean ± std over seeds.
 
 Real runs (`--world hico`): the same table from generated image folders and the detection files
 of a HOI detector (FGAHOI) run on them.
@@ -36,14 +42,24 @@ class ToyRow:
     config: str
     run: str
     grounded: bool  # whether the row is given the layout's boxes
+    seeds: int = 1  # training runs with train.seed 0 .. seeds-1
+
+    def run_name(self, seed: int) -> str:
+        return self.run if seed == 0 else f"{self.run}_seed{seed}"
 
 
 TOY_BASE = ToyRow("backbone", "configs/toy_base.yaml", "toy_base", False)
 TOY_ROWS = (
     ToyRow("text only", "configs/toy_text_only.yaml", "toy_text_only", False),
     ToyRow("box only (GLIGEN-style tokens)", "configs/toy_boxes_only.yaml", "toy_boxes_only", True),
-    ToyRow("InteractDiffusion", "configs/toy_hoi.yaml", "toy_interact", True),
+    ToyRow("InteractDiffusion", "configs/toy_hoi.yaml", "toy_interact", True, seeds=3),
+    ToyRow("InteractDiffusion + typed roles", "configs/toy_typed.yaml", "toy_typed", True, seeds=3),
+    ToyRow("InteractDiffusion + cross-attention fuser", "configs/toy_cross_attention.yaml", "toy_cross_attention",
+           True, seeds=3),
+    ToyRow("InteractDiffusion + typed roles + cross-attention fuser", "configs/toy_typed_cross_attention.yaml",
+           "toy_typed_cross_attention", True, seeds=3),
 )
+BASELINE_ROW = "InteractDiffusion"  # the variants are compared with it
 
 
 # ----------------------------------------------------------------------------- toy world steps
@@ -56,17 +72,18 @@ def ensure_toy_data(root: Path, log=print) -> None:
     generate(root, overwrite=True)
 
 
-def train_row(row: ToyRow, runs: Path, backbone: Path | None, data_root: Path, log=print) -> Path:
-    """runs/<row.run>/model_final.pth, trained (or resumed) when missing."""
-    final = runs / row.run / "model_final.pth"
+def train_row(row: ToyRow, runs: Path, backbone: Path | None, data_root: Path, seed: int = 0, log=print) -> Path:
+    """runs/<row.run_name(seed)>/model_final.pth, trained (or resumed) when missing."""
+    final = runs / row.run_name(seed) / "model_final.pth"
     if final.is_file():
-        log(f"[table] {row.name}: reusing {final}")
+        log(f"[table] {row.name} (seed {seed}): reusing {final}")
         return final
     from interact.trainer import Trainer, load_training_config
     config = load_training_config(REPO_ROOT / row.config)
     config.data.root = str(data_root)
-    log(f"[table] {row.name}: training {row.config}" + (f" from {backbone}" if backbone else ""))
-    Trainer(config, runs / row.run, sd_ckpt=backbone).run()
+    config.train["seed"] = seed
+    log(f"[table] {row.name} (seed {seed}): training {row.config}" + (f" from {backbone}" if backbone else ""))
+    Trainer(config, runs / row.run_name(seed), sd_ckpt=backbone).run()
     return final
 
 
@@ -104,45 +121,94 @@ def generate_row(row: ToyRow, ckpt: Path, samples, out: Path, batch_size: int = 
     return out
 
 
-def score_images(folder: Path, gt: list[dict], categories: HOICategories, detector) -> dict:
+def category_group_map(per_category: list[dict], role_types) -> dict:
+    """Default-setting mAP over the categories with a non-human subject, and over those with a
+    non-contact verb (categories without ground truth left out, as in every mean)."""
+    from dataset.role_types import NON_CONTACT, NON_HUMAN
+    groups = {"non_human_subject": lambda r: role_types.entity(r["subject"]) == NON_HUMAN,
+              "non_contact": lambda r: role_types.action(r["verb"]) == NON_CONTACT}
+    out = {}
+    for name, member in groups.items():
+        aps = [r["ap_default"] for r in per_category if member(r) and not math.isnan(r["ap_default"])]
+        out[name] = sum(aps) / len(aps) if aps else float("nan")
+    return out
+
+
+def score_images(folder: Path, gt: list[dict], categories: HOICategories, detector, role_types) -> dict:
     detections = detector.detect_folder(folder, gt, progress=True)
-    return evaluate_hoi_map(gt, detections, categories).summary
+    result = evaluate_hoi_map(gt, detections, categories)
+    return {"map": result.summary, "map_groups": category_group_map(result.per_category, role_types)}
+
+
+def sample_groups(samples, role_types) -> dict[str, list[bool]]:
+    """Which samples have a non-human subject, and which a non-contact action."""
+    from dataset.role_types import NON_CONTACT, NON_HUMAN
+    return {"all": [True] * len(samples),
+            "non_human_subject": [any(role_types.entity(it.subject) == NON_HUMAN for it in s.interactions)
+                                  for s in samples],
+            "non_contact": [any(role_types.action(it.action) == NON_CONTACT for it in s.interactions)
+                            for s in samples]}
+
+
+def layout_gains(row: ToyRow, ckpt: Path, samples, groups: dict, device=None) -> dict[str, float]:
+    """The layout gain of one trained run, overall and per sample group."""
+    from evaluation.layout_gain import layout_losses
+    from interact.pipeline import InteractDiffusionPipeline
+    pipe = InteractDiffusionPipeline.from_checkpoint(ckpt, config=REPO_ROOT / row.config, device=device)
+    losses = layout_losses(pipe.model, samples, device=pipe.device, progress=True)
+    return {name: losses.gain(torch.tensor(mask)) for name, mask in groups.items()}
+
+
+def mean_std(values: list[float]) -> dict:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
+    return {"mean": mean, "std": std, "n": n, "values": values}
 
 
 def run_toy(n: int = 500, data_root="data/toy", runs="runs", out="runs/table_toy", device=None,
-            log=print) -> dict:
+            gain_n: int = 200, log=print) -> dict:
     from evaluation.fid_kid import compute_fid_kid, read_image
     from evaluation.toy_detector import ToyHOIDetector
     from evaluation.toy_features import load_toy_extractor
     data_root, runs, out = Path(data_root), Path(runs), Path(out)
     start = time.perf_counter()
     ensure_toy_data(data_root, log)
-    backbone = train_row(TOY_BASE, runs, None, data_root, log)
-    samples = toy_test_layouts(REPO_ROOT / TOY_BASE.config, data_root, n)
+    backbone = train_row(TOY_BASE, runs, None, data_root, log=log)
+    samples = toy_test_layouts(REPO_ROOT / TOY_BASE.config, data_root, max(n, gain_n))
+    gain_samples, samples = samples[:gain_n], samples[:n]
     names = {Path(s.key).name for s in samples}
     annotations = data_root / "annotations"
     gt = [r for r in read_ground_truth(annotations / "test_hico.json") if r["file_name"] in names]
     categories = HOICategories.from_file(annotations / "categories.json")
     detector, extractor = ToyHOIDetector.load(), load_toy_extractor()
+    from dataset.role_types import toy_role_types
+    role_types = toy_role_types()
+    groups = sample_groups(gain_samples, role_types)
     real_folder = data_root / "images" / "test"
     real_images = torch.stack([((s.image + 1) * 127.5).round().clamp(0, 255).to(torch.uint8) for s in samples])
 
     results = {}
     for row in TOY_ROWS:
-        ckpt = train_row(row, runs, backbone, data_root, log)
-        folder = generate_row(row, ckpt, samples, out / row.run, device=device, log=log)
+        ckpts = [train_row(row, runs, backbone, data_root, seed, log) for seed in range(row.seeds)]
+        folder = generate_row(row, ckpts[0], samples, out / row.run, device=device, log=log)
         fake = torch.stack([read_image(folder / Path(s.key).name) for s in samples])
         # KID subsets of half the images, so that they differ and the std means something.
         metrics = compute_fid_kid(real_images, fake, extractor, kid_subset_size=min(1000, max(2, n // 2)),
                                   progress=False)
-        results[row.name] = {**metrics, "map": score_images(folder, gt, categories, detector)}
+        results[row.name] = {**metrics, **score_images(folder, gt, categories, detector, role_types),
+                             "seeds": row.seeds}
+        if row.grounded:
+            per_seed = [layout_gains(row, ckpt, gain_samples, groups, device) for ckpt in ckpts]
+            results[row.name]["layout_gain"] = {g: mean_std([s[g] for s in per_seed]) for g in groups}
         log(f"[table] {row.name}: FID {metrics['fid']:.2f}, mAP Default Full "
             f"{100 * results[row.name]['map']['default']['full']:.2f}")
-    results["real images (detector ceiling)"] = {"map": score_images(real_folder, gt, categories, detector)}
-    results["_meta"] = {"n": n, "seconds": time.perf_counter() - start, "data": str(data_root)}
+    results["real images (detector ceiling)"] = score_images(real_folder, gt, categories, detector, role_types)
+    results["_meta"] = {"n": n, "gain_n": gain_n, "seconds": time.perf_counter() - start, "data": str(data_root),
+                        "gain_groups": {g: sum(mask) for g, mask in groups.items()}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "table.md").write_text(markdown_table(results))
+    (out / "table.md").write_text(markdown_table(results) + "\n" + variant_table(results))
     return results
 
 
@@ -182,6 +248,44 @@ def run_hico(rows: list[tuple[str, str, str]], real: str, gt_path: str, train_pa
 
 def _fmt(value, digits: int) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _pm(stats: dict, scale: float = 100.0, digits: int = 3) -> str:
+    if stats["n"] < 2:
+        return _fmt(scale * stats["mean"], digits)
+    return f"{scale * stats['mean']:.{digits}f} ± {scale * stats['std']:.{digits}f}"
+
+
+def difference(a: dict, b: dict) -> dict:
+    """a - b of two mean_std results, with the standard error of the difference of the means."""
+    se = math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"]) if min(a["n"], b["n"]) > 1 else float("nan")
+    return {"mean": a["mean"] - b["mean"], "se": se}
+
+
+def variant_table(results: dict, baseline: str = BASELINE_ROW) -> str:
+    """The rows that have a layout gain: the gain (%) overall, on samples with a non-human
+    subject and on samples with a non-contact action (mean ± std over seeds), the change from
+    the baseline row (± its standard error), and the first seed's mAP over the non-human-subject
+    and non-contact categories."""
+    head = ["model", "seeds", "layout gain", "non-human subject", "non-contact", f"gain vs {baseline}",
+            "mAP non-human subj.", "mAP non-contact"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = results.get(baseline, {}).get("layout_gain")
+    for name, r in results.items():
+        if name.startswith("_") or "layout_gain" not in r:
+            continue
+        gain = r["layout_gain"]
+        if base is None or name == baseline:
+            versus = "-"
+        else:
+            d = difference(gain["all"], base["all"])
+            versus = f"{100 * d['mean']:+.3f}" + ("" if math.isnan(d["se"]) else f" ± {100 * d['se']:.3f}")
+        groups = r.get("map_groups", {})
+        cells = [name, str(gain["all"]["n"]), _pm(gain["all"]), _pm(gain["non_human_subject"]),
+                 _pm(gain["non_contact"]), versus, _fmt(100 * groups.get("non_human_subject", float("nan")), 2),
+                 _fmt(100 * groups.get("non_contact", float("nan")), 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(results: dict) -> str:

@@ -118,19 +118,21 @@ def plan_outputs(folder: Path, count: int, overwrite: bool, skip_existing: bool)
 
 def load_pipeline(args):
     from interact.pipeline import InteractDiffusionPipeline
+    interaction = {"fuser_type": getattr(args, "fuser_type", None), "role_embedding": getattr(args, "role_embedding", None)}
     if uses_embedded_default(args):
         if args.config is not None:
             print(f"No --ckpt given: a RANDOMLY INITIALISED model of {args.config} (noise-like images; for "
                   f"tests and timing).", file=sys.stderr)
-            return InteractDiffusionPipeline.from_config(args.config, seed=0, device=args.device, half=args.half)
+            return InteractDiffusionPipeline.from_config(args.config, seed=0, device=args.device, half=args.half,
+                                                         interaction=interaction)
         print(f"No --ckpt given: using the embedded default, the toy InteractDiffusion model ({DEFAULT_CKPT.name}, "
               f"trained on the toy HOI world: persons, robots and dogs with toy objects, 64x64). Pass --ckpt "
               f"(and --sd_ckpt) for a Stable Diffusion model.", file=sys.stderr)
         return InteractDiffusionPipeline.from_checkpoint(DEFAULT_CKPT, config=DEFAULT_CONFIG, device=args.device,
-                                                         half=args.half)
+                                                         half=args.half, interaction=interaction)
     print(f"loading weights: {' + '.join(p for p in (args.sd_ckpt, args.ckpt) if p)}", file=sys.stderr)
     return InteractDiffusionPipeline.from_checkpoint(args.ckpt, args.sd_ckpt, args.config, args.text_encoder,
-                                                     args.device, args.half, args.allow_pickle)
+                                                     args.device, args.half, args.allow_pickle, interaction)
 
 
 def checkpoint_ids(args) -> dict:

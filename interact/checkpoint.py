@@ -220,6 +220,8 @@ def check_file(raw: dict, model: InteractDiffusion) -> dict[str, SectionReport]:
     sections = to_sections(raw)
     if kind == "gligen" and "model" in sections:
         sections["model"] = gligen_to_interaction(sections["model"])
+    if "model" in sections:
+        sections["model"] = with_typed_role_defaults(model, sections["model"])
     ignore = {"sd_original": is_interaction_key,  # an SD file holds the backbone only
               "interaction_weights": lambda k: not is_interaction_key(k),
               "gligen": lambda k: k.startswith(GLIGEN_FRESH_KEYS)}.get(kind, lambda k: False)
@@ -228,6 +230,40 @@ def check_file(raw: dict, model: InteractDiffusion) -> dict[str, SectionReport]:
 
 
 # ----------------------------------------------------------------------------- loading
+
+def interaction_variant(model_state: dict) -> dict:
+    """The config switches a `model` section's interaction keys imply."""
+    keys = list(model_state)
+    return {"fuser_type": "gatedCA" if any(".fuser.norm_objs." in k for k in keys) else "gatedSA",
+            "fuser_positions": any(".fuser.visual_position." in k for k in keys),
+            "role_embedding": "typed" if "position_net.type_offsets" in model_state else "fixed"}
+
+
+def check_variant(model: InteractDiffusion, model_state: dict, source) -> None:
+    """A file trained with other interaction switches than the config: say which, and how to
+    match them (rather than list the differing tensor names). A fixed-role file is fine for a
+    typed config (with_typed_role_defaults)."""
+    if not any(".fuser." in k for k in model_state):
+        return
+    inter = model.config.interaction
+    have = {"fuser_type": inter.get("fuser_type", "gatedSA"), "fuser_positions": inter.get("fuser_positions", False),
+            "role_embedding": inter.get("role_embedding", "fixed")}
+    wrong = [f"interaction.{k} = {v} (the config has {have[k]})" for k, v in interaction_variant(model_state).items()
+             if v != have[k] and not (k == "role_embedding" and v == "fixed")]
+    if wrong:
+        raise CheckpointError(f"{source}: was trained with {'; '.join(wrong)}: use a config with the file's settings "
+                              f"(--fuser_type / --role_embedding on the command line)")
+
+
+def with_typed_role_defaults(model: InteractDiffusion, state: dict) -> dict:
+    """A typed-role model loading a file without the typed weights (any released checkpoint):
+    those start as tokenizer.typed_role_defaults, i.e. exactly the file's role embeddings."""
+    pn = model.position_net
+    if getattr(pn, "role_embedding", "fixed") != "typed" or "position_net.type_offsets" in state:
+        return state
+    from interact.tokenizer import typed_role_defaults
+    return {**state, **typed_role_defaults(pn)}
+
 
 def _load_strict(module: torch.nn.Module, section: str, state: dict, ignore=lambda k: False, source: str = ""):
     state = normalize_section(module, section, state)
@@ -272,7 +308,9 @@ def load_weights(model: InteractDiffusion, ckpt=None, sd_ckpt=None, allow_pickle
         raise CheckpointError(f"{ckpt}: has no 'model' section with interaction weights")
     _load_backbone(model, backbone, backbone_src, text_encoder_given,
                    hint="pass --sd_ckpt with an SD v1.x checkpoint for the backbone")
-    _load_strict(model.model, "model", interaction["model"], lambda k: not is_interaction_key(k), str(ckpt))
+    check_variant(model, interaction["model"], ckpt)
+    _load_strict(model.model, "model", with_typed_role_defaults(model, interaction["model"]),
+                 lambda k: not is_interaction_key(k), str(ckpt))
     model.finish_meta_load()
 
 
@@ -319,6 +357,8 @@ def load_training_init(model: InteractDiffusion, ckpt=None, sd_ckpt=None,
             sections["model"] = gligen_to_interaction(sections["model"])
         fresh = (lambda k: k.startswith(GLIGEN_FRESH_KEYS)) if kind == "gligen" else (lambda k: False)
         interaction = {k: v for k, v in sections["model"].items() if is_interaction_key(k) and not fresh(k)}
+        check_variant(model, interaction, ckpt)
+        interaction = with_typed_role_defaults(model, interaction)
         _load_strict(model.model, "model", interaction, lambda k: not is_interaction_key(k) or fresh(k), str(ckpt))
         lines.append(f"interaction control: {ckpt} ({describe_kind(raw)})"
                      + ("; instance and role embeddings: random (GLIGEN has none)" if kind == "gligen" else ""))

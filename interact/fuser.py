@@ -1,27 +1,51 @@
-"""Gated self-attention fuser (FACTS §2), identical in names and maths to GLIGEN's.
+"""The fusers: one per transformer block, after its self-attention (FACTS §2).
 
-x += scale * tanh(alpha_attn) * attn(norm1(cat[x, linear(objs)]))[:, :N_visual]
-x += scale * tanh(alpha_dense) * ff(norm2(x))
+gatedSA (the paper's, identical in names and maths to GLIGEN's):
+    x += scale * tanh(alpha_attn) * attn(norm1(cat[x, linear(objs)]))[:, :N_visual]
+    x += scale * tanh(alpha_dense) * ff(norm2(x))
+gatedCA (the reproduction study's variant): the visual tokens attend to the interaction
+tokens only (queries from x, keys and values from linear(objs)), same gates and scale:
+    x += scale * tanh(alpha_attn) * attn(norm1(x), norm_objs(linear(objs)))
+    x += scale * tanh(alpha_dense) * ff(norm2(x))
+Its attention matrix is N_visual x N_objs instead of N_visual x (N_visual + N_objs).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from interact.tokenizer import POSITION_DIM, fourier_embed
 from ldm.modules.attention import CrossAttention, FeedForward, multihead_attention
-
 
 FUSER_INITS = ("zero_gates", "zero_outputs")
 
 
-class GatedSelfAttentionDense(nn.Module):
-    """`init`: "zero_gates" (GLIGEN's, the default) starts both gates at 0. The fuser then adds
+def grid_positions(h: int, w: int, device=None, dtype=None) -> torch.Tensor:
+    """[h*w, POSITION_DIM]: the Fourier embedding of each visual token's cell as a normalised
+    xyxy box, row-major like the flattened feature map; the same embedding the boxes get."""
+    ys = torch.arange(h, device=device, dtype=dtype) / h
+    xs = torch.arange(w, device=device, dtype=dtype) / w
+    y0, x0 = torch.meshgrid(ys, xs, indexing="ij")
+    cells = torch.stack([x0, y0, x0 + 1 / w, y0 + 1 / h], dim=-1).reshape(h * w, 4)
+    return fourier_embed(cells)
+
+
+class _GatedFuser(nn.Module):
+    """What both fusers share: the token projection, attention, feed-forward, gates and inits.
+
+    `init`: "zero_gates" (GLIGEN's, the default) starts both gates at 0. The fuser then adds
     nothing, but its attention and feed-forward weights get no gradient until a gate has moved,
     which on a short budget (the toy world's 500 CPU steps) it barely does. "zero_outputs" adds
     nothing either, by zero output layers (as ControlNet's zero convolutions) under gates at 1,
-    and every weight trains from the first step. Loaded weights replace either."""
+    and every weight trains from the first step. Loaded weights replace either.
 
-    def __init__(self, query_dim: int, context_dim: int, n_heads: int, d_head: int, init: str = "zero_gates"):
+    `visual_positions`: add a learned projection of each visual token's grid cell (in the boxes'
+    Fourier embedding) to the attention's visual input. SD's features carry position implicitly
+    (large receptive fields, padding); a tiny UNet's 8x8 features barely do, and without it the
+    attention cannot tell which visual tokens a box covers. Off for released checkpoints."""
+
+    def __init__(self, query_dim: int, context_dim: int, n_heads: int, d_head: int, init: str = "zero_gates",
+                 visual_positions: bool = False):
         super().__init__()
         if init not in FUSER_INITS:
             raise ValueError(f"fuser_init = {init!r}: must be one of {FUSER_INITS}")
@@ -30,6 +54,7 @@ class GatedSelfAttentionDense(nn.Module):
         self.ff = FeedForward(query_dim)
         self.norm1 = nn.LayerNorm(query_dim)
         self.norm2 = nn.LayerNorm(query_dim)
+        self.visual_position = nn.Linear(POSITION_DIM, query_dim) if visual_positions else None
         # Zero gates: a freshly attached fuser leaves the frozen UNet's output unchanged.
         self.alpha_attn = nn.Parameter(torch.tensor(0.0))
         self.alpha_dense = nn.Parameter(torch.tensor(0.0))
@@ -41,21 +66,58 @@ class GatedSelfAttentionDense(nn.Module):
                     layer.weight.zero_()
                     layer.bias.zero_()
 
-    def forward(self, x: torch.Tensor, objs: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-        n_visual = x.shape[1]
-        h = self.norm1(torch.cat([x, self.linear(objs)], dim=1))
-        # Only the visual rows of the attention output are kept, so only their
-        # queries are computed: identical result, ~N_objs fewer query rows.
-        attn = self.attn
-        out = multihead_attention(attn.to_q(h[:, :n_visual]), attn.to_k(h), attn.to_v(h), attn.heads)
-        x = x + scale * torch.tanh(self.alpha_attn) * attn.to_out(out)
+    def _with_positions(self, visual: torch.Tensor, grid) -> torch.Tensor:
+        if grid is None or grid[0] * grid[1] != visual.shape[1]:
+            raise ValueError(f"fuser with visual_positions needs grid=(h, w) matching {visual.shape[1]} tokens, "
+                             f"got {grid}")
+        # fp32 phases: fp16 is too coarse for the highest Fourier frequency (~56 rad per unit)
+        cells = grid_positions(*grid, device=visual.device, dtype=torch.promote_types(visual.dtype, torch.float32))
+        cells = cells.to(visual.dtype)
+        return visual + self.visual_position(cells)
+
+    def attend(self, x: torch.Tensor, objs: torch.Tensor, grid) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, objs: torch.Tensor, scale: float = 1.0, grid=None) -> torch.Tensor:
+        x = x + scale * torch.tanh(self.alpha_attn) * self.attn.to_out(self.attend(x, objs, grid))
         return x + scale * torch.tanh(self.alpha_dense) * self.ff(self.norm2(x))
 
 
-FUSER_TYPES = {"gatedSA": GatedSelfAttentionDense}
+class GatedSelfAttentionDense(_GatedFuser):
+    def attend(self, x, objs, grid):
+        n_visual = x.shape[1]
+        h = self.norm1(torch.cat([x, self.linear(objs)], dim=1))
+        if self.visual_position is not None:
+            h = torch.cat([self._with_positions(h[:, :n_visual], grid), h[:, n_visual:]], dim=1)
+        # Only the visual rows of the attention output are kept, so only their
+        # queries are computed: identical result, ~N_objs fewer query rows.
+        attn = self.attn
+        return multihead_attention(attn.to_q(h[:, :n_visual]), attn.to_k(h), attn.to_v(h), attn.heads)
 
 
-def attach_fusers(unet: nn.Module, context_dim: int, fuser_type: str = "gatedSA", init: str = "zero_gates") -> int:
+class GatedCrossAttentionDense(_GatedFuser):
+    """Keys and values come from the interaction tokens alone. They get their own LayerNorm
+    affine (`norm_objs`); in gatedSA one norm1 serves both kinds of token."""
+
+    def __init__(self, query_dim: int, context_dim: int, n_heads: int, d_head: int, init: str = "zero_gates",
+                 visual_positions: bool = False):
+        super().__init__(query_dim, context_dim, n_heads, d_head, init, visual_positions)
+        self.norm_objs = nn.LayerNorm(query_dim)
+
+    def attend(self, x, objs, grid):
+        visual = self.norm1(x)
+        if self.visual_position is not None:
+            visual = self._with_positions(visual, grid)
+        tokens = self.norm_objs(self.linear(objs))
+        attn = self.attn
+        return multihead_attention(attn.to_q(visual), attn.to_k(tokens), attn.to_v(tokens), attn.heads)
+
+
+FUSER_TYPES = {"gatedSA": GatedSelfAttentionDense, "gatedCA": GatedCrossAttentionDense}
+
+
+def attach_fusers(unet: nn.Module, context_dim: int, fuser_type: str = "gatedSA", init: str = "zero_gates",
+                  visual_positions: bool = False) -> int:
     """Put a fresh fuser into every transformer block's slot; returns how many."""
     if fuser_type not in FUSER_TYPES:
         raise ValueError(f"fuser_type must be one of {sorted(FUSER_TYPES)}, got {fuser_type!r}")
@@ -63,5 +125,5 @@ def attach_fusers(unet: nn.Module, context_dim: int, fuser_type: str = "gatedSA"
     for _, block in blocks:
         dim = block.attn1.to_q.in_features
         heads = block.attn1.heads
-        block.fuser = FUSER_TYPES[fuser_type](dim, context_dim, heads, dim // heads, init)
+        block.fuser = FUSER_TYPES[fuser_type](dim, context_dim, heads, dim // heads, init, visual_positions)
     return len(blocks)

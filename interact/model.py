@@ -6,6 +6,7 @@ The four sections mirror the released checkpoint layout (FACTS §3): `model`
 """
 from __future__ import annotations
 
+import copy
 import importlib
 from pathlib import Path
 
@@ -38,6 +39,35 @@ def read_config_file(path) -> DictConfig:
     return OmegaConf.merge(read_config_file(base), {k: v for k, v in own.items() if k != "model_config"})
 
 
+def interaction_switches() -> dict[str, tuple]:
+    """The interaction variants a config (or the command line) chooses between, first = default."""
+    from interact.fuser import FUSER_TYPES
+    from interact.tokenizer import ROLE_EMBEDDINGS
+    return {"fuser_type": tuple(FUSER_TYPES), "role_embedding": ROLE_EMBEDDINGS}
+
+
+def set_interaction_options(config: DictConfig, **options) -> DictConfig:
+    """Command-line overrides of `interaction.fuser_type` / `interaction.role_embedding` (None = keep);
+    returns a changed copy (the given config is left as it was)."""
+    options = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(options) - set(interaction_switches()))
+    if unknown:
+        raise ValueError(f"unknown interaction option(s) {unknown}; known: {sorted(interaction_switches())}")
+    if options:
+        config = copy.deepcopy(config)
+        for key, value in options.items():
+            config.interaction[key] = value
+    return check_interaction_switches(config)
+
+
+def check_interaction_switches(config: DictConfig) -> DictConfig:
+    for key, choices in interaction_switches().items():
+        value = config.interaction.get(key, choices[0])
+        if value not in choices:
+            raise ValueError(f"interaction.{key} = {value!r}: must be one of {', '.join(choices)}")
+    return config
+
+
 def load_config(config) -> DictConfig:
     """A path, a dict or a DictConfig -> DictConfig, checked for the required sections."""
     if isinstance(config, (str, Path)):
@@ -47,7 +77,7 @@ def load_config(config) -> DictConfig:
     missing = [k for k in REQUIRED_KEYS if k not in config]
     if missing:
         raise ValueError(f"config is missing section(s): {', '.join(missing)}")
-    return config
+    return check_interaction_switches(config)
 
 
 def instantiate(spec, **extra):
@@ -73,9 +103,13 @@ class InteractDiffusion(nn.Module):
         super().__init__()
         self.config = config
         self.model = instantiate(config.model)
-        self.model.position_net = instantiate(config.interaction.position_net)
-        attach_fusers(self.model, self.model.position_net.out_dim, config.interaction.get("fuser_type", "gatedSA"),
-                      config.interaction.get("fuser_init", "zero_gates"))
+        inter = config.interaction
+        role_embedding = inter.get("role_embedding", "fixed")
+        # Only the typed variant is passed on, so position_net targets without the option still build.
+        extra = {} if role_embedding == "fixed" else {"role_embedding": role_embedding}
+        self.model.position_net = instantiate(inter.position_net, **extra)
+        attach_fusers(self.model, self.model.position_net.out_dim, inter.get("fuser_type", "gatedSA"),
+                      inter.get("fuser_init", "zero_gates"), inter.get("fuser_positions", False))
         self.autoencoder = instantiate(config.autoencoder)
         self.text_encoder = instantiate(config.text_encoder, tokenizer=tokenizer)
         self.diffusion = instantiate(config.diffusion)

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from interact.checkpoint import CheckpointError, load_weights
 from interact.conditions import ConditionError, Grounding, Interaction, build_grounding, check_interactions
-from interact.model import SD_V1_CONFIG, InteractDiffusion, build_model, load_config
+from interact.model import SD_V1_CONFIG, InteractDiffusion, build_model, load_config, set_interaction_options
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.plms import PLMSSampler
 
@@ -61,17 +61,20 @@ class InteractDiffusionPipeline:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, config=SD_V1_CONFIG, seed: int = 0, tokenizer_path=None, device=None, half=False):
-        """Random weights (tests, and the demo until a trained default exists)."""
+    def from_config(cls, config=SD_V1_CONFIG, seed: int = 0, tokenizer_path=None, device=None, half=False,
+                    interaction: dict | None = None):
+        """Random weights (tests and timing). `interaction`: overrides of the config's
+        interaction switches ({"fuser_type": ..., "role_embedding": ...}; None values keep it)."""
         from ldm.modules.encoders.clip_tokenizer import load_clip_tokenizer
         torch.manual_seed(seed)
+        config = set_interaction_options(load_config(config), **(interaction or {}))
         model = build_model(config, tokenizer=load_clip_tokenizer(tokenizer_path))
         device = resolve_device(device)
         return cls(model, device, resolve_dtype(device, half), source=f"random weights (seed {seed})")
 
     @classmethod
     def from_checkpoint(cls, ckpt=None, sd_ckpt=None, config=None, text_encoder=None, device=None, half=False,
-                        allow_pickle=False):
+                        allow_pickle=False, interaction: dict | None = None):
         """`ckpt`: an InteractDiffusion file; with `sd_ckpt` (an SD v1.x .ckpt/.safetensors) the
         backbone comes from there and only the interaction weights from `ckpt`. `text_encoder`:
         a Hugging Face CLIP text model folder, for files without text encoder weights.
@@ -81,7 +84,7 @@ class InteractDiffusionPipeline:
         for label, path in (("--ckpt", ckpt), ("--sd_ckpt", sd_ckpt), ("--text_encoder", text_encoder)):
             if path is not None and not Path(path).exists():
                 raise FileNotFoundError(f"{label} {path}: no such file or folder")
-        config = load_config(config or SD_V1_CONFIG)
+        config = set_interaction_options(load_config(config or SD_V1_CONFIG), **(interaction or {}))
         device = resolve_device(device)
         # Built on the meta device: every tensor then comes from the files without a
         # random initialisation first (SD v1.x: ~25 s and 4 GB saved).

@@ -7,6 +7,18 @@ MLP(concat(CLIP pooled phrase embedding, Fourier(box))) + instance embedding[n]
 `action_tokens=False` gives GLIGEN-style grounding for ablations (the "box only" row of the
 paper's table): subject and object tokens only, [subjects x N, objects x N], and no action
 MLP or null action feature in the weights.
+
+`role_embedding="typed"` (the reproduction study's variant): the role embedding also says what
+kind of thing fills the role. Subjects and objects are human or non-human, actions contact or
+non-contact. Two small classifiers over the phrase's CLIP embedding (in_dim -> 64 -> 2) give
+type probabilities p, and a token gets
+
+    role_embedding[role] + p[0] * type_offsets[role, 0] + p[1] * type_offsets[role, 1]
+
+The offsets are zero at first, so each typed embedding starts as its role's embedding, and a
+released checkpoint (which has none of these weights) loads and behaves exactly as before.
+The mixture keeps the choice differentiable; the trainer also fits the classifiers to the
+dataset's type labels (dataset/role_types.py).
 """
 from __future__ import annotations
 
@@ -14,9 +26,13 @@ import torch
 from torch import nn
 
 SUBJECT, OBJECT, ACTION = 0, 1, 2  # role-embedding rows, as in the released weights
+ROLE_EMBEDDINGS = ("fixed", "typed")
+TYPE_CLASSIFIER_HIDDEN = 64
+FOURIER_FREQS = 8
+POSITION_DIM = FOURIER_FREQS * 2 * 4  # a box's Fourier embedding
 
 
-def fourier_embed(boxes: torch.Tensor, num_freqs: int = 8, temperature: float = 100.0) -> torch.Tensor:
+def fourier_embed(boxes: torch.Tensor, num_freqs: int = FOURIER_FREQS, temperature: float = 100.0) -> torch.Tensor:
     """[..., 4] -> [..., num_freqs * 2 * 4]: per frequency f_k = T**(k/num_freqs), sin(f_k x) then cos(f_k x)."""
     freqs = temperature ** (torch.arange(num_freqs, device=boxes.device, dtype=boxes.dtype) / num_freqs)
     args = boxes[..., None, :] * freqs[:, None]  # [..., F, 4]
@@ -39,10 +55,16 @@ def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
                          nn.Linear(hidden, out_dim))
 
 
+def _type_classifier(in_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, TYPE_CLASSIFIER_HIDDEN), nn.SiLU(), nn.Linear(TYPE_CLASSIFIER_HIDDEN, 2))
+
+
 class HOIPositionNet(nn.Module):
     def __init__(self, in_dim: int = 768, out_dim: int = 768, max_interactions: int = 30, hidden_dim: int = 512,
-                 fourier_freqs: int = 8, action_tokens: bool = True):
+                 fourier_freqs: int = FOURIER_FREQS, action_tokens: bool = True, role_embedding: str = "fixed"):
         super().__init__()
+        if role_embedding not in ROLE_EMBEDDINGS:
+            raise ValueError(f"role_embedding = {role_embedding!r}: must be one of {ROLE_EMBEDDINGS}")
         self.action_tokens = action_tokens
         self.in_dim, self.out_dim = in_dim, out_dim
         self.max_interactions = max_interactions
@@ -56,10 +78,21 @@ class HOIPositionNet(nn.Module):
         self.null_position_feature = nn.Parameter(torch.zeros(position_dim))
         self.interaction_embedding = _Embedding(max_interactions, out_dim)
         self.position_embedding = _Embedding(3, out_dim)
+        self.role_embedding = role_embedding
+        if role_embedding == "typed":
+            # entity: human / non-human (subjects and objects); action: contact / non-contact
+            self.entity_classifier = _type_classifier(in_dim)
+            self.action_classifier = _type_classifier(in_dim)
+            self.type_offsets = nn.Parameter(torch.zeros(3, 2, out_dim))  # [role, type, dim]
 
     @property
     def num_tokens(self) -> int:
         return (3 if self.action_tokens else 2) * self.max_interactions
+
+    def type_logits(self, embeddings: torch.Tensor, role: int) -> torch.Tensor:
+        """[..., in_dim] phrase embeddings -> [..., 2] type logits for `role` (typed only)."""
+        classifier = self.action_classifier if role == ACTION else self.entity_classifier
+        return classifier(embeddings)
 
     def _tokens(self, boxes, embeddings, mask, null_text, mlp, role):
         position = fourier_embed(boxes, self.fourier_freqs)
@@ -68,7 +101,12 @@ class HOIPositionNet(nn.Module):
         tokens = mlp(torch.cat([text, position], dim=-1))
         slots = torch.arange(boxes.shape[1], device=boxes.device)
         role_index = torch.full_like(slots, role)
-        return tokens + self.interaction_embedding(slots) + self.position_embedding(role_index)
+        tokens = tokens + self.interaction_embedding(slots) + self.position_embedding(role_index)
+        if self.role_embedding == "typed":
+            # Padded slots have no phrase, hence no type: they keep the plain role embedding.
+            p = self.type_logits(embeddings, role).softmax(-1)
+            tokens = tokens + mask * (p @ self.type_offsets[role])
+        return tokens
 
     def forward(self, subject_boxes, object_boxes, action_boxes, masks, subject_embeddings, object_embeddings,
                 action_embeddings) -> torch.Tensor:
@@ -86,3 +124,26 @@ class HOIPositionNet(nn.Module):
         action = self._tokens(action_boxes, action_embeddings, mask, self.null_action_feature, self.linear_action,
                               ACTION)
         return torch.cat([subject, action, obj], dim=1)
+
+
+def typed_role_defaults(position_net: HOIPositionNet, prefix: str = "position_net.", seed: int = 0) -> dict:
+    """The typed variant's extra weights as a file without them gets them: zero offsets (each
+    typed embedding = its role's embedding, outputs unchanged) and classifiers drawn from `seed`.
+    Built on the CPU, so a meta-built model can take them too."""
+    with torch.device("cpu"), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        entity, action = _type_classifier(position_net.in_dim), _type_classifier(position_net.in_dim)
+        out = {"type_offsets": torch.zeros(3, 2, position_net.out_dim)}
+    for name, module in (("entity_classifier", entity), ("action_classifier", action)):
+        out.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+    return {prefix + k: v for k, v in out.items()}
+
+
+def role_type_loss(position_net: HOIPositionNet, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the typed tokenizer's classifiers. `embeddings` [3,B,N,in_dim] and
+    `labels` [3,B,N] in row order subject, object, action (labels -1 are left out)."""
+    logits = torch.stack([position_net.type_logits(embeddings[role], role) for role in (SUBJECT, OBJECT, ACTION)])
+    labelled = labels >= 0
+    if not labelled.any():  # keeps the graph (and DDP) whole on a batch without labels
+        return logits.sum() * 0.0
+    return nn.functional.cross_entropy(logits[labelled].float(), labels[labelled])

@@ -34,6 +34,7 @@ from interact.conditions import build_grounding
 from interact.model import (CONFIG_DIR, InteractDiffusion, SECTIONS, build_model, is_interaction_key, load_config,
                             read_config_file)
 from interact.phrase_cache import PhraseEmbeddingCache, encoder_fingerprint
+from interact.tokenizer import role_type_loss
 
 TRAIN_DEFAULTS = {
     "seed": 123,
@@ -41,6 +42,8 @@ TRAIN_DEFAULTS = {
     "grad_accumulation_step": 1,
     "total_iters": 500000,
     "lr": 5e-5,
+    "interaction_lr_scale": 1.0,       # lr x this for position_net and fusers (fresh layers on a trained
+                                       # backbone when train_whole_unet is on)
     "weight_decay": 0.0,
     "warmup_steps": 10000,
     "scheduler_type": "constant",      # constant | cosine (after warmup)
@@ -63,6 +66,8 @@ TRAIN_DEFAULTS = {
     "disable_inference_in_training": False,
     "workers": 1,
     "phrase_cache": "",                # "" = <data root>/phrase_embeddings_<encoder fingerprint>.pt
+    "role_types": "",                  # typed role embeddings: "toy" | "hico" | a JSON file (dataset/role_types.py)
+    "role_type_loss_weight": 1.0,      # weight of the type classifiers' cross-entropy in the loss
     "max_steps_per_run": 0,            # stop (with a checkpoint) after this many steps; 0 = no limit
     "deterministic": False,            # CUDA: deterministic kernels (slower), for bit-exact resume; CPU always is
 }
@@ -115,6 +120,8 @@ def check_train_options(options: dict, where: str = "train") -> dict:
         "checkpoint_every": out["checkpoint_every"] >= 1, "log_every": out["log_every"] >= 1,
         "preview_every": out["preview_every"] >= 1, "workers": out["workers"] >= 0,
         "max_steps_per_run": out["max_steps_per_run"] >= 0,
+        "role_type_loss_weight": out["role_type_loss_weight"] >= 0,
+        "interaction_lr_scale": out["interaction_lr_scale"] > 0,
     }
     for key, ok in checks.items():
         if not ok:
@@ -253,14 +260,18 @@ class StepBatches(torch.utils.data.Sampler):
 # ----------------------------------------------------------------------------- pieces of a step
 
 class Denoiser(nn.Module):
-    """The trained forward: tokenizer + UNet, one module so DDP sees every trained parameter."""
+    """The trained forward: tokenizer + UNet, one module so DDP sees every trained parameter.
+    With `types` = (phrase embeddings [3,B,N,D], labels [3,B,N]) it also returns the typed
+    tokenizer's classification loss, else None."""
 
     def __init__(self, unet: nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, x, t, context, grounding: dict):
-        return self.unet(x, t, context, self.unet.position_net(**grounding))
+    def forward(self, x, t, context, grounding: dict, types=None):
+        pn = self.unet.position_net
+        output = self.unet(x, t, context, pn(**grounding))
+        return output, (None if types is None else role_type_loss(pn, *types))
 
 
 class EMA:
@@ -382,13 +393,14 @@ class Trainer:
                  f"({len(self.trained)} tensors) on {self.dist.device}, {self.dist.world} process(es)")
 
         self.phrases = self._phrase_cache()
+        self.role_types = self._role_types()
 
         self.denoiser = Denoiser(self.model.model)
         self.ddp = None
         if self.dist.world > 1:
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.denoiser, device_ids=ids)
-        self.optimizer = torch.optim.AdamW(list(self.trained.values()), lr=o["lr"], weight_decay=o["weight_decay"])
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=o["lr"], weight_decay=o["weight_decay"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(o["warmup_steps"], o["total_iters"], o["scheduler_type"]))
         self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.amp_dtype == torch.float16)
@@ -422,6 +434,28 @@ class Trainer:
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{err} (point data.root or --DATA_ROOT at the data set; the toy world is "
                                     f"made by `python -m dataset.toy generate --out {self.config.data.root}`)") from None
+
+    def _param_groups(self) -> list[dict]:
+        """One group, or with interaction_lr_scale != 1 two: the backbone's and the interaction
+        control's (each with its `lr_scale`)."""
+        scale = self.opt["interaction_lr_scale"]
+        if scale == 1.0:
+            return [{"params": list(self.trained.values()), "lr_scale": 1.0}]
+        groups = [{"params": [p for n, p in self.trained.items() if not is_interaction_key(n)], "lr_scale": 1.0},
+                  {"params": [p for n, p in self.trained.items() if is_interaction_key(n)], "lr_scale": scale}]
+        for group in groups:
+            group["lr"] = self.opt["lr"] * group["lr_scale"]
+        return [g for g in groups if g["params"]]
+
+    def _role_types(self):
+        """The type labels a typed tokenizer's classifiers are fitted to (None when fixed)."""
+        if getattr(self.model.position_net, "role_embedding", "fixed") != "typed":
+            return None
+        if not self.opt["role_types"]:
+            raise ValueError("train.role_types: required with interaction.role_embedding = typed "
+                             "(\"toy\", \"hico\" or a JSON file; see dataset/role_types.py)")
+        from dataset.role_types import load_role_types
+        return load_role_types(self.opt["role_types"])
 
     def _phrase_cache(self) -> PhraseEmbeddingCache:
         cache = open_phrase_cache(self.config, self.model.text_encoder, self.paths.root)
@@ -502,10 +536,11 @@ class Trainer:
         changed = [k for k in ("lr", "weight_decay") if k in saved and saved[k] != o[k]]
         if changed:
             self.log(f"[resume] {', '.join(f'{k} {saved[k]} -> {o[k]}' for k in changed)}")
-        self.scheduler.base_lrs = [o["lr"]] * len(self.optimizer.param_groups)
+        groups = self.optimizer.param_groups
+        self.scheduler.base_lrs = [o["lr"] * g.get("lr_scale", 1.0) for g in groups]
         factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
-        for group in self.optimizer.param_groups:
-            group["initial_lr"], group["lr"], group["weight_decay"] = o["lr"], o["lr"] * factor, o["weight_decay"]
+        for group, base in zip(groups, self.scheduler.base_lrs):
+            group["initial_lr"], group["lr"], group["weight_decay"] = base, base * factor, o["weight_decay"]
 
     def export_final(self) -> Path:
         """The inference file: interaction weights (plus the backbone when it was trained or
@@ -545,13 +580,19 @@ class Trainer:
             context = m.text_encoder.encode(captions).to(dev)
             pn = m.position_net
             grounding = build_grounding(batch["interactions"], self.phrases, pn.in_dim, pn.max_interactions)
+            types = None
+            if self.role_types is not None:  # the real phrases, even on a null-grounding step
+                embeddings = torch.stack([grounding.subject_embeddings, grounding.object_embeddings,
+                                          grounding.action_embeddings]).to(dev)
+                types = (embeddings, self.role_types.labels(batch["interactions"], pn.max_interactions).to(dev))
             if null_grounding:
                 grounding = grounding.null()
         forward = self.ddp if self.ddp is not None else self.denoiser
         with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None), \
                 deterministic_attention(o["deterministic"] and dev.type == "cuda"):
-            output = forward(x_t, t, context, grounding.to(dev).as_kwargs())
-        return nn.functional.mse_loss(output.float(), m.diffusion.training_target(z, t, noise))
+            output, type_loss = forward(x_t, t, context, grounding.to(dev).as_kwargs(), types)
+        loss = nn.functional.mse_loss(output.float(), m.diffusion.training_target(z, t, noise))
+        return loss if type_loss is None else loss + o["role_type_loss_weight"] * type_loss.float()
 
     def step(self, batches) -> dict:
         """One optimiser step over grad_accumulation_step micro-batches."""

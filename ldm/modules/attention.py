@@ -106,17 +106,18 @@ class BasicTransformerBlock(nn.Module):
         self.fuser: nn.Module | None = None
         self.use_checkpoint = use_checkpoint
 
-    def forward(self, x, context, objs=None, fuser_scale: float = 1.0):
+    def forward(self, x, context, objs=None, fuser_scale: float = 1.0, grid=None):
+        """`grid`: the (h, w) of the flattened feature map, for fusers that use token positions."""
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, context, objs, fuser_scale, use_reentrant=False)
-        return self._forward(x, context, objs, fuser_scale)
+            return checkpoint(self._forward, x, context, objs, fuser_scale, grid, use_reentrant=False)
+        return self._forward(x, context, objs, fuser_scale, grid)
 
-    def _forward(self, x, context, objs, fuser_scale):
+    def _forward(self, x, context, objs, fuser_scale, grid=None):
         x = x + self.attn1(self.norm1(x))
         # A zero scale (scheduled sampling's late steps) skips the fuser entirely:
         # its contribution would be exactly zero anyway.
         if self.fuser is not None and objs is not None and fuser_scale != 0:
-            x = self.fuser(x, objs, fuser_scale)
+            x = self.fuser(x, objs, fuser_scale, grid)
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
 
@@ -149,6 +150,6 @@ class SpatialTransformer(nn.Module):
         x = self.proj_in(self.norm(x))
         x = x.flatten(2).transpose(1, 2)
         for block in self.transformer_blocks:
-            x = block(x, context, objs, fuser_scale)
+            x = block(x, context, objs, fuser_scale, (h, w))
         x = x.transpose(1, 2).reshape(b, -1, h, w)
         return self.proj_out(x) + residual

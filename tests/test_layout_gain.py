@@ -1,0 +1,136 @@
+"""The layout gain (evaluation/layout_gain.py) and the variant table built from it (evaluation/table.py)."""
+from __future__ import annotations
+
+import copy
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from evaluation.layout_gain import LayoutLosses, layout_losses
+from evaluation.table import (category_group_map, difference, mean_std, sample_groups, variant_table)
+from interact.conditions import Interaction
+
+
+def samples(n, seed=0, size=32):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        x0, y0 = torch.rand(2, generator=g).tolist()
+        box_s = (0.5 * x0, 0.5 * y0, 0.5 * x0 + 0.4, 0.5 * y0 + 0.4)
+        box_o = (0.1, 0.5, 0.3, 0.9)
+        subject = ("person", "robot")[i % 2]
+        action = ("hold", "look at")[(i // 2) % 2]
+        out.append(SimpleNamespace(image=torch.rand(3, size, size, generator=g) * 2 - 1, caption=f"a {subject}",
+                                   interactions=[Interaction(subject, action, "ball", box_s, box_o)]))
+    return out
+
+
+def with_open_gates(model, value=0.7):
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for _, block in model.model.transformer_blocks():
+            block.fuser.alpha_attn.fill_(value)
+            block.fuser.alpha_dense.fill_(value)
+    return model
+
+
+def test_layout_gain_is_zero_for_a_model_that_ignores_the_layout(tiny_model):
+    """Fresh fusers (zero gates) add nothing: both losses are the same numbers."""
+    losses = layout_losses(tiny_model, samples(3), timesteps=(50, 900))
+    assert losses.layout.shape == (3, 2) and (losses.null > 0).all()
+    assert torch.equal(losses.layout, losses.null) and losses.gain() == 0.0
+
+
+def test_layout_gain_matches_a_direct_computation(tiny_model):
+    """Sample 1 at t = 600, recomputed by hand with the same seeded noise."""
+    model = with_open_gates(tiny_model)
+    data = samples(3)
+    losses = layout_losses(model, data, timesteps=(600,), seed=5)
+    assert losses.gain() != 0.0
+    from interact.conditions import build_grounding
+    pn = model.position_net
+    with torch.no_grad():
+        z = model.autoencoder.encode(data[1].image[None]).mean * model.scale_factor
+        noise = torch.randn(z.shape[1:], generator=torch.Generator().manual_seed(5 * 1_000_003 + 1 * 1009 + 600))[None]
+        t = torch.tensor([600])
+        x_t = model.diffusion.q_sample(z, t, noise)
+        target = model.diffusion.training_target(z, t, noise)
+        context = model.text_encoder.encode([data[1].caption])
+        g = build_grounding([data[1].interactions], model.text_encoder.encode_pooled, pn.in_dim, pn.max_interactions)
+        for objs, got in ((pn(**g.as_kwargs()), losses.layout), (pn(**g.null().as_kwargs()), losses.null)):
+            want = (model.model(x_t, t, context, objs) - target).pow(2).mean()
+            assert math.isclose(float(got[1, 0]), float(want), rel_tol=1e-5)
+
+
+def test_layout_losses_do_not_depend_on_batching(tiny_model):
+    model = with_open_gates(tiny_model)
+    data = samples(3, seed=1)
+    a = layout_losses(model, data, timesteps=(300,), batch_size=3)
+    b = layout_losses(model, data, timesteps=(300,), batch_size=1)
+    torch.testing.assert_close(a.layout, b.layout, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(a.null, b.null, rtol=1e-5, atol=1e-7)
+
+
+def test_layout_losses_check_their_input(tiny_model):
+    with pytest.raises(ValueError, match="no samples"):
+        layout_losses(tiny_model, [])
+    with pytest.raises(ValueError, match=r"timesteps \[1000\]"):
+        layout_losses(tiny_model, samples(1), timesteps=(1000,))
+
+
+def test_gain_pools_before_dividing_and_subsets():
+    losses = LayoutLosses((10, 20), layout=torch.tensor([[1.0, 2.0], [3.0, 1.0]]),
+                          null=torch.tensor([[2.0, 2.0], [4.0, 2.0]]))
+    assert losses.gain() == pytest.approx(1 - 7 / 10)
+    assert losses.gain(torch.tensor([False, True])) == pytest.approx(1 - 4 / 6)
+    assert losses.gain_per_timestep() == pytest.approx({10: 1 - 4 / 6, 20: 1 - 3 / 4})
+    assert math.isnan(losses.gain(torch.tensor([False, False])))
+
+
+# --------------------------------------------------------------------------- the variant table
+
+
+def test_mean_std_and_difference_closed_form():
+    a, b = mean_std([1.0, 2.0, 4.0]), mean_std([0.5, 0.5, 1.1])
+    assert a["mean"] == pytest.approx(7 / 3) and a["std"] == pytest.approx(math.sqrt(((-4 / 3) ** 2 + (-1 / 3) ** 2
+                                                                                        + (5 / 3) ** 2) / 2))
+    d = difference(a, b)
+    assert d["mean"] == pytest.approx(7 / 3 - 0.7)
+    assert d["se"] == pytest.approx(math.sqrt(a["std"] ** 2 / 3 + b["std"] ** 2 / 3))
+    assert math.isnan(mean_std([0.3])["std"]) and math.isnan(difference(mean_std([0.3]), b)["se"])
+
+
+def test_category_groups_follow_the_role_types():
+    from dataset.role_types import toy_role_types
+    rows = [{"subject": "person", "verb": "hold", "ap_default": 0.9},
+            {"subject": "robot", "verb": "hold", "ap_default": 0.5},
+            {"subject": "dog", "verb": "look at", "ap_default": 0.1},
+            {"subject": "person", "verb": "look at", "ap_default": 0.3},
+            {"subject": "dog", "verb": "push", "ap_default": float("nan")}]  # no ground truth: left out
+    got = category_group_map(rows, toy_role_types())
+    assert got["non_human_subject"] == pytest.approx((0.5 + 0.1) / 2)
+    assert got["non_contact"] == pytest.approx((0.1 + 0.3) / 2)
+
+
+def test_sample_groups():
+    from dataset.role_types import toy_role_types
+    got = sample_groups(samples(4), toy_role_types())  # subjects person, robot, person, robot; hold, hold, look at x2
+    assert got == {"all": [True] * 4, "non_human_subject": [False, True, False, True],
+                   "non_contact": [False, False, True, True]}
+
+
+def test_variant_table_rows_and_difference():
+    def gains(values):
+        return {g: mean_std(values) for g in ("all", "non_human_subject", "non_contact")}
+    results = {"text only": {"map": {}},
+               "InteractDiffusion": {"layout_gain": gains([0.010, 0.012, 0.014]),
+                                     "map_groups": {"non_human_subject": 0.25, "non_contact": float("nan")}},
+               "InteractDiffusion + typed roles": {"layout_gain": gains([0.020, 0.020, 0.023])},
+               "_meta": {}}
+    lines = variant_table(results).strip().splitlines()
+    assert len(lines) == 4  # header, rule, two rows with a layout gain
+    assert lines[2] == "| InteractDiffusion | 3 | 1.200 ± 0.200 | 1.200 ± 0.200 | 1.200 ± 0.200 | - | 25.00 | - |"
+    se = math.sqrt((0.2 ** 2 + mean_std([2.0, 2.0, 2.3])["std"] ** 2) / 3)
+    assert f"| +0.900 ± {se:.3f} |" in lines[3]
