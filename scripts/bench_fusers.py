@@ -33,14 +33,12 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_unet import (GATE, REPO_ROOT, TINY_CONFIG, PeakMemory, build_unet, count_flops, fmt_g,  # noqa: E402
-                        fmt_mem, fmt_t, log, make_inputs, synchronize)
+from bench_unet import (GATE, REPO_ROOT, TINY_CONFIG, PeakMemory, build_unet, count_flops,  # noqa: E402
+                        device_and_config, fmt_g, fmt_mem, fmt_t, log, make_inputs, synchronize)
 
 import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
 from interact.fuser import FUSER_TYPES  # noqa: E402
-from interact.model import SD_V1_CONFIG  # noqa: E402
 
 KINDS = ("gatedSA", "gatedCA")
 
@@ -228,14 +226,7 @@ def main(argv=None) -> None:
     p.add_argument("--skip-unet", action="store_true", help="part 1 only")
     p.add_argument("--json", default=None, metavar="FILE", help="write all numbers as JSON ('-': stdout)")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: CUDA is not available in this torch build / on this machine")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg_path = Path(args.config) if args.config else (TINY_CONFIG if args.quick else SD_V1_CONFIG)
-    cfg = OmegaConf.load(cfg_path)
-    size = args.size or int(cfg.model.params.image_size)
+    device, cfg_path, cfg, size = device_and_config(args)
     n_tokens = 3 * int(cfg.interaction.position_net.params.max_interactions)
     start = time.perf_counter()
 

@@ -333,7 +333,9 @@ def fmt_mem(mib) -> str:
     return "-" if mib is None else f"{mib:,.0f}"
 
 
-def run(args) -> None:
+def device_and_config(args):
+    """--device (checked), --threads, and the config (--config, else tiny with --quick, else SD
+    v1.x) with its latent size (--size or the config's) -> (device, config path, config, size)."""
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: CUDA is not available in this torch build / on this machine")
@@ -341,7 +343,11 @@ def run(args) -> None:
         torch.set_num_threads(args.threads)
     cfg_path = Path(args.config) if args.config else (TINY_CONFIG if args.quick else SD_V1_CONFIG)
     cfg = OmegaConf.load(cfg_path)
-    size = args.size or int(cfg.model.params.image_size)
+    return device, cfg_path, cfg, args.size or int(cfg.model.params.image_size)
+
+
+def run(args) -> None:
+    device, cfg_path, cfg, size = device_and_config(args)
     batches = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     repeats = max(1, args.repeats)
     mm_n = args.matmul_size or (1024 if args.quick else (8192 if device.type == "cuda" else 4096))

@@ -498,25 +498,21 @@ def layer_norm_reference(x, ln):
     return (x - mu) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
 
 
-def fuser_reference(f, x, objs, scale):
-    """FACTS §2 written out: full self-attention over [x, linear(objs)], explicit softmax."""
-    n_visual = x.shape[1]
-    o = objs @ f.linear.weight.T + f.linear.bias
-    h = layer_norm_reference(torch.cat([x, o], dim=1), f.norm1)
-    q = h @ f.attn.to_q.weight.T
-    k = h @ f.attn.to_k.weight.T
-    v = h @ f.attn.to_v.weight.T
-    heads = f.attn.heads
+def attention_reference(q, k, v, heads):
+    """Explicit per-head softmax(q k^T / sqrt(d)) v."""
     d = q.shape[-1] // heads
     out = torch.zeros_like(q)
-    for b in range(x.shape[0]):
+    for b in range(q.shape[0]):
         for hd in range(heads):
             sl = slice(hd * d, (hd + 1) * d)
             sim = q[b, :, sl] @ k[b, :, sl].T * d ** -0.5
             e = torch.exp(sim - sim.max(dim=-1, keepdim=True).values)
             out[b, :, sl] = (e / e.sum(-1, keepdim=True)) @ v[b, :, sl]
-    attn_out = out[:, :n_visual] @ f.attn.to_out[0].weight.T + f.attn.to_out[0].bias
-    x = x + scale * math.tanh(f.alpha_attn.item()) * attn_out
+    return out
+
+
+def dense_reference(f, x, scale):
+    """The fuser's gated GEGLU feed-forward branch, written out."""
     h = layer_norm_reference(x, f.norm2)
     proj = f.ff.net[0].proj
     hh = h @ proj.weight.T + proj.bias
@@ -524,6 +520,18 @@ def fuser_reference(f, x, objs, scale):
     gelu = 0.5 * gate * (1 + torch.erf(gate / math.sqrt(2.0)))
     dense = (a * gelu) @ f.ff.net[2].weight.T + f.ff.net[2].bias
     return x + scale * math.tanh(f.alpha_dense.item()) * dense
+
+
+def fuser_reference(f, x, objs, scale):
+    """FACTS §2 written out: full self-attention over [x, linear(objs)], explicit softmax."""
+    n_visual = x.shape[1]
+    o = objs @ f.linear.weight.T + f.linear.bias
+    h = layer_norm_reference(torch.cat([x, o], dim=1), f.norm1)
+    out = attention_reference(h @ f.attn.to_q.weight.T, h @ f.attn.to_k.weight.T, h @ f.attn.to_v.weight.T,
+                              f.attn.heads)
+    attn_out = out[:, :n_visual] @ f.attn.to_out[0].weight.T + f.attn.to_out[0].bias
+    x = x + scale * math.tanh(f.alpha_attn.item()) * attn_out
+    return dense_reference(f, x, scale)
 
 
 def fuser_inputs(dtype=torch.float64, n_objs=6, seed=0):

@@ -14,34 +14,13 @@ from interact.conditions import Interaction
 from interact.fuser import GatedCrossAttentionDense, GatedSelfAttentionDense, grid_positions
 from interact.tokenizer import ACTION, OBJECT, SUBJECT, HOIPositionNet, role_type_loss, typed_role_defaults
 from ldm.modules.attention import attention_backend
-from test_interaction import (C, CTX, DHEAD, HEADS, IN, NMAX, OUT, fourier_reference, fuser_inputs,
-                              layer_norm_reference, random_grounding_inputs, randomize_)
+from test_interaction import (C, CTX, DHEAD, HEADS, IN, NMAX, OUT, attention_reference, dense_reference,
+                              fourier_reference, fuser_inputs, layer_norm_reference, random_grounding_inputs,
+                              randomize_)
 
 pytestmark = pytest.mark.filterwarnings("ignore:training the interaction control on a randomly initialised")
 
 # --------------------------------------------------------------------------- fusers
-
-
-def attention_reference(q, k, v, heads):
-    """Explicit per-head softmax(q k^T / sqrt(d)) v."""
-    d = q.shape[-1] // heads
-    out = torch.zeros_like(q)
-    for b in range(q.shape[0]):
-        for hd in range(heads):
-            sl = slice(hd * d, (hd + 1) * d)
-            sim = q[b, :, sl] @ k[b, :, sl].T * d ** -0.5
-            e = torch.exp(sim - sim.max(dim=-1, keepdim=True).values)
-            out[b, :, sl] = (e / e.sum(-1, keepdim=True)) @ v[b, :, sl]
-    return out
-
-
-def dense_reference(f, x, scale):
-    h = layer_norm_reference(x, f.norm2)
-    proj = f.ff.net[0].proj
-    hh = h @ proj.weight.T + proj.bias
-    a, gate = hh[..., : hh.shape[-1] // 2], hh[..., hh.shape[-1] // 2:]
-    gelu = 0.5 * gate * (1 + torch.erf(gate / math.sqrt(2.0)))
-    return x + scale * math.tanh(f.alpha_dense.item()) * ((a * gelu) @ f.ff.net[2].weight.T + f.ff.net[2].bias)
 
 
 def cell_positions_reference(h, w):
@@ -250,7 +229,7 @@ def test_role_type_loss_is_cross_entropy_over_labelled_slots():
     got = role_type_loss(net, embeddings, labels)
     assert math.isclose(float(got.detach()), total / count, rel_tol=1e-5)
     empty = role_type_loss(net, embeddings, torch.full_like(labels, -1))
-    assert float(empty) == 0.0 and empty.requires_grad
+    assert float(empty.detach()) == 0.0 and empty.requires_grad
 
 
 def test_typed_defaults_are_zero_offsets_and_deterministic_classifiers():
