@@ -151,12 +151,22 @@ def sample_groups(samples, role_types) -> dict[str, list[bool]]:
 
 
 def layout_gains(row: ToyRow, ckpt: Path, samples, groups: dict, device=None) -> dict[str, float]:
-    """The layout gain of one trained run, overall and per sample group."""
+    """The layout gain of one trained run, overall and per sample group; kept beside the
+    checkpoint (layout_gain_n<N>.json) and reused while the checkpoint is the same file."""
     from evaluation.layout_gain import layout_losses
+    from interact.checkpoint import atomic_write, file_digest
     from interact.pipeline import InteractDiffusionPipeline
+    cache = ckpt.parent / f"layout_gain_n{len(samples)}.json"
+    digest = file_digest(ckpt)
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("checkpoint") == digest and set(saved["gains"]) == set(groups):
+            return saved["gains"]
     pipe = InteractDiffusionPipeline.from_checkpoint(ckpt, config=REPO_ROOT / row.config, device=device)
     losses = layout_losses(pipe.model, samples, device=pipe.device, progress=True)
-    return {name: losses.gain(torch.tensor(mask)) for name, mask in groups.items()}
+    gains = {name: losses.gain(torch.tensor(mask)) for name, mask in groups.items()}
+    atomic_write(cache, lambda tmp: Path(tmp).write_text(json.dumps({"checkpoint": digest, "gains": gains})))
+    return gains
 
 
 def mean_std(values: list[float]) -> dict:

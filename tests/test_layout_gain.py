@@ -134,3 +134,23 @@ def test_variant_table_rows_and_difference():
     assert lines[2] == "| InteractDiffusion | 3 | 1.200 ± 0.200 | 1.200 ± 0.200 | 1.200 ± 0.200 | - | 25.00 | - |"
     se = math.sqrt((0.2 ** 2 + mean_std([2.0, 2.0, 2.3])["std"] ** 2) / 3)
     assert f"| +0.900 ± {se:.3f} |" in lines[3]
+
+
+def test_layout_gains_are_kept_beside_the_checkpoint_and_redone_when_it_changes(tmp_path, tiny_model, monkeypatch):
+    from conftest import TINY_CONFIG
+    import evaluation.layout_gain as lg
+    from evaluation.table import ToyRow, layout_gains
+    from interact.checkpoint import save_checkpoint
+    ckpt = tmp_path / "run" / "model_final.pth"
+    save_checkpoint(ckpt, with_open_gates(tiny_model))
+    row = ToyRow("tiny", str(TINY_CONFIG), "run", True)
+    data = samples(2)
+    groups = {"all": [True, True], "first": [True, False]}
+    calls = []
+    real = lg.layout_losses
+    monkeypatch.setattr(lg, "layout_losses", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = layout_gains(row, ckpt, data, groups)
+    assert first["all"] != 0.0 and (tmp_path / "run" / "layout_gain_n2.json").is_file()
+    assert layout_gains(row, ckpt, data, groups) == first and len(calls) == 1  # reused
+    save_checkpoint(ckpt, with_open_gates(tiny_model, 0.3))  # another model in the same file
+    assert layout_gains(row, ckpt, data, groups) != first and len(calls) == 2
