@@ -400,7 +400,9 @@ class Trainer:
         if self.dist.world > 1:
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.denoiser, device_ids=ids)
-        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=o["lr"], weight_decay=o["weight_decay"])
+        groups = self._param_groups()
+        self.group_scales = [g["lr_scale"] for g in groups]
+        self.optimizer = torch.optim.AdamW(groups, lr=o["lr"], weight_decay=o["weight_decay"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(o["warmup_steps"], o["total_iters"], o["scheduler_type"]))
         self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.amp_dtype == torch.float16)
@@ -515,6 +517,11 @@ class Trainer:
             if unexpected or (name != "model" and missing) or any(k in self.trained for k in missing):
                 raise RuntimeError(f"{self.paths.latest}: section {name!r} does not match this config "
                                    f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        saved_groups = len(raw["opt"]["param_groups"])
+        if saved_groups != len(self.group_scales):
+            raise RuntimeError(f"{self.paths.latest}: the run had {saved_groups} optimiser group(s), this config "
+                               f"makes {len(self.group_scales)}: train.interaction_lr_scale went from or to 1; "
+                               f"keep its value, or start a new run (--name)")
         self.optimizer.load_state_dict(raw["opt"])
         self.scheduler.load_state_dict(raw["scheduler"])
         self._apply_lr_options(raw.get("train", {}))
@@ -537,10 +544,11 @@ class Trainer:
         if changed:
             self.log(f"[resume] {', '.join(f'{k} {saved[k]} -> {o[k]}' for k in changed)}")
         groups = self.optimizer.param_groups
-        self.scheduler.base_lrs = [o["lr"] * g.get("lr_scale", 1.0) for g in groups]
+        self.scheduler.base_lrs = [o["lr"] * scale for scale in self.group_scales]
         factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
-        for group, base in zip(groups, self.scheduler.base_lrs):
+        for group, base, scale in zip(groups, self.scheduler.base_lrs, self.group_scales):
             group["initial_lr"], group["lr"], group["weight_decay"] = base, base * factor, o["weight_decay"]
+            group["lr_scale"] = scale
 
     def export_final(self) -> Path:
         """The inference file: interaction weights (plus the backbone when it was trained or

@@ -343,10 +343,13 @@ def test_interaction_lr_scale_makes_two_groups_that_survive_resume(tmp_path):
     assert all(not is_interaction_key(names[id(p)]) for p in groups[0]["params"])
     assert all(is_interaction_key(names[id(p)]) for p in groups[1]["params"])
     trainer.run()
-    resumed = variant_trainer(tmp_path, {}, train_whole_unet=True, interaction_lr_scale=10.0, lr=2e-3,
+    resumed = variant_trainer(tmp_path, {}, train_whole_unet=True, interaction_lr_scale=5.0, lr=2e-3,
                               warmup_steps=0, total_iters=4)
-    assert resumed.resume()
-    assert [g["lr"] for g in resumed.optimizer.param_groups] == pytest.approx([2e-3, 2e-2])
+    assert resumed.resume()  # the command line's lr and scale win over the saved ones
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == pytest.approx([2e-3, 1e-2])
+    single = variant_trainer(tmp_path, {}, train_whole_unet=True, lr=2e-3, warmup_steps=0, total_iters=4)
+    with pytest.raises(RuntimeError, match="interaction_lr_scale"):
+        single.resume()
 
 
 @pytest.mark.parametrize("fuser_type", ["gatedSA", "gatedCA"])
