@@ -118,7 +118,7 @@ def plan_outputs(folder: Path, count: int, overwrite: bool, skip_existing: bool)
 
 def load_pipeline(args):
     from interact.pipeline import InteractDiffusionPipeline
-    interaction = {"fuser_type": getattr(args, "fuser_type", None), "role_embedding": getattr(args, "role_embedding", None)}
+    interaction = {key: getattr(args, key, None) for key in ("fuser_type", "role_embedding")}
     if uses_embedded_default(args):
         if args.config is not None:
             print(f"No --ckpt given: a RANDOMLY INITIALISED model of {args.config} (noise-like images; for "
