@@ -73,11 +73,11 @@ def resolve_weights(path, data_root, flag: str):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from interact.checkpoint import CheckpointError
-    from interact.model import set_interaction_options
+    from interact.model import interaction_switches, set_interaction_options
     from interact.trainer import Trainer, check_train_options, load_training_config
     try:
         config = load_training_config(args.yaml_file)
-        config = set_interaction_options(config, fuser_type=args.fuser_type, role_embedding=args.role_embedding)
+        config = set_interaction_options(config, **{key: getattr(args, key) for key in interaction_switches()})
         overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
         config.train = check_train_options({**config.train, **overrides})
         if args.data_root is not None:

@@ -118,7 +118,8 @@ def plan_outputs(folder: Path, count: int, overwrite: bool, skip_existing: bool)
 
 def load_pipeline(args):
     from interact.pipeline import InteractDiffusionPipeline
-    interaction = {key: getattr(args, key, None) for key in ("fuser_type", "role_embedding")}
+    from interact.model import interaction_switches
+    interaction = {key: getattr(args, key, None) for key in interaction_switches()}
     if uses_embedded_default(args):
         if args.config is not None:
             print(f"No --ckpt given: a RANDOMLY INITIALISED model of {args.config} (noise-like images; for "

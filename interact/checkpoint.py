@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from interact.model import SD_V1_CONFIG, SECTIONS, InteractDiffusion, build_model, is_interaction_key, load_config
+from interact.model import (SD_V1_CONFIG, SECTIONS, InteractDiffusion, build_model, interaction_options,
+                            is_interaction_key, load_config)
 
 SD_PREFIXES = {
     "model.diffusion_model.": "model",
@@ -245,9 +246,7 @@ def check_variant(model: InteractDiffusion, model_state: dict, source) -> None:
     typed config (with_typed_role_defaults)."""
     if not any(".fuser." in k for k in model_state):
         return
-    inter = model.config.interaction
-    have = {"fuser_type": inter.get("fuser_type", "gatedSA"), "fuser_positions": inter.get("fuser_positions", False),
-            "role_embedding": inter.get("role_embedding", "fixed")}
+    have = interaction_options(model.config)
     wrong = [f"interaction.{k} = {v} (the config has {have[k]})" for k, v in interaction_variant(model_state).items()
              if v != have[k] and not (k == "role_embedding" and v == "fixed")]
     if wrong:

@@ -39,6 +39,15 @@ def read_config_file(path) -> DictConfig:
     return OmegaConf.merge(read_config_file(base), {k: v for k, v in own.items() if k != "model_config"})
 
 
+INTERACTION_DEFAULTS = {"fuser_type": "gatedSA", "role_embedding": "fixed", "fuser_init": "zero_gates",
+                        "fuser_positions": False}
+
+
+def interaction_options(config: DictConfig) -> dict:
+    """The config's interaction settings, defaults filled in (what the model is built with)."""
+    return {key: config.interaction.get(key, default) for key, default in INTERACTION_DEFAULTS.items()}
+
+
 def interaction_switches() -> dict[str, tuple]:
     """The interaction variants a config (or the command line) chooses between, first = default."""
     from interact.fuser import FUSER_TYPES
@@ -61,8 +70,9 @@ def set_interaction_options(config: DictConfig, **options) -> DictConfig:
 
 
 def check_interaction_switches(config: DictConfig) -> DictConfig:
+    options = interaction_options(config)
     for key, choices in interaction_switches().items():
-        value = config.interaction.get(key, choices[0])
+        value = options[key]
         if value not in choices:
             raise ValueError(f"interaction.{key} = {value!r}: must be one of {', '.join(choices)}")
     return config
@@ -103,13 +113,12 @@ class InteractDiffusion(nn.Module):
         super().__init__()
         self.config = config
         self.model = instantiate(config.model)
-        inter = config.interaction
-        role_embedding = inter.get("role_embedding", "fixed")
+        o = interaction_options(config)
         # Only the typed variant is passed on, so position_net targets without the option still build.
-        extra = {} if role_embedding == "fixed" else {"role_embedding": role_embedding}
-        self.model.position_net = instantiate(inter.position_net, **extra)
-        attach_fusers(self.model, self.model.position_net.out_dim, inter.get("fuser_type", "gatedSA"),
-                      inter.get("fuser_init", "zero_gates"), inter.get("fuser_positions", False))
+        extra = {} if o["role_embedding"] == "fixed" else {"role_embedding": o["role_embedding"]}
+        self.model.position_net = instantiate(config.interaction.position_net, **extra)
+        attach_fusers(self.model, self.model.position_net.out_dim, o["fuser_type"], o["fuser_init"],
+                      o["fuser_positions"])
         self.autoencoder = instantiate(config.autoencoder)
         self.text_encoder = instantiate(config.text_encoder, tokenizer=tokenizer)
         self.diffusion = instantiate(config.diffusion)
