@@ -53,12 +53,23 @@ class HOIDataset(torch.utils.data.Dataset):
 
     def __init__(self, records: list[HOIRecord], size: int, random_flip: bool = True, seed: int = 0,
                  min_area: float = 0.001, max_interactions: int = MAX_INTERACTIONS, verify_images: bool = False,
-                 max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION, source: str = "dataset"):
+                 max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION, source: str = "dataset",
+                 in_memory: bool = False, progress: bool = False):
         self.size, self.random_flip, self.seed = size, random_flip, seed
         self.min_area, self.max_interactions = min_area, max_interactions
         self.epoch = 0
         self.report = SkipReport(source)
         self.records = self._verified(records, max_skip_fraction) if verify_images else list(records)
+        # Decoded images, when the whole set fits in memory (the toy world: 20000 images of
+        # 64x64 are 250 MB): decoding a PNG costs more than the toy model's step per sample.
+        self.images: list[Image.Image] | None = self._decode_all(progress) if in_memory else None
+
+    def _decode_all(self, progress: bool) -> list[Image.Image]:
+        records = self.records
+        if progress:
+            from tqdm import tqdm
+            records = tqdm(records, desc="decoding images", unit="img")
+        return [load_image(r) for r in records]
 
     def _verified(self, records, max_skip_fraction):
         kept = []
@@ -98,8 +109,8 @@ class HOIDataset(torch.utils.data.Dataset):
     def get(self, index: int, epoch: int) -> HOISample:
         """Sample `index` as seen in `epoch`; stateless, so workers need no set_epoch."""
         record = self.records[index]
-        return preprocess(record, load_image(record), self.size, self.flips(index, epoch), self.min_area,
-                          self.max_interactions)
+        image = self.images[index] if self.images is not None else load_image(record)
+        return preprocess(record, image, self.size, self.flips(index, epoch), self.min_area, self.max_interactions)
 
     def __getitem__(self, index: int) -> HOISample:
         return self.get(index, self.epoch)
@@ -110,7 +121,7 @@ class HOIDataset(torch.utils.data.Dataset):
 FORMATS = ("hico_mat", "detector_json", "torch_files")
 SPLITS = ("train", "test")
 DATA_KEYS = ("format", "root", "train", "test", "categories", "image_size", "random_flip", "min_box_area",
-             "max_skip_fraction", "max_interactions", "verify_images")
+             "max_skip_fraction", "max_interactions", "verify_images", "in_memory")
 SPLIT_KEYS = ("annotations", "images")
 
 
@@ -131,7 +142,7 @@ def _option(cfg: dict, key: str, kind, default, check=lambda v: True, expect: st
     return value
 
 
-def build_dataset(data_cfg, split: str, seed: int) -> HOIDataset:
+def build_dataset(data_cfg, split: str, seed: int, progress: bool = False) -> HOIDataset:
     """The `data:` config section -> HOIDataset for `split` ("train" or "test").
 
     Paths are relative to `data.root`. Only the train split flips (test samples must be
@@ -157,6 +168,7 @@ def build_dataset(data_cfg, split: str, seed: int) -> HOIDataset:
     max_interactions = _option(cfg, "max_interactions", int, MAX_INTERACTIONS,
                                lambda v: 1 <= v <= MAX_INTERACTIONS, f"an integer in [1, {MAX_INTERACTIONS}]")
     verify = _option(cfg, "verify_images", bool, True, expect="true or false")
+    in_memory = _option(cfg, "in_memory", bool, False, expect="true or false")
     categories = _option(cfg, "categories", (str, type(None)), None, expect="a file path")
 
     if split not in cfg:
@@ -197,6 +209,6 @@ def build_dataset(data_cfg, split: str, seed: int) -> HOIDataset:
         records, report = read_torch_files(annotations, max_skip_fraction=max_skip, inline_images=False)
     dataset = HOIDataset(records, size, random_flip=random_flip and split == "train", seed=seed,
                          min_area=min_area, max_interactions=max_interactions, verify_images=verify,
-                         max_skip_fraction=max_skip, source=report.source)
+                         max_skip_fraction=max_skip, source=report.source, in_memory=in_memory, progress=progress)
     dataset.reader_report = report
     return dataset

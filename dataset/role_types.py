@@ -34,8 +34,8 @@ HICO_NON_CONTACT_VERBS = (
     "blow", "buy", "chase", "check", "direct", "greet", "herd", "hose", "hunt", "inspect", "lose",
     "no_interaction", "point", "read", "smell", "stand_under", "stop_at", "teach", "train", "watch", "wave",
 )
-TOY_HUMAN_OBJECTS = ("person",)           # robots and dogs are the toy world's non-human subjects
-TOY_NON_CONTACT_VERBS = ("look at",)
+TOY_HUMAN_OBJECTS = ("person",)           # robots are the toy world's non-human subjects
+TOY_NON_CONTACT_VERBS = ("wave at", "point at")
 
 
 def _key(name) -> str:

@@ -1,20 +1,19 @@
 """The paper's table (FACTS §5) in miniature: FID, KID and HOI detection mAP per model row.
 
-Toy world (`python scripts/reproduce_table.py --world toy`), every step reused when its output
-exists, so a killed run picks up where it stopped:
+Toy world (`python scripts/reproduce_table.py --world toy [--rows KEY,...]`), every step kept on
+disk and reused, so a killed run picks up where it stopped and the table can be built one row
+per command:
 1. the toy world's data (`python -m dataset.toy generate`);
-2. the text-to-image backbone (configs/toy_base.yaml), the counterpart of SD v1.x;
-3. one fine-tune per row from that backbone, same budget each: text only (captions only),
-   box only (GLIGEN-style subject/object tokens), InteractDiffusion (subject/action/object),
-   and the reproduction study's variants of it: typed role embeddings, the cross-attention
-   fuser, both. Rows with `seeds` > 1 are trained that many times (train.seed 0, 1, ...);
-4. images for the first `n` toy test layouts (caption + boxes), per row (its first seed);
-5. FID/KID (toy feature net) against the real test images, and HOI mAP of the toy detector on
-   the generated images against the layouts; the real images' own mAP is the ceiling row. Also
-   the mAP over the categories with a non-human subject (robot, dog) and over the non-contact
-   ones (look at);
-6. the layout gain (evaluation/layout_gain.py) of every seed on `gain_n` test samples: all of
-   them, those with a non-human subject, those with a non-contact action; mean ± std over seeds.
+2. per row and training seed, a model trained from scratch with the row's config, the same
+   budget for every row (configs/toy_*.yaml; runs/toy_<key>[_seed<k>]);
+3. images for the first `n` toy test layouts (caption + boxes; the text-only row gets the
+   captions alone), the same sampling seeds for every row;
+4. HOI mAP of the toy detector on them against the layouts (the real images' own mAP is the
+   ceiling row), with a bootstrap interval over the layouts; FID/KID (toy feature net) against
+   the real test images; the layout gain (evaluation/layout_gain.py) on `gain_n` test samples;
+5. the table: per row the mean over its seeds, and the comparisons the paper's claim rests on
+   (InteractDiffusion against box only and text only), each difference with its standard error
+   from the layouts (paired bootstrap) and the seeds together.
 
 Real runs (`--world hico`): the same table from generated image folders and the detection files
 of a HOI detector (FGAHOI) run on them.
@@ -27,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from evaluation.hico_map import HOICategories, evaluate_hoi_map, read_detections, read_fgahoi, read_ground_truth
@@ -38,28 +38,44 @@ METRIC_COLUMNS = (("default", "full"), ("default", "rare"), ("default", "non_rar
 
 @dataclass(frozen=True)
 class ToyRow:
+    key: str        # the row's name on the command line; its runs are runs/toy_<key>[_seed<k>]
     name: str
     config: str
-    run: str
     grounded: bool  # whether the row is given the layout's boxes
     seeds: int = 1  # training runs with train.seed 0 .. seeds-1
 
     def run_name(self, seed: int) -> str:
-        return self.run if seed == 0 else f"{self.run}_seed{seed}"
+        return f"toy_{self.key}" + ("" if seed == 0 else f"_seed{seed}")
 
 
-TOY_BASE = ToyRow("backbone", "configs/toy_base.yaml", "toy_base", False)
 TOY_ROWS = (
-    ToyRow("text only", "configs/toy_text_only.yaml", "toy_text_only", False),
-    ToyRow("box only (GLIGEN-style tokens)", "configs/toy_boxes_only.yaml", "toy_boxes_only", True),
-    ToyRow("InteractDiffusion", "configs/toy_hoi.yaml", "toy_interact", True, seeds=3),
-    ToyRow("InteractDiffusion + typed roles", "configs/toy_typed.yaml", "toy_typed", True, seeds=3),
-    ToyRow("InteractDiffusion + cross-attention fuser", "configs/toy_cross_attention.yaml", "toy_cross_attention",
-           True, seeds=3),
-    ToyRow("InteractDiffusion + typed roles + cross-attention fuser", "configs/toy_typed_cross_attention.yaml",
-           "toy_typed_cross_attention", True, seeds=3),
+    ToyRow("text_only", "text only", "configs/toy_text_only.yaml", False),
+    ToyRow("boxes", "box only (GLIGEN-style tokens)", "configs/toy_boxes_only.yaml", True, seeds=2),
+    ToyRow("interact", "InteractDiffusion", "configs/toy_hoi.yaml", True, seeds=2),
+    ToyRow("typed", "InteractDiffusion + typed roles", "configs/toy_typed.yaml", True),
+    ToyRow("cross_attention", "InteractDiffusion + cross-attention fuser", "configs/toy_cross_attention.yaml", True),
+    ToyRow("typed_cross_attention", "InteractDiffusion + typed roles + cross-attention fuser",
+           "configs/toy_typed_cross_attention.yaml", True),
+    ToyRow("boxes_plain", "box only, plain fuser (the paper's)", "configs/toy_boxes_only_plain.yaml", True),
+    ToyRow("interact_plain", "InteractDiffusion, plain fuser (the paper's)", "configs/toy_hoi_plain.yaml", True),
 )
+ROW_BY_KEY = {r.key: r for r in TOY_ROWS}
 BASELINE_ROW = "InteractDiffusion"  # the variants are compared with it
+CEILING_ROW = "real images (detector ceiling)"
+# (row, compared with): the differences the paper's claim rests on
+COMPARISONS = (("interact", "boxes"), ("interact", "text_only"), ("interact_plain", "boxes_plain"),
+               ("interact", "interact_plain"))
+
+
+def select_rows(keys: str | None) -> list[ToyRow]:
+    """`keys`: comma-separated row keys, or None for every row."""
+    if not keys:
+        return list(TOY_ROWS)
+    wanted = [k.strip() for k in keys.split(",") if k.strip()]
+    unknown = [k for k in wanted if k not in ROW_BY_KEY]
+    if unknown:
+        raise ValueError(f"--rows {keys}: unknown row(s) {unknown}; rows: {', '.join(ROW_BY_KEY)}")
+    return [ROW_BY_KEY[k] for k in wanted]
 
 
 # ----------------------------------------------------------------------------- toy world steps
@@ -72,7 +88,7 @@ def ensure_toy_data(root: Path, log=print) -> None:
     generate(root, overwrite=True)
 
 
-def train_row(row: ToyRow, runs: Path, backbone: Path | None, data_root: Path, seed: int = 0, log=print) -> Path:
+def train_row(row: ToyRow, runs: Path, data_root: Path, seed: int = 0, log=print) -> Path:
     """runs/<row.run_name(seed)>/model_final.pth, trained (or resumed) when missing."""
     final = runs / row.run_name(seed) / "model_final.pth"
     if final.is_file():
@@ -82,8 +98,8 @@ def train_row(row: ToyRow, runs: Path, backbone: Path | None, data_root: Path, s
     config = load_training_config(REPO_ROOT / row.config)
     config.data.root = str(data_root)
     config.train["seed"] = seed
-    log(f"[table] {row.name} (seed {seed}): training {row.config}" + (f" from {backbone}" if backbone else ""))
-    Trainer(config, runs / row.run_name(seed), sd_ckpt=backbone).run()
+    log(f"[table] {row.name} (seed {seed}): training {row.config} into {runs / row.run_name(seed)}")
+    Trainer(config, runs / row.run_name(seed)).run()
     return final
 
 
@@ -93,6 +109,7 @@ def toy_test_layouts(config_path, data_root: Path, n: int):
     from dataset.hoi_dataset import build_dataset
     config = load_training_config(config_path)
     config.data.root = str(data_root)
+    config.data.in_memory = False
     dataset = build_dataset(config.data, "test", seed=0)
     if n > len(dataset):
         raise ValueError(f"n = {n}: the toy test split has only {len(dataset)} images")
@@ -100,25 +117,27 @@ def toy_test_layouts(config_path, data_root: Path, n: int):
 
 
 def generate_row(row: ToyRow, ckpt: Path, samples, out: Path, batch_size: int = 25, seed: int = 0,
-                 device: str | None = None, log=print) -> Path:
-    """One image per test layout, named as the real test image; existing images are kept."""
+                 device: str | None = None, log=print) -> tuple[Path, float]:
+    """One image per test layout, named as the real test image; existing images are kept.
+    Returns the folder and the seconds per image of what was generated now (NaN if nothing)."""
     from interact.checkpoint import atomic_write
     from interact.pipeline import InteractDiffusionPipeline
     out.mkdir(parents=True, exist_ok=True)
     todo = [i for i, s in enumerate(samples) if not (out / Path(s.key).name).is_file()]
     if not todo:
-        return out
+        return out, float("nan")
     pipe = InteractDiffusionPipeline.from_checkpoint(ckpt, config=REPO_ROOT / row.config, device=device)
     log(f"[table] {row.name}: generating {len(todo)} images into {out}")
     from tqdm import tqdm
-    for start in tqdm(range(0, len(todo), batch_size), desc=row.name, unit="batch"):
-        chunk = todo[start:start + batch_size]
+    start = time.perf_counter()
+    for first in tqdm(range(0, len(todo), batch_size), desc=row.name, unit="batch"):
+        chunk = todo[first:first + batch_size]
         images = pipe([samples[i].caption for i in chunk],
                       [samples[i].interactions if row.grounded else [] for i in chunk],
                       seed=[seed + i for i in chunk], progress=False)
         for i, image in zip(chunk, images):
             atomic_write(out / Path(samples[i].key).name, lambda tmp, im=image: im.save(tmp, format="PNG"))
-    return out
+    return out, (time.perf_counter() - start) / len(todo)
 
 
 def category_group_map(per_category: list[dict], role_types) -> dict:
@@ -132,12 +151,6 @@ def category_group_map(per_category: list[dict], role_types) -> dict:
         aps = [r["ap_default"] for r in per_category if member(r) and not math.isnan(r["ap_default"])]
         out[name] = sum(aps) / len(aps) if aps else float("nan")
     return out
-
-
-def score_images(folder: Path, gt: list[dict], categories: HOICategories, detector, role_types) -> dict:
-    detections = detector.detect_folder(folder, gt, progress=True)
-    result = evaluate_hoi_map(gt, detections, categories)
-    return {"map": result.summary, "map_groups": category_group_map(result.per_category, role_types)}
 
 
 def sample_groups(samples, role_types) -> dict[str, list[bool]]:
@@ -176,49 +189,185 @@ def mean_std(values: list[float]) -> dict:
     return {"mean": mean, "std": std, "n": n, "values": values}
 
 
-def run_toy(n: int = 500, data_root="data/toy", runs="runs", out="runs/table_toy", device=None,
-            gain_n: int = 200, log=print) -> dict:
-    from evaluation.fid_kid import compute_fid_kid, read_image
+# ----------------------------------------------------------------------------- scores and bootstrap
+
+def bootstrap_indices(n: int, reps: int, seed: int = 0) -> np.ndarray:
+    """[reps, n] resampled layout indices; the same draws serve every row, so differences are paired."""
+    return np.random.default_rng(seed).integers(0, n, size=(reps, n))
+
+
+def resampled(records: list[dict], index: np.ndarray) -> list[dict]:
+    """The records at `index` (with repeats), renamed so that each copy is its own image."""
+    return [dict(records[i], file_name=f"{k}:{records[i]['file_name']}") for k, i in enumerate(index)]
+
+
+def map_full(gt: list[dict], detections: list[dict], categories: HOICategories) -> float:
+    return evaluate_hoi_map(gt, detections, categories).summary["default"]["full"]
+
+
+def bootstrap_map(gt: list[dict], detections: list[dict], categories: HOICategories,
+                  draws: np.ndarray) -> np.ndarray:
+    """Default Full mAP of each bootstrap draw of the layouts."""
+    return np.array([map_full(resampled(gt, d), resampled(detections, d), categories) for d in draws])
+
+
+def score_run(folder: Path, gt: list[dict], categories: HOICategories, detector, role_types, extractor,
+              real_images, draws: np.ndarray, key: str, log=print) -> dict:
+    """The scores of one folder of images for the table: detections (kept in
+    <folder>/../detections.json), mAP, bootstrap draws of mAP, FID/KID (when `extractor`).
+    Cached in <folder>/../scores.json under `key` (what the images came from)."""
+    from interact.checkpoint import atomic_write
+    cache = folder.parent / "scores.json"
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key and len(saved.get("bootstrap", [])) == len(draws):
+            return saved
+    log(f"[table] scoring {folder}")
+    detections = detector.detect_folder(folder, gt, progress=True)
+    for d in detections:
+        d.pop("mask", None)
+    atomic_write(folder.parent / "detections.json", lambda tmp: Path(tmp).write_text(json.dumps(detections)))
+    result = evaluate_hoi_map(gt, detections, categories)
+    scores = {"key": key, "map": result.summary, "map_groups": category_group_map(result.per_category, role_types),
+              "bootstrap": bootstrap_map(gt, detections, categories, draws).tolist()}
+    if extractor is not None:
+        from evaluation.fid_kid import compute_fid_kid, read_image
+        fake = torch.stack([read_image(folder / g["file_name"]) for g in gt])
+        # KID subsets of half the images, so that they differ and the std means something.
+        scores.update(compute_fid_kid(real_images, fake, extractor, kid_subset_size=max(2, len(gt) // 2),
+                                      progress=False))
+    atomic_write(cache, lambda tmp: Path(tmp).write_text(json.dumps(scores)))
+    return scores
+
+
+def summarise_row(seeds: list[dict]) -> dict:
+    """A row of the table from its seeds' scores: means over seeds, the seeds' spread, the
+    bootstrap interval of the seed-mean Default Full mAP."""
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    out = {"seeds": len(seeds), "map": {s: {g: mean([x["map"][s][g] for x in seeds]) for g in ("full", "rare", "non_rare")}
+                                       for s in ("default", "known_object")},
+           "map_groups": {g: mean([x["map_groups"][g] for x in seeds]) for g in seeds[0]["map_groups"]},
+           "map_full_seeds": [x["map"]["default"]["full"] for x in seeds]}
+    draws = np.mean([x["bootstrap"] for x in seeds], axis=0)
+    out["bootstrap"] = draws.tolist()
+    out["map_full_ci"] = [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
+    if "fid" in seeds[0]:
+        out["fid"] = mean([x["fid"] for x in seeds])
+        out["fid_seeds"] = [x["fid"] for x in seeds]
+        out["kid_mean"] = mean([x["kid_mean"] for x in seeds])
+        out["kid_std"] = math.sqrt(mean([x["kid_std"] ** 2 for x in seeds]) / len(seeds))
+    for extra in ("layout_gain", "seconds_per_image"):
+        if extra in seeds[0]:
+            out[extra] = mean_std([x[extra] for x in seeds]) if extra == "layout_gain" else \
+                mean([x[extra] for x in seeds])
+    return out
+
+
+def compare(a: dict, b: dict) -> dict:
+    """Default Full mAP of row a minus row b, with its standard error: the paired bootstrap over
+    the layouts and, where both rows have several seeds, the spread between seeds."""
+    diff = a["map"]["default"]["full"] - b["map"]["default"]["full"]
+    se_layouts = float(np.std(np.array(a["bootstrap"]) - np.array(b["bootstrap"]), ddof=1))
+    se_seeds = 0.0
+    for row in (a, b):
+        values = row["map_full_seeds"]
+        if len(values) > 1:
+            se_seeds += float(np.var(values, ddof=1)) / len(values)
+    se = math.sqrt(se_layouts ** 2 + se_seeds)
+    return {"difference": diff, "se": se, "se_layouts": se_layouts, "se_seeds": math.sqrt(se_seeds),
+            "z": diff / se if se > 0 else float("inf")}
+
+
+def run_toy(rows: list[ToyRow] | None = None, n: int = 250, data_root="data/toy", runs="runs", out="runs/table_toy",
+            device=None, gain_n: int = 200, bootstrap: int = 200, train: bool = True, log=print) -> dict:
+    """Train (or reuse), generate and score the given rows (default all), then assemble the table
+    from every row scored so far; rows not scored yet are listed in `_meta.missing`."""
+    from dataset.role_types import toy_role_types
     from evaluation.toy_detector import ToyHOIDetector
     from evaluation.toy_features import load_toy_extractor
+    from interact.checkpoint import file_digest
+    rows = TOY_ROWS if rows is None else rows
     data_root, runs, out = Path(data_root), Path(runs), Path(out)
     start = time.perf_counter()
     ensure_toy_data(data_root, log)
-    backbone = train_row(TOY_BASE, runs, None, data_root, log=log)
-    samples = toy_test_layouts(REPO_ROOT / TOY_BASE.config, data_root, max(n, gain_n))
+    samples = toy_test_layouts(REPO_ROOT / ROW_BY_KEY["interact"].config, data_root, max(n, gain_n))
     gain_samples, samples = samples[:gain_n], samples[:n]
-    names = {Path(s.key).name for s in samples}
+    names = [Path(s.key).name for s in samples]
     annotations = data_root / "annotations"
-    gt = [r for r in read_ground_truth(annotations / "test_hico.json") if r["file_name"] in names]
+    by_name = {r["file_name"]: r for r in read_ground_truth(annotations / "test_hico.json")}
+    gt = [by_name[name] for name in names]
     categories = HOICategories.from_file(annotations / "categories.json")
     detector, extractor = ToyHOIDetector.load(), load_toy_extractor()
-    from dataset.role_types import toy_role_types
     role_types = toy_role_types()
     groups = sample_groups(gain_samples, role_types)
-    real_folder = data_root / "images" / "test"
     real_images = torch.stack([((s.image + 1) * 127.5).round().clamp(0, 255).to(torch.uint8) for s in samples])
+    draws = bootstrap_indices(n, bootstrap)
+    detector_key = file_digest(detector.path) if detector.path is not None else "prior"
 
-    results = {}
+    for row in rows:
+        for seed in range(row.seeds):
+            run = runs / row.run_name(seed)
+            if not (run / "model_final.pth").is_file() and not train:
+                log(f"[table] {row.name} (seed {seed}): not trained ({run}); skipped")
+                continue
+            ckpt = train_row(row, runs, data_root, seed, log)
+            folder, per_image = generate_row(row, ckpt, samples, out / row.run_name(seed) / "images", device=device,
+                                             log=log)
+            key = f"{file_digest(ckpt)}:{detector_key}:n{n}"
+            scores = score_run(folder, gt, categories, detector, role_types, extractor, real_images, draws, key, log)
+            extra = {}
+            if not math.isnan(per_image):
+                extra["seconds_per_image"] = per_image
+            if row.grounded:
+                extra["layout_gain"] = layout_gains(row, ckpt, gain_samples, groups, device)["all"]
+            if extra:
+                scores.update(extra)
+                from interact.checkpoint import atomic_write
+                atomic_write(folder.parent / "scores.json", lambda tmp: Path(tmp).write_text(json.dumps(scores)))
+            log(f"[table] {row.name} (seed {seed}): mAP Default Full {100 * scores['map']['default']['full']:.2f}, "
+                f"FID {scores['fid']:.2f}")
+    real = score_real(data_root, out, gt, categories, detector, role_types, draws, f"real:{detector_key}:n{n}", log)
+    return assemble_toy(out, n, real, time.perf_counter() - start)
+
+
+def score_real(data_root: Path, out: Path, gt, categories, detector, role_types, draws, key: str, log=print) -> dict:
+    """The ceiling: the detector on the real test images (scores kept under out/real/)."""
+    import shutil
+    folder = out / "real" / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    for g in gt:
+        if not (folder / g["file_name"]).is_file():
+            shutil.copyfile(data_root / "images" / "test" / g["file_name"], folder / g["file_name"])
+    return score_run(folder, gt, categories, detector, role_types, None, None, draws, key, log)
+
+
+def assemble_toy(out: Path, n: int, real: dict, seconds: float) -> dict:
+    """The table from every row whose seeds are all scored under `out`."""
+    results, missing = {}, []
+    summaries = {}
     for row in TOY_ROWS:
-        ckpts = [train_row(row, runs, backbone, data_root, seed, log) for seed in range(row.seeds)]
-        folder = generate_row(row, ckpts[0], samples, out / row.run, device=device, log=log)
-        fake = torch.stack([read_image(folder / Path(s.key).name) for s in samples])
-        # KID subsets of half the images, so that they differ and the std means something.
-        metrics = compute_fid_kid(real_images, fake, extractor, kid_subset_size=min(1000, max(2, n // 2)),
-                                  progress=False)
-        results[row.name] = {**metrics, **score_images(folder, gt, categories, detector, role_types),
-                             "seeds": row.seeds}
-        if row.grounded:
-            per_seed = [layout_gains(row, ckpt, gain_samples, groups, device) for ckpt in ckpts]
-            results[row.name]["layout_gain"] = {g: mean_std([s[g] for s in per_seed]) for g in groups}
-        log(f"[table] {row.name}: FID {metrics['fid']:.2f}, mAP Default Full "
-            f"{100 * results[row.name]['map']['default']['full']:.2f}")
-    results["real images (detector ceiling)"] = score_images(real_folder, gt, categories, detector, role_types)
-    results["_meta"] = {"n": n, "gain_n": gain_n, "seconds": time.perf_counter() - start, "data": str(data_root),
-                        "gain_groups": {g: sum(mask) for g, mask in groups.items()}}
+        seeds = []
+        for seed in range(row.seeds):
+            path = out / row.run_name(seed) / "scores.json"
+            if path.is_file():
+                seeds.append(json.loads(path.read_text()))
+        if len(seeds) < row.seeds or any(not s["key"].endswith(f":n{n}") for s in seeds):
+            missing.append(row.key)
+            continue
+        summaries[row.key] = results[row.name] = summarise_row(seeds)
+    results[CEILING_ROW] = {"map": real["map"], "bootstrap": real["bootstrap"], "map_full_seeds": [real["map"]["default"]["full"]],
+                            "map_full_ci": [float(np.percentile(real["bootstrap"], 2.5)),
+                                            float(np.percentile(real["bootstrap"], 97.5))], "seeds": 0}
+    comparisons = {}
+    for a, b in COMPARISONS:
+        if a in summaries and b in summaries:
+            comparisons[f"{a} - {b}"] = compare(summaries[a], summaries[b])
+    results["_meta"] = {"n": n, "seconds": seconds, "missing": missing, "comparisons": comparisons,
+                        "ceiling": real["map"]["default"]["full"]}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "table.md").write_text(markdown_table(results) + "\n" + variant_table(results))
+    (out / "table.md").write_text(markdown_table(results) + "\n" + comparison_table(results) + "\n"
+                                  + variant_table(results))
     return results
 
 
@@ -266,48 +415,59 @@ def _pm(stats: dict, scale: float = 100.0, digits: int = 3) -> str:
     return f"{scale * stats['mean']:.{digits}f} ± {scale * stats['std']:.{digits}f}"
 
 
-def difference(a: dict, b: dict) -> dict:
-    """a - b of two mean_std results, with the standard error of the difference of the means."""
-    se = math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"]) if min(a["n"], b["n"]) > 1 else float("nan")
-    return {"mean": a["mean"] - b["mean"], "se": se}
-
-
-def variant_table(results: dict, baseline: str = BASELINE_ROW) -> str:
-    """The rows that have a layout gain: the gain (%) overall, on samples with a non-human
-    subject and on samples with a non-contact action (mean ± std over seeds), the change from
-    the baseline row (± its standard error), and the first seed's mAP over the non-human-subject
-    and non-contact categories."""
-    head = ["model", "seeds", "layout gain", "non-human subject", "non-contact", f"gain vs {baseline}",
-            "mAP non-human subj.", "mAP non-contact"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    base = results.get(baseline, {}).get("layout_gain")
-    for name, r in results.items():
-        if name.startswith("_") or "layout_gain" not in r:
-            continue
-        gain = r["layout_gain"]
-        if base is None or name == baseline:
-            versus = "-"
-        else:
-            d = difference(gain["all"], base["all"])
-            versus = f"{100 * d['mean']:+.3f}" + ("" if math.isnan(d["se"]) else f" ± {100 * d['se']:.3f}")
-        groups = r.get("map_groups", {})
-        cells = [name, str(gain["all"]["n"]), _pm(gain["all"]), _pm(gain["non_human_subject"]),
-                 _pm(gain["non_contact"]), versus, _fmt(100 * groups.get("non_human_subject", float("nan")), 2),
-                 _fmt(100 * groups.get("non_contact", float("nan")), 2)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def markdown_table(results: dict) -> str:
     """Rows as the paper's table: FID, KID (mean ± std) and mAP (%) Full/Rare/Non-rare in the
-    Default and Known Object settings."""
-    head = ["model", "FID", "KID", "Def Full", "Def Rare", "Def Non-rare", "KO Full", "KO Rare", "KO Non-rare"]
+    Default and Known Object settings; with the toy table's extras (seeds, the 95% bootstrap
+    interval of Default Full over the layouts, seconds per image) when the rows have them."""
+    toy = any("map_full_ci" in r for k, r in results.items() if not k.startswith("_"))
+    head = ["model"] + (["seeds"] if toy else []) + ["FID", "KID", "Def Full"] + (["95% interval"] if toy else []) + \
+        ["Def Rare", "Def Non-rare", "KO Full", "KO Rare", "KO Non-rare"] + (["s / image"] if toy else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
         if name.startswith("_"):
             continue
         kid = "-" if "kid_mean" not in r else f"{r['kid_mean']:.4f} ± {r['kid_std']:.4f}"
-        cells = [name, _fmt(r.get("fid"), 2), kid]
-        cells += [_fmt(100 * r["map"][setting][group], 2) for setting, group in METRIC_COLUMNS]
+        fid = _fmt(r.get("fid"), 2)
+        if toy and len(r.get("fid_seeds", [])) > 1:
+            fid += " (" + ", ".join(f"{v:.2f}" for v in r["fid_seeds"]) + ")"
+        cells = [name] + ([str(r.get("seeds") or "-")] if toy else []) + [fid, kid]
+        values = [_fmt(100 * r["map"][setting][group], 2) for setting, group in METRIC_COLUMNS]
+        cells.append(values[0])
+        if toy:
+            ci = r.get("map_full_ci")
+            cells.append("-" if ci is None else f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}")
+        cells += values[1:]
+        if toy:
+            cells.append(_fmt(r.get("seconds_per_image"), 3))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_table(results: dict) -> str:
+    """The differences the claim rests on, in Default Full mAP points, with their standard errors."""
+    comparisons = results.get("_meta", {}).get("comparisons", {})
+    if not comparisons:
+        return ""
+    names = {r.key: r.name for r in TOY_ROWS}
+    lines = ["| comparison | difference | SE (layouts, seeds) | z |", "|---|---|---|---|"]
+    for key, c in comparisons.items():
+        a, b = key.split(" - ")
+        lines.append(f"| {names[a]} − {names[b]} | {100 * c['difference']:+.2f} | {100 * c['se']:.2f} "
+                     f"({100 * c['se_layouts']:.2f}, {100 * c['se_seeds']:.2f}) | {c['z']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def variant_table(results: dict, baseline: str = BASELINE_ROW) -> str:
+    """The rows that have a layout gain: the gain (%) (mean ± std over seeds), and the mAP over the
+    non-human-subject and non-contact categories."""
+    head = ["model", "seeds", "layout gain", "mAP non-human subj.", "mAP non-contact"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in results.items():
+        if name.startswith("_") or "layout_gain" not in r:
+            continue
+        groups = r.get("map_groups", {})
+        cells = [name, str(r["layout_gain"]["n"]), _pm(r["layout_gain"]),
+                 _fmt(100 * groups.get("non_human_subject", float("nan")), 2),
+                 _fmt(100 * groups.get("non_contact", float("nan")), 2)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -8,8 +8,7 @@ features for FID/KID on 64x64 toy images (Inception features mean little at that
 The network: four stages of 3x3 conv + batch norm + ReLU with 32, 64, 128, 256 channels (the first
 conv with stride 2, a 2x2 max pool after each of the first three stages: 64 -> 32 -> 16 -> 8 -> 4
 pixels), global average pooling to the 256-d feature, and two
-linear heads for the multi-label presence of the 11 object categories and the 31 HOI
-categories. Input: resized to 64x64 (bilinear, antialiased when shrinking) and scaled to [-1, 1].
+linear heads for the multi-label presence of the object categories and the HOI categories. Input: resized to 64x64 (bilinear, antialiased when shrinking) and scaled to [-1, 1].
 """
 from __future__ import annotations
 
@@ -19,17 +18,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dataset.toy.categories import HOI_CATEGORIES, OBJECTS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WEIGHTS = REPO_ROOT / "assets" / "toy_features.pt"
 INPUT_SIZE = 64
 CHANNELS = (32, 64, 128, 256)
-NUM_OBJECTS = 11
-NUM_HOIS = 31
+NUM_OBJECTS = len(OBJECTS)
+NUM_HOIS = len(HOI_CATEGORIES)
 
 
 class ToyFeatureNet(nn.Module):
     """The CNN. `forward(images in [0, 1]) -> [B, 256]` features (the Extractor protocol);
-    `heads(features) -> (object logits [B, 11], HOI logits [B, 31])`."""
+    `heads(features) -> (object logits [B, NUM_OBJECTS], HOI logits [B, NUM_HOIS])`."""
 
     def __init__(self, channels=CHANNELS, num_objects: int = NUM_OBJECTS, num_hois: int = NUM_HOIS,
                  input_size: int = INPUT_SIZE):

@@ -199,14 +199,15 @@ def run_batch(args) -> list[Path]:
     print(f"wrote {len(written)} image(s), overlays and sidecars to {folder}", file=sys.stderr)
     if getattr(args, "grid", None):
         grid = write_grid(folder, len(parsed), args.grid)
-        print(f"wrote {grid}: one row per record, image | layout overlay", file=sys.stderr)
+        print(f"wrote {grid}: image | layout overlay per record, three records to a row", file=sys.stderr)
     return written
 
 
-def write_grid(folder: Path, count: int, out) -> Path:
-    """One row per record: the image upscaled to its overlay's height, then the overlay."""
+def write_grid(folder: Path, count: int, out, pairs_per_row: int = 3) -> Path:
+    """Each record as image | layout overlay (the image upscaled to its overlay's size), that pair
+    `pairs_per_row` times to a row, records in order."""
     from PIL import Image
-    rows = []
+    tiles = []
     for i in range(count):
         paths = output_paths(folder, i)
         if not (paths["image"].is_file() and paths["layout"].is_file()):
@@ -215,16 +216,14 @@ def write_grid(folder: Path, count: int, out) -> Path:
             layout = layout.convert("RGB")
         with Image.open(paths["image"]) as image:
             image = image.convert("RGB").resize(layout.size, Image.NEAREST)
-        rows.append((image, layout))
-    if not rows:
+        tile = Image.new("RGB", (image.width + layout.width, image.height), (255, 255, 255))
+        tile.paste(image, (0, 0))
+        tile.paste(layout, (image.width, 0))
+        tiles.append(tile)
+    if not tiles:
         raise BatchError(f"--grid: no finished records in {folder}")
-    width = max(a.width + b.width for a, b in rows)
-    canvas = Image.new("RGB", (width, sum(a.height for a, _ in rows)), (255, 255, 255))
-    y = 0
-    for image, layout in rows:
-        canvas.paste(image, (0, y))
-        canvas.paste(layout, (image.width, y))
-        y += image.height
+    from interact.trainer import image_grid
+    canvas = image_grid(tiles, columns=min(pairs_per_row, len(tiles)))
     out = Path(out)
     atomic_write(out, lambda p: canvas.save(p, format="PNG"))
     return out

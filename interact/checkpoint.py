@@ -232,26 +232,32 @@ def check_file(raw: dict, model: InteractDiffusion) -> dict[str, SectionReport]:
 
 # ----------------------------------------------------------------------------- loading
 
-def interaction_variant(model_state: dict) -> dict:
-    """The config switches a `model` section's interaction keys imply."""
+def interaction_variant(model_state: dict, file_config=None) -> dict:
+    """The config switches a `model` section's interaction keys imply; box attention, which has no
+    weights of its own, from the file's stored config when it has one."""
     keys = list(model_state)
-    return {"fuser_type": "gatedCA" if any(".fuser.norm_objs." in k for k in keys) else "gatedSA",
-            "fuser_positions": any(".fuser.visual_position." in k for k in keys),
-            "role_embedding": "typed" if "position_net.type_offsets" in model_state else "fixed"}
+    out = {"fuser_type": "gatedCA" if any(".fuser.norm_objs." in k for k in keys) else "gatedSA",
+           "fuser_positions": any(".fuser.visual_position." in k for k in keys),
+           "role_embedding": "typed" if "position_net.type_offsets" in model_state else "fixed"}
+    interaction = (file_config or {}).get("interaction") if isinstance(file_config, dict) else None
+    if isinstance(interaction, dict):
+        out["box_attention"] = interaction.get("box_attention", "none")
+    return out
 
 
-def check_variant(model: InteractDiffusion, model_state: dict, source) -> None:
+def check_variant(model: InteractDiffusion, model_state: dict, source, file_config=None) -> None:
     """A file trained with other interaction switches than the config: say which, and how to
     match them (rather than list the differing tensor names). A fixed-role file is fine for a
     typed config (with_typed_role_defaults)."""
     if not any(".fuser." in k for k in model_state):
         return
     have = interaction_options(model.config)
-    wrong = [f"interaction.{k} = {v} (the config has {have[k]})" for k, v in interaction_variant(model_state).items()
+    wrong = [f"interaction.{k} = {v} (the config has {have[k]})"
+             for k, v in interaction_variant(model_state, file_config).items()
              if v != have[k] and not (k == "role_embedding" and v == "fixed")]
     if wrong:
         raise CheckpointError(f"{source}: was trained with {'; '.join(wrong)}: use a config with the file's settings "
-                              f"(--fuser_type / --role_embedding on the command line)")
+                              f"(--fuser_type / --role_embedding / --box_attention on the command line)")
 
 
 def with_typed_role_defaults(model: InteractDiffusion, state: dict) -> dict:
@@ -307,7 +313,7 @@ def load_weights(model: InteractDiffusion, ckpt=None, sd_ckpt=None, allow_pickle
         raise CheckpointError(f"{ckpt}: has no 'model' section with interaction weights")
     _load_backbone(model, backbone, backbone_src, text_encoder_given,
                    hint="pass --sd_ckpt with an SD v1.x checkpoint for the backbone")
-    check_variant(model, interaction["model"], ckpt)
+    check_variant(model, interaction["model"], ckpt, ckpt_raw.get("config_dict"))
     _load_strict(model.model, "model", with_typed_role_defaults(model, interaction["model"]),
                  lambda k: not is_interaction_key(k), str(ckpt))
     model.finish_meta_load()
@@ -356,7 +362,7 @@ def load_training_init(model: InteractDiffusion, ckpt=None, sd_ckpt=None,
             sections["model"] = gligen_to_interaction(sections["model"])
         fresh = (lambda k: k.startswith(GLIGEN_FRESH_KEYS)) if kind == "gligen" else (lambda k: False)
         interaction = {k: v for k, v in sections["model"].items() if is_interaction_key(k) and not fresh(k)}
-        check_variant(model, interaction, ckpt)
+        check_variant(model, interaction, ckpt, raw.get("config_dict"))
         interaction = with_typed_role_defaults(model, interaction)
         _load_strict(model.model, "model", interaction, lambda k: not is_interaction_key(k) or fresh(k), str(ckpt))
         lines.append(f"interaction control: {ckpt} ({describe_kind(raw)})"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from interact.tokenizer import POSITION_DIM, fourier_embed
+from interact.tokenizer import POSITION_DIM, GroundedTokens, fourier_embed
 from ldm.modules.attention import CrossAttention, FeedForward, multihead_attention
 
 FUSER_INITS = ("zero_gates", "zero_outputs")
@@ -30,6 +30,22 @@ def grid_positions(h: int, w: int, device=None, dtype=None) -> torch.Tensor:
     return fourier_embed(cells)
 
 
+def region_mask(regions: torch.Tensor, grid) -> torch.Tensor:
+    """bool [B, h*w, T]: which grid cells (row-major) each token's region [B, T, 4] (normalised
+    xyxy) overlaps. Edges count as overlapping, so a zero-width region (the action box of two
+    touching boxes) still reaches the cells on its line."""
+    h, w = grid
+    dt = regions.dtype if regions.dtype in (torch.float32, torch.float64) else torch.float32
+    regions = regions.to(dt)
+    xs = torch.arange(w, device=regions.device, dtype=dt) / w
+    ys = torch.arange(h, device=regions.device, dtype=dt) / h
+    x0, y0, x1, y1 = (regions[..., i, None] for i in range(4))               # [B, T, 1]
+    in_x = (x0 <= xs + 1 / w) & (x1 >= xs)                                   # [B, T, w]
+    in_y = (y0 <= ys + 1 / h) & (y1 >= ys)                                   # [B, T, h]
+    cells = in_y[..., :, None] & in_x[..., None, :]                          # [B, T, h, w]
+    return cells.flatten(2).transpose(1, 2)
+
+
 class _GatedFuser(nn.Module):
     """What both fusers share: the token projection, attention, feed-forward, gates and inits.
 
@@ -42,10 +58,15 @@ class _GatedFuser(nn.Module):
     `visual_positions`: add a learned projection of each visual token's grid cell (in the boxes'
     Fourier embedding) to the attention's visual input. SD's features carry position implicitly
     (large receptive fields, padding); a tiny UNet's 8x8 features barely do, and without it the
-    attention cannot tell which visual tokens a box covers. Off for released checkpoints."""
+    attention cannot tell which visual tokens a box covers. Off for released checkpoints.
+
+    `box_attention`: a visual token attends to an interaction token only where the token's
+    region (GroundedTokens.regions: its box; the whole image for a padded slot) overlaps the
+    token's grid cell, as IFAdapter's instance maps and MIGC restrict instance attention. Needs
+    a position_net built with box_attention. Off for released checkpoints."""
 
     def __init__(self, query_dim: int, context_dim: int, n_heads: int, d_head: int, init: str = "zero_gates",
-                 visual_positions: bool = False):
+                 visual_positions: bool = False, box_attention: bool = False):
         super().__init__()
         if init not in FUSER_INITS:
             raise ValueError(f"fuser_init = {init!r}: must be one of {FUSER_INITS}")
@@ -55,6 +76,7 @@ class _GatedFuser(nn.Module):
         self.norm1 = nn.LayerNorm(query_dim)
         self.norm2 = nn.LayerNorm(query_dim)
         self.visual_position = nn.Linear(POSITION_DIM, query_dim) if visual_positions else None
+        self.box_attention = box_attention
         # Zero gates: a freshly attached fuser leaves the frozen UNet's output unchanged.
         self.alpha_attn = nn.Parameter(torch.tensor(0.0))
         self.alpha_dense = nn.Parameter(torch.tensor(0.0))
@@ -75,24 +97,39 @@ class _GatedFuser(nn.Module):
         cells = cells.to(visual.dtype)
         return visual + self.visual_position(cells)
 
-    def attend(self, x: torch.Tensor, objs: torch.Tensor, grid) -> torch.Tensor:
+    def _token_mask(self, objs, grid) -> torch.Tensor | None:
+        """bool [B, n_visual, T] for box attention, else None."""
+        if not self.box_attention:
+            return None
+        if not isinstance(objs, GroundedTokens) or grid is None:
+            raise ValueError("a fuser with box_attention needs GroundedTokens (a position_net built with "
+                             "box_attention) and grid=(h, w)")
+        return region_mask(objs.regions, grid)
+
+    def attend(self, x: torch.Tensor, objs: torch.Tensor, grid, token_mask) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, objs: torch.Tensor, scale: float = 1.0, grid=None) -> torch.Tensor:
-        x = x + scale * torch.tanh(self.alpha_attn) * self.attn.to_out(self.attend(x, objs, grid))
+    def forward(self, x: torch.Tensor, objs, scale: float = 1.0, grid=None) -> torch.Tensor:
+        token_mask = self._token_mask(objs, grid)
+        tokens = objs.tokens if isinstance(objs, GroundedTokens) else objs
+        x = x + scale * torch.tanh(self.alpha_attn) * self.attn.to_out(self.attend(x, tokens, grid, token_mask))
         return x + scale * torch.tanh(self.alpha_dense) * self.ff(self.norm2(x))
 
 
 class GatedSelfAttentionDense(_GatedFuser):
-    def attend(self, x, objs, grid):
+    def attend(self, x, objs, grid, token_mask):
         n_visual = x.shape[1]
         h = self.norm1(torch.cat([x, self.linear(objs)], dim=1))
         if self.visual_position is not None:
             h = torch.cat([self._with_positions(h[:, :n_visual], grid), h[:, n_visual:]], dim=1)
+        mask = None
+        if token_mask is not None:   # visual keys stay visible to every visual query
+            visual = torch.ones(x.shape[0], n_visual, n_visual, dtype=torch.bool, device=x.device)
+            mask = torch.cat([visual, token_mask], dim=2)
         # Only the visual rows of the attention output are kept, so only their
         # queries are computed: identical result, ~N_objs fewer query rows.
         attn = self.attn
-        return multihead_attention(attn.to_q(h[:, :n_visual]), attn.to_k(h), attn.to_v(h), attn.heads)
+        return multihead_attention(attn.to_q(h[:, :n_visual]), attn.to_k(h), attn.to_v(h), attn.heads, mask)
 
 
 class GatedCrossAttentionDense(_GatedFuser):
@@ -100,24 +137,31 @@ class GatedCrossAttentionDense(_GatedFuser):
     affine (`norm_objs`); in gatedSA one norm1 serves both kinds of token."""
 
     def __init__(self, query_dim: int, context_dim: int, n_heads: int, d_head: int, init: str = "zero_gates",
-                 visual_positions: bool = False):
-        super().__init__(query_dim, context_dim, n_heads, d_head, init, visual_positions)
+                 visual_positions: bool = False, box_attention: bool = False):
+        super().__init__(query_dim, context_dim, n_heads, d_head, init, visual_positions, box_attention)
         self.norm_objs = nn.LayerNorm(query_dim)
 
-    def attend(self, x, objs, grid):
+    def attend(self, x, objs, grid, token_mask):
         visual = self.norm1(x)
         if self.visual_position is not None:
             visual = self._with_positions(visual, grid)
         tokens = self.norm_objs(self.linear(objs))
         attn = self.attn
-        return multihead_attention(attn.to_q(visual), attn.to_k(tokens), attn.to_v(tokens), attn.heads)
+        if token_mask is None:
+            return multihead_attention(attn.to_q(visual), attn.to_k(tokens), attn.to_v(tokens), attn.heads)
+        # A cell that no token's region reaches (every slot filled, none over it) attends to
+        # nothing: its row is unmasked for the softmax's sake and its output zeroed.
+        reached = token_mask.any(dim=-1, keepdim=True)
+        out = multihead_attention(attn.to_q(visual), attn.to_k(tokens), attn.to_v(tokens), attn.heads,
+                                  token_mask | ~reached)
+        return out * reached
 
 
 FUSER_TYPES = {"gatedSA": GatedSelfAttentionDense, "gatedCA": GatedCrossAttentionDense}
 
 
 def attach_fusers(unet: nn.Module, context_dim: int, fuser_type: str = "gatedSA", init: str = "zero_gates",
-                  visual_positions: bool = False) -> int:
+                  visual_positions: bool = False, box_attention: bool = False) -> int:
     """Put a fresh fuser into every transformer block's slot; returns how many."""
     if fuser_type not in FUSER_TYPES:
         raise ValueError(f"fuser_type must be one of {sorted(FUSER_TYPES)}, got {fuser_type!r}")
@@ -125,5 +169,6 @@ def attach_fusers(unet: nn.Module, context_dim: int, fuser_type: str = "gatedSA"
     for _, block in blocks:
         dim = block.attn1.to_q.in_features
         heads = block.attn1.heads
-        block.fuser = FUSER_TYPES[fuser_type](dim, context_dim, heads, dim // heads, init, visual_positions)
+        block.fuser = FUSER_TYPES[fuser_type](dim, context_dim, heads, dim // heads, init, visual_positions,
+                                              box_attention)
     return len(blocks)

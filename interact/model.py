@@ -40,7 +40,7 @@ def read_config_file(path) -> DictConfig:
 
 
 INTERACTION_DEFAULTS = {"fuser_type": "gatedSA", "role_embedding": "fixed", "fuser_init": "zero_gates",
-                        "fuser_positions": False}
+                        "fuser_positions": False, "box_attention": "none"}
 
 
 def interaction_options(config: DictConfig) -> dict:
@@ -51,8 +51,8 @@ def interaction_options(config: DictConfig) -> dict:
 def interaction_switches() -> dict[str, tuple]:
     """The interaction variants a config (or the command line) chooses between, first = default."""
     from interact.fuser import FUSER_TYPES
-    from interact.tokenizer import ROLE_EMBEDDINGS
-    return {"fuser_type": tuple(FUSER_TYPES), "role_embedding": ROLE_EMBEDDINGS}
+    from interact.tokenizer import BOX_ATTENTION, ROLE_EMBEDDINGS
+    return {"fuser_type": tuple(FUSER_TYPES), "role_embedding": ROLE_EMBEDDINGS, "box_attention": BOX_ATTENTION}
 
 
 def set_interaction_options(config: DictConfig, **options) -> DictConfig:
@@ -114,11 +114,11 @@ class InteractDiffusion(nn.Module):
         self.config = config
         self.model = instantiate(config.model)
         o = interaction_options(config)
-        # Only the typed variant is passed on, so position_net targets without the option still build.
-        extra = {} if o["role_embedding"] == "fixed" else {"role_embedding": o["role_embedding"]}
+        # Only non-default variants are passed on, so position_net targets without the options still build.
+        extra = {k: o[k] for k, default in (("role_embedding", "fixed"), ("box_attention", "none")) if o[k] != default}
         self.model.position_net = instantiate(config.interaction.position_net, **extra)
         attach_fusers(self.model, self.model.position_net.out_dim, o["fuser_type"], o["fuser_init"],
-                      o["fuser_positions"])
+                      o["fuser_positions"], o["box_attention"] != "none")
         self.autoencoder = instantiate(config.autoencoder)
         self.text_encoder = instantiate(config.text_encoder, tokenizer=tokenizer)
         self.diffusion = instantiate(config.diffusion)

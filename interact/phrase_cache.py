@@ -76,3 +76,30 @@ class PhraseEmbeddingCache:
         atomic_save({"fingerprint": self.fingerprint, "phrases": phrases, "embeddings": embeddings}, path)
         self.dirty = False
         return path
+
+
+class CaptionContextCache:
+    """caption -> the text encoder's [L, D] context, kept in memory for the run (up to
+    `max_entries` distinct captions, the oldest dropped first). For small worlds whose captions
+    repeat (the toy world: a few thousand distinct captions), encoding each once removes the
+    text encoder from the training step; off (max_entries 0) for HICO-DET's free captions."""
+
+    def __init__(self, text_encoder, max_entries: int):
+        self.text_encoder, self.max_entries = text_encoder, max_entries
+        self.table: dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        """[B, L, D] for `captions`: text_encoder.encode's output (cached ones on the CPU, in fp32)."""
+        if self.max_entries <= 0:
+            return self.text_encoder.encode(captions)
+        todo = sorted({c for c in captions if c not in self.table})
+        if todo:
+            self.table.update(zip(todo, self.text_encoder.encode(todo).float().cpu()))
+        out = torch.stack([self.table[c] for c in captions])
+        for stale in list(self.table)[: max(0, len(self.table) - self.max_entries)]:
+            del self.table[stale]   # dicts keep insertion order: the oldest go first
+        return out

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 from interact.checkpoint import CheckpointError, load_weights
 from interact.conditions import ConditionError, Grounding, Interaction, build_grounding, check_interactions
 from interact.model import SD_V1_CONFIG, InteractDiffusion, build_model, load_config, set_interaction_options
+from interact.tokenizer import first_rows
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.plms import PLMSSampler
 
@@ -193,7 +194,7 @@ class InteractDiffusionPipeline:
         noise = torch.stack([torch.randn(latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
         use_cfg = guidance_scale != 1.0
         context = torch.cat([cond, uncond]) if use_cfg else cond
-        objs = objs if use_cfg else objs[: len(prompts)]
+        objs = objs if use_cfg else first_rows(objs, len(prompts))
 
         def eps_fn(x, t, step_index):
             scale = fuser_scale(step_index, steps, beta)

@@ -22,11 +22,19 @@ dataset's type labels (dataset/role_types.py).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 SUBJECT, OBJECT, ACTION = 0, 1, 2  # role-embedding rows, as in the released weights
 ROLE_EMBEDDINGS = ("fixed", "typed")
+# Box-aware attention (a toy-world option, off for the released architecture): each token
+# carries the region of the image whose visual tokens may attend to it. "pair": an action
+# token covers its whole interaction (the box around subject and object); "between": its own
+# action box. Subject and object tokens cover their boxes; padded slots the whole image.
+BOX_ATTENTION = ("none", "pair", "between")
+WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
 TYPE_CLASSIFIER_HIDDEN = 64
 FOURIER_FREQS = 8
 POSITION_DIM = FOURIER_FREQS * 2 * 4  # a box's Fourier embedding
@@ -37,6 +45,27 @@ def fourier_embed(boxes: torch.Tensor, num_freqs: int = FOURIER_FREQS, temperatu
     freqs = temperature ** (torch.arange(num_freqs, device=boxes.device, dtype=boxes.dtype) / num_freqs)
     args = boxes[..., None, :] * freqs[:, None]  # [..., F, 4]
     return torch.cat([torch.sin(args), torch.cos(args)], dim=-1).flatten(-2)
+
+
+@dataclass
+class GroundedTokens:
+    """Interaction tokens with the image region each may be attended from (box attention)."""
+    tokens: torch.Tensor    # [B, T, D]
+    regions: torch.Tensor   # [B, T, 4] normalised xyxy
+
+    def rows(self, stop: int) -> "GroundedTokens":
+        """The first `stop` batch rows."""
+        return GroundedTokens(self.tokens[:stop], self.regions[:stop])
+
+
+def token_tensor(objs) -> torch.Tensor:
+    """The tokens of a position_net output, with or without regions."""
+    return objs.tokens if isinstance(objs, GroundedTokens) else objs
+
+
+def first_rows(objs, stop: int):
+    """The first `stop` batch rows of a position_net output, with or without regions."""
+    return objs.rows(stop) if isinstance(objs, GroundedTokens) else objs[:stop]
 
 
 class _Embedding(nn.Module):
@@ -61,10 +90,14 @@ def _type_classifier(in_dim: int) -> nn.Sequential:
 
 class HOIPositionNet(nn.Module):
     def __init__(self, in_dim: int = 768, out_dim: int = 768, max_interactions: int = 30, hidden_dim: int = 512,
-                 fourier_freqs: int = FOURIER_FREQS, action_tokens: bool = True, role_embedding: str = "fixed"):
+                 fourier_freqs: int = FOURIER_FREQS, action_tokens: bool = True, role_embedding: str = "fixed",
+                 box_attention: str = "none"):
         super().__init__()
         if role_embedding not in ROLE_EMBEDDINGS:
             raise ValueError(f"role_embedding = {role_embedding!r}: must be one of {ROLE_EMBEDDINGS}")
+        if box_attention not in BOX_ATTENTION:
+            raise ValueError(f"box_attention = {box_attention!r}: must be one of {BOX_ATTENTION}")
+        self.box_attention = box_attention
         self.action_tokens = action_tokens
         self.in_dim, self.out_dim = in_dim, out_dim
         self.max_interactions = max_interactions
@@ -108,10 +141,23 @@ class HOIPositionNet(nn.Module):
             tokens = tokens + mask * (p @ self.type_offsets[role])
         return tokens
 
+    def token_regions(self, subject_boxes, object_boxes, action_boxes, masks) -> torch.Tensor:
+        """[B, T, 4]: the region of each token, in token order (see BOX_ATTENTION)."""
+        real = masks[..., None] > 0
+        whole = torch.tensor(WHOLE_IMAGE, device=subject_boxes.device, dtype=subject_boxes.dtype)
+        if self.box_attention == "pair":
+            action = torch.cat([torch.minimum(subject_boxes[..., :2], object_boxes[..., :2]),
+                                torch.maximum(subject_boxes[..., 2:], object_boxes[..., 2:])], dim=-1)
+        else:
+            action = action_boxes
+        roles = [subject_boxes, action, object_boxes] if self.action_tokens else [subject_boxes, object_boxes]
+        return torch.cat([torch.where(real, r, whole) for r in roles], dim=1)
+
     def forward(self, subject_boxes, object_boxes, action_boxes, masks, subject_embeddings, object_embeddings,
-                action_embeddings) -> torch.Tensor:
+                action_embeddings):
         """Boxes [B,N,4] normalised xyxy, masks [B,N] (1 = real slot), embeddings [B,N,in_dim] -> [B,3N,out_dim]
-        ([B,2N,out_dim] without action tokens)."""
+        ([B,2N,out_dim] without action tokens); with box attention a GroundedTokens of those and
+        their regions."""
         n = subject_boxes.shape[1]
         if n > self.max_interactions:
             raise ValueError(f"{n} interaction slots given; this position_net has {self.max_interactions}")
@@ -120,10 +166,14 @@ class HOIPositionNet(nn.Module):
                                SUBJECT)
         obj = self._tokens(object_boxes, object_embeddings, mask, self.null_positive_feature, self.linears, OBJECT)
         if not self.action_tokens:
-            return torch.cat([subject, obj], dim=1)
-        action = self._tokens(action_boxes, action_embeddings, mask, self.null_action_feature, self.linear_action,
-                              ACTION)
-        return torch.cat([subject, action, obj], dim=1)
+            tokens = torch.cat([subject, obj], dim=1)
+        else:
+            action = self._tokens(action_boxes, action_embeddings, mask, self.null_action_feature,
+                                  self.linear_action, ACTION)
+            tokens = torch.cat([subject, action, obj], dim=1)
+        if self.box_attention == "none":
+            return tokens
+        return GroundedTokens(tokens, self.token_regions(subject_boxes, object_boxes, action_boxes, masks))
 
 
 def typed_role_defaults(position_net: HOIPositionNet, prefix: str = "position_net.", seed: int = 0) -> dict:

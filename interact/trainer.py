@@ -33,7 +33,7 @@ from interact.checkpoint import atomic_save, export_sections, load_training_init
 from interact.conditions import build_grounding
 from interact.model import (CONFIG_DIR, InteractDiffusion, SECTIONS, build_model, is_interaction_key, load_config,
                             read_config_file)
-from interact.phrase_cache import PhraseEmbeddingCache, encoder_fingerprint
+from interact.phrase_cache import CaptionContextCache, PhraseEmbeddingCache, encoder_fingerprint
 from interact.tokenizer import role_type_loss
 
 TRAIN_DEFAULTS = {
@@ -66,6 +66,8 @@ TRAIN_DEFAULTS = {
     "disable_inference_in_training": False,
     "workers": 1,
     "phrase_cache": "",                # "" = <data root>/phrase_embeddings_<encoder fingerprint>.pt
+    "caption_cache_size": 0,           # distinct captions whose text-encoder output is kept in memory
+                                       # (0 = encode every step; the toy world repeats its captions)
     "role_types": "",                  # typed role embeddings: "toy" | "hico" | a JSON file (dataset/role_types.py)
     "role_type_loss_weight": 1.0,      # weight of the type classifiers' cross-entropy in the loss
     "max_steps_per_run": 0,            # stop (with a checkpoint) after this many steps; 0 = no limit
@@ -121,6 +123,7 @@ def check_train_options(options: dict, where: str = "train") -> dict:
         "preview_every": out["preview_every"] >= 1, "workers": out["workers"] >= 0,
         "max_steps_per_run": out["max_steps_per_run"] >= 0,
         "role_type_loss_weight": out["role_type_loss_weight"] >= 0,
+        "caption_cache_size": out["caption_cache_size"] >= 0,
         "interaction_lr_scale": out["interaction_lr_scale"] > 0,
     }
     for key, ok in checks.items():
@@ -393,6 +396,7 @@ class Trainer:
                  f"({len(self.trained)} tensors) on {self.dist.device}, {self.dist.world} process(es)")
 
         self.phrases = self._phrase_cache()
+        self.captions = CaptionContextCache(self.model.text_encoder, o["caption_cache_size"])
         self.role_types = self._role_types()
 
         self.denoiser = Denoiser(self.model.model)
@@ -410,6 +414,7 @@ class Trainer:
         self.iters = 0
         self.writer = None
         self._resumed = False
+        self.phase_times: dict[str, float] | None = None   # set to {} to time the phases of each step
 
     # -------------------------------------------------------------- set-up helpers
     def _select_trained(self) -> dict[str, nn.Parameter]:
@@ -432,7 +437,7 @@ class Trainer:
             raise ValueError("the training config has no 'data' section")
         from dataset.hoi_dataset import build_dataset
         try:
-            return build_dataset(self.config.data, "train", seed=self.opt["seed"])
+            return build_dataset(self.config.data, "train", seed=self.opt["seed"], progress=self.progress)
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{err} (point data.root or --DATA_ROOT at the data set; the toy world is "
                                     f"made by `python -m dataset.toy generate --out {self.config.data.root}`)") from None
@@ -576,7 +581,7 @@ class Trainer:
         t = torch.randint(0, m.diffusion.num_timesteps, (world_b,), generator=gen)[rows]
         drop_caption = (torch.rand(world_b, generator=gen) < o["caption_drop_prob"])[rows]
         null_grounding = bool(torch.rand((), generator=gen) < o["null_grounding_prob"])
-        with torch.no_grad():
+        with torch.no_grad(), self.phase("encode"):
             posterior = m.autoencoder.encode(batch["images"].to(dev))
             shape = posterior.mean.shape[1:]
             latent_noise = torch.randn((world_b, *shape), generator=gen)[rows].to(dev)
@@ -585,7 +590,7 @@ class Trainer:
             t = t.to(dev)
             x_t = m.diffusion.q_sample(z, t, noise)
             captions = ["" if d else c for c, d in zip(batch["captions"], drop_caption.tolist())]
-            context = m.text_encoder.encode(captions).to(dev)
+            context = self.captions(captions).to(dev)
             pn = m.position_net
             grounding = build_grounding(batch["interactions"], self.phrases, pn.in_dim, pn.max_interactions)
             types = None
@@ -597,10 +602,26 @@ class Trainer:
                 grounding = grounding.null()
         forward = self.ddp if self.ddp is not None else self.denoiser
         with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None), \
-                deterministic_attention(o["deterministic"] and dev.type == "cuda"):
+                deterministic_attention(o["deterministic"] and dev.type == "cuda"), self.phase("forward"):
             output, type_loss = forward(x_t, t, context, grounding.to(dev).as_kwargs(), types)
-        loss = nn.functional.mse_loss(output.float(), m.diffusion.training_target(z, t, noise))
+            loss = nn.functional.mse_loss(output.float(), m.diffusion.training_target(z, t, noise))
         return loss if type_loss is None else loss + o["role_type_loss_weight"] * type_loss.float()
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Adds the time spent inside to self.phase_times[name] when that dict is set (benchmarks)."""
+        if self.phase_times is None:
+            yield
+            return
+        if self.dist.device.type == "cuda":
+            torch.cuda.synchronize(self.dist.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.dist.device.type == "cuda":
+                torch.cuda.synchronize(self.dist.device)
+            self.phase_times[name] = self.phase_times.get(name, 0.0) + time.perf_counter() - start
 
     def step(self, batches) -> dict:
         """One optimiser step over grad_accumulation_step micro-batches."""
@@ -609,21 +630,25 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for micro in range(accum):
-            batch = next(batches)
+            with self.phase("data"):
+                batch = next(batches)
             # DDP: gradients are all-reduced only on the last micro-step.
             sync = self.ddp.no_sync() if self.ddp is not None and micro < accum - 1 else contextlib.nullcontext()
             with sync:
                 loss = self.loss(batch, micro) / accum
-                self.scaler.scale(loss).backward()
+                with self.phase("backward"):
+                    self.scaler.scale(loss).backward()
             total += loss.item()
-        self.scaler.unscale_(self.optimizer)
-        params = list(self.trained.values())
-        grad_norm = nn.utils.clip_grad_norm_(params, o["grad_clip"] if o["grad_clip"] > 0 else float("inf"))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+        with self.phase("optimiser"):
+            self.scaler.unscale_(self.optimizer)
+            params = list(self.trained.values())
+            grad_norm = nn.utils.clip_grad_norm_(params, o["grad_clip"] if o["grad_clip"] > 0 else float("inf"))
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
         if self.ema is not None:
-            self.ema.update(self.trained)
+            with self.phase("ema"):
+                self.ema.update(self.trained)
         self.iters += 1
         if self.dist.world > 1:  # the logged loss is the global one
             value = torch.tensor([total], device=self.dist.device)

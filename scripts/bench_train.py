@@ -1,23 +1,26 @@
 #!/usr/bin/env python
-"""Benchmark of one InteractDiffusion training step (Trainer.step: data, frozen encoders,
-forward, backward, AdamW), fp32, batch 1 by default.
+"""Benchmark of InteractDiffusion training steps. Not a test: nothing asserts timings; every
+ratio is taken between measurements made in the same run, interleaved round by round, so a
+noisy shared machine shifts both sides alike.
 
-Not a test: nothing asserts timings. Variants are interleaved round by round and compared
-per round (ratio = median over rounds of variant time / SDPA time in the same round), so a
-noisy shared machine shifts both sides of a ratio alike.
-
-Configs:
-  toy  configs/toy_hoi.yaml: 64x64 images, whole UNet trained (as that config says), EMA on.
-  SD   configs/hoi_hico_text.yaml (SD v1.x, random weights): 512x512 images -> 64x64 latents,
-       only position_net + fusers trained, use_checkpoint off (that config turns it on for GPUs;
-       --checkpoint-row adds a row with it on). One SD step takes 1.5-2 minutes on 2 cores;
-       the default run about 11 minutes.
-Each is timed with SDPA and with the naive softmax(QK^T)V attention (attention_backend("naive")).
-Data: a synthetic in-memory dataset (rectangles, 3 interactions per image), phrases pre-cached.
+Part 1 (always): the toy config as it is trained (configs/toy_hoi.yaml) on the real training
+path, Trainer.step as main.py runs it: the toy data set decoded once into memory (data/toy,
+or a 2000-image toy world written to a temporary folder when data/toy is missing), the caption
+and phrase caches, the whole UNet and the interaction control trained, EMA on. It prints
+  - samples/s of that path, data loading included;
+  - the arithmetic of one training sample (forward + backward FLOPs, counted by torch's
+    FlopCounterMode: matmuls, convolutions, attention);
+  - the machine's fp32 matmul rate (a 2048^2 product, sampled between the timed rounds) and the
+    fraction of it the training step reaches;
+  - the time of each phase of a step: data, encode (first stage, noise, captions, grounding),
+    forward, backward, optimiser, EMA.
+Part 2 (--naive): the same step with the naive softmax(QK^T)V attention, as a ratio to SDPA.
+Part 3 (--sd): one step of the SD v1.x config (512x512 images, random weights, only
+position_net + fusers trained) with SDPA and naive attention; 1.5-2 minutes per step on 2 cores.
 
 Usage:
-  .venv/bin/python scripts/bench_train.py            # toy + SD, about 11 minutes on 2 CPU cores
-  .venv/bin/python scripts/bench_train.py --quick    # toy only, fewer repeats, seconds
+  .venv/bin/python scripts/bench_train.py                  # part 1, about a minute
+  .venv/bin/python scripts/bench_train.py --naive --sd     # all three, about 12 minutes
 """
 from __future__ import annotations
 
@@ -37,14 +40,112 @@ from bench_unet import REPO_ROOT, PeakMemory, fmt_mem, fmt_t, log, matmul_sample
 
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from dataset.sample import HOISample  # noqa: E402
 from interact.conditions import Interaction  # noqa: E402
 from interact.trainer import Trainer, check_train_options, load_training_config  # noqa: E402
-from ldm.modules.attention import BasicTransformerBlock, attention_backend  # noqa: E402
+from ldm.modules.attention import attention_backend  # noqa: E402
 
 TOY_CONFIG = REPO_ROOT / "configs" / "toy_hoi.yaml"
 SD_CONFIG = REPO_ROOT / "configs" / "hoi_hico_text.yaml"
+PHASES = ("data", "encode", "forward", "backward", "optimiser", "ema")
+MATMUL_N = 2048
+
+
+def toy_data_root(tmp: Path) -> tuple[Path, str]:
+    """data/toy when it is a finished toy world, else a small one written under tmp."""
+    from dataset.toy.generate import generate, is_complete
+    root = REPO_ROOT / "data" / "toy"
+    if is_complete(root):
+        return root, f"{root.relative_to(REPO_ROOT)} (decoded into memory)"
+    generate(tmp / "toy", train=2000, test=0, progress=False)
+    return tmp / "toy", "a 2000-image toy world in a temporary folder (data/toy is missing)"
+
+
+def toy_trainer(tmp: Path, data_root: Path) -> Trainer:
+    config = load_training_config(TOY_CONFIG)
+    config.data.root = str(data_root)
+    options = OmegaConf.to_container(config.train, resolve=True)
+    options.update(disable_inference_in_training=True, phrase_cache=str(tmp / "phrases.pt"))
+    config.train = check_train_options(options)
+    trainer = Trainer(config, tmp / "run_toy", device="cpu", progress=False, log=lambda *a: None)
+    trainer.model.model.train()
+    return trainer
+
+
+def flops_per_sample(trainer: Trainer, batch: dict) -> float:
+    """Forward + backward FLOPs of one training micro-batch, per sample."""
+    with FlopCounterMode(display=False) as counter:
+        loss = trainer.loss(batch, 0)
+        loss.backward()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(batch["captions"])
+
+
+def part_real_path(tmp: Path, rounds: int, steps_per_round: int, naive: bool) -> None:
+    data_root, data_note = toy_data_root(tmp)
+    t0 = time.perf_counter()
+    trainer = toy_trainer(tmp, data_root)
+    o = trainer.opt
+    n_trained = sum(p.numel() for p in trainer.trained.values())
+    log(f"\n## Toy config as trained: {TOY_CONFIG.relative_to(REPO_ROOT)}, batch {o['batch_size']}, data {data_note}")
+    log(f"built (data decoded, caches opened) in {time.perf_counter() - t0:.1f} s; {n_trained / 1e6:.2f} M trained "
+        f"parameters; EMA {'on' if trainer.ema else 'off'}; caption cache {o['caption_cache_size']}")
+    batches = trainer.batches()
+    per_sample = flops_per_sample(trainer, next(batches))
+    log(f"arithmetic: {per_sample / 1e9:.3f} GFLOP per training sample (forward + backward)")
+    for _ in range(3):   # warm-up: allocator, caches, first captions
+        trainer.step(batches)
+
+    variants = [("SDPA", "sdpa")] + ([("naive attention", "naive")] if naive else [])
+    times = {name: [] for name, _ in variants}
+    rates, phase_rounds = [], []
+    for r in range(rounds):
+        rates.append(matmul_sample(MATMUL_N, torch.device("cpu"), torch.float32, 3))
+        for name, backend in variants:
+            trainer.phase_times = {} if name == "SDPA" else None
+            with attention_backend(backend):
+                start = time.perf_counter()
+                for _ in range(steps_per_round):
+                    trainer.step(batches)
+                times[name].append((time.perf_counter() - start) / steps_per_round)
+            if name == "SDPA":
+                phase_rounds.append({k: v / steps_per_round for k, v in trainer.phase_times.items()})
+        log(f"  round {r + 1}/{rounds}: matmul {rates[-1]:.1f} GFLOP/s; "
+            + ", ".join(f"{name} {times[name][-1]:.3f} s/step" for name, _ in variants))
+    trainer.phase_times = None
+    rates.append(matmul_sample(MATMUL_N, torch.device("cpu"), torch.float32, 3))
+
+    med = statistics.median
+    step = med(times["SDPA"])
+    samples_s = o["batch_size"] / step
+    achieved = per_sample * samples_s / 1e9
+    rate = med(rates)
+    log(f"\n| measure | value |\n|---|---|")
+    log(f"| step (median of {rounds} rounds x {steps_per_round} steps) | {step:.3f} s ({fmt_t(times['SDPA'])}) |")
+    log(f"| samples/s, real path (data included) | {samples_s:.1f} |")
+    log(f"| GFLOP per sample (forward + backward) | {per_sample / 1e9:.3f} |")
+    log(f"| achieved | {achieved:.1f} GFLOP/s |")
+    log(f"| fp32 matmul {MATMUL_N}^2, {torch.get_num_threads()} threads (median of {len(rates)} samples) | "
+        f"{rate:.1f} GFLOP/s |")
+    log(f"| fraction of the machine's arithmetic | {achieved / rate:.0%} |")
+    per_round = [a / b for a, b in zip([per_sample * o["batch_size"] / t / 1e9 for t in times["SDPA"]], rates)]
+    log(f"| fraction, per round (min-max) | {min(per_round):.0%}-{max(per_round):.0%} |")
+    if naive:
+        ratios = [n / s for n, s in zip(times["naive attention"], times["SDPA"])]
+        log(f"| naive attention / SDPA step time (median, min-max) | {med(ratios):.2f} "
+            f"({min(ratios):.2f}-{max(ratios):.2f}) |")
+    phases = {k: med([p.get(k, 0.0) for p in phase_rounds]) for k in PHASES}
+    other = step - sum(phases.values())
+    log("\nOne step, by phase (median over rounds):\n\n| phase | s | share |\n|---|---|---|")
+    for k in PHASES:
+        log(f"| {k} | {phases[k]:.4f} | {phases[k] / step:.0%} |")
+    log(f"| other (loss.item, bookkeeping) | {max(other, 0.0):.4f} | {max(other, 0.0) / step:.0%} |")
+
+
+# ----------------------------------------------------------------------------- SD v1.x step
+
 TRIPLES = [("person", "hold", "ball"), ("robot", "kick", "box"), ("dog", "look at", "cup"),
            ("person", "ride", "bicycle"), ("cat", "sit on", "chair")]
 
@@ -77,180 +178,65 @@ class Synthetic:
         return HOISample(f"img{index}", image, caption, interactions)
 
 
-def set_checkpointing(trainer: Trainer, on: bool) -> None:
-    for module in trainer.model.model.modules():
-        if isinstance(module, BasicTransformerBlock):
-            module.use_checkpoint = on
-
-
-def make_trainer(config_path: Path, batch: int, tmp: Path) -> Trainer:
-    config = load_training_config(config_path)
+def part_sd(tmp: Path, repeats: int) -> None:
+    config = load_training_config(SD_CONFIG)
     options = OmegaConf.to_container(config.train, resolve=True)
-    options.update(batch_size=batch, grad_accumulation_step=1, workers=0, disable_inference_in_training=True,
-                   phrase_cache=str(tmp / f"phrases_{config_path.stem}.pt"))
+    options.update(batch_size=1, grad_accumulation_step=1, workers=0, disable_inference_in_training=True,
+                   phrase_cache=str(tmp / "phrases_sd.pt"))
     config.train = check_train_options(options)
     dataset = Synthetic(int(config.data.image_size))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="training the interaction control on a randomly")
-        trainer = Trainer(config, tmp / f"run_{config_path.stem}", dataset=dataset, device="cpu", progress=False,
-                          log=lambda *a: None)
-    trainer.phrases.add(dataset.phrases)  # keep phrase encoding out of the timed steps
+        trainer = Trainer(config, tmp / "run_sd", dataset=dataset, device="cpu", progress=False, log=lambda *a: None)
+    trainer.phrases.add(dataset.phrases)
+    for module in trainer.model.model.modules():   # that config turns checkpointing on for GPUs
+        if hasattr(module, "use_checkpoint"):
+            module.use_checkpoint = False
     trainer.model.model.train()
-    return trainer
-
-
-class Variant:
-    def __init__(self, name: str, backend: str, checkpointing: bool = False):
-        self.name, self.backend, self.checkpointing = name, backend, checkpointing
-        self.times, self.ratios, self.peak = [], [], None
-
-
-def timed(fn, memory: PeakMemory | None):
-    """(seconds, peak MiB or None) of fn(), the peak read when `memory` is given."""
-    if memory is None:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start, None
-    with memory:
-        start = time.perf_counter()
-        fn()
-        elapsed = time.perf_counter() - start
-    return elapsed, memory.peak_mib
-
-
-def bench_config(label, config_path, variants, repeats, warmup, batch, tmp, memory, mm, warm_all=True) -> dict:
-    """`warmup` untimed steps with each variant (`warm_all`) or with the first only."""
-    log(f"\n## {label}: {config_path.relative_to(REPO_ROOT)}, batch {batch}")
-    t0 = time.perf_counter()
-    trainer = make_trainer(config_path, batch, tmp)
-    image = int(trainer.config.data.image_size)
-    latent = int(trainer.config.model.params.image_size)
-    n_trained = sum(p.numel() for p in trainer.trained.values())
-    n_unet = sum(p.numel() for p in trainer.model.model.parameters())
-    log(f"built in {time.perf_counter() - t0:.1f} s; images {image}x{image}; trained {n_trained / 1e6:.2f} M of "
-        f"the {n_unet / 1e6:.2f} M parameters of UNet + fusers + position_net; EMA {'on' if trainer.ema else 'off'}")
     batches = trainer.batches()
-
-    def step(v: Variant, mem=None):
-        set_checkpointing(trainer, v.checkpointing)
-        trainer.optimizer.zero_grad(set_to_none=True)  # the state before: no gradients held
-        with attention_backend(v.backend):
-            return timed(lambda: trainer.step(batches), mem)
-
-    for w in range(warmup):
-        for v in variants if warm_all else variants[:1]:
-            log(f"  warm-up {w + 1}/{warmup} {v.name}: {step(v)[0]:.3f} s")
+    log(f"\n## SD v1.x: {SD_CONFIG.relative_to(REPO_ROOT)}, batch 1, random weights, position_net + fusers trained")
+    memory = PeakMemory(torch.device("cpu"))
+    trainer.step(batches)   # warm-up
+    times = {"sdpa": [], "naive": []}
+    peaks = {}
     for r in range(repeats):
-        for v in variants:
-            elapsed, peak = step(v, memory if r == 0 else None)
-            v.times.append(elapsed)
-            v.peak = peak if peak is not None else v.peak
-            log(f"  round {r + 1}/{repeats} {v.name}: {elapsed:.3f} s"
-                + (f", peak +{peak:,.0f} MiB" if peak is not None else ""))
-        for v in variants:
-            v.ratios.append(v.times[-1] / variants[0].times[-1])
-        mm["rates"].append(matmul_sample(mm["n"], torch.device("cpu"), torch.float32, 1, mm["mats"]))
-
-    # Forward only (SDPA, no checkpointing): the loss with its autograd graph, no backward;
-    # the frozen encoders (VAE / space-to-depth and text, no_grad) timed inside it.
-    set_checkpointing(trainer, False)
-    enc = {"s": 0.0}
-    m = trainer.model
-
-    def clocked(fn):
-        def wrapper(*a, **k):
-            start = time.perf_counter()
-            out = fn(*a, **k)
-            enc["s"] += time.perf_counter() - start
-            return out
-        return wrapper
-
-    m.autoencoder.encode, m.text_encoder.encode = clocked(m.autoencoder.encode), clocked(m.text_encoder.encode)
-    fwd, enc_times, fwd_peak = [], [], None
-    for r in range(max(1, repeats // 2)):
-        batch_data = next(batches)
-        trainer.optimizer.zero_grad(set_to_none=True)
-        enc["s"] = 0.0
-        graph = []  # the loss and its autograd graph stay alive until the peak is read
-        elapsed, peak = timed(lambda: graph.append(trainer.loss(batch_data, 0)), memory if r == 0 else None)
-        graph.clear()
-        fwd.append(elapsed)
-        enc_times.append(enc["s"])
-        fwd_peak = peak if peak is not None else fwd_peak
-    log(f"  forward only (SDPA, graph kept, no backward): {fmt_t(fwd)} s, frozen encoders {fmt_t(enc_times)} s"
-        + (f", peak +{fwd_peak:,.0f} MiB" if fwd_peak is not None else ""))
-    result = dict(label=label, latent=latent, trained=n_trained, variants=variants, forward=fwd,
-                  encoders=enc_times, forward_peak=fwd_peak, batch=batch)
-    return result
-
-
-def summary(results, mm_rate) -> None:
-    med = statistics.median
-    log("\n| config | variant | step s, median (min-max) | samples/s | time ratio vs SDPA | peak MiB "
-        "| mem ratio vs SDPA |")
-    log("|---|---|---|---|---|---|---|")
-    for res in results:
-        base = res["variants"][0]
-        for v in res["variants"]:
-            ratio = f"{v.peak / base.peak:.2f}" if v.peak and base.peak else "-"
-            log(f"| {res['label']} | {v.name} | {fmt_t(v.times)} | {res['batch'] / med(v.times):.3f} "
-                f"| {med(v.ratios):.2f} | {fmt_mem(v.peak)} | {ratio} |")
-    log("")
-    for res in results:
-        base, fwd, enc = res["variants"][0], med(res["forward"]), med(res["encoders"])
-        rest = med(base.times) - fwd
-        log(f"- {res['label']}: {res['trained'] / 1e6:.2f} M trained parameters; latent {res['latent']}x"
-            f"{res['latent']}; SDPA step {med(base.times):.3f} s = forward {fwd:.3f} s (frozen encoders {enc:.3f} s "
-            f"+ denoiser {fwd - enc:.3f} s; forward peak +{fmt_mem(res['forward_peak'])} MiB) + backward/AdamW/data "
-            f"{rest:.3f} s ({rest / (fwd - enc):.2f}x the denoiser forward).")
-    log(f"- matmul rate {mm_rate:.1f} GFLOP/s fp32 (median of samples before and between rounds).")
+        for backend in ("sdpa", "naive"):
+            trainer.phase_times = {}
+            with attention_backend(backend), memory:
+                start = time.perf_counter()
+                trainer.step(batches)
+                times[backend].append(time.perf_counter() - start)
+            peaks.setdefault(backend, memory.peak_mib)
+            log(f"  round {r + 1}/{repeats} {backend}: {times[backend][-1]:.1f} s "
+                f"(forward {trainer.phase_times.get('forward', 0):.1f} s, encode {trainer.phase_times.get('encode', 0):.1f} s, "
+                f"backward {trainer.phase_times.get('backward', 0):.1f} s), peak +{fmt_mem(memory.peak_mib)} MiB")
+    trainer.phase_times = None
+    ratios = [n / s for n, s in zip(times["naive"], times["sdpa"])]
+    log(f"SD v1.x step: SDPA {fmt_t(times['sdpa'])} s, naive {fmt_t(times['naive'])} s; naive/SDPA time "
+        f"{statistics.median(ratios):.2f}, peak memory {fmt_mem(peaks['sdpa'])} vs {fmt_mem(peaks['naive'])} MiB")
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="toy config only, fewer repeats")
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default: toy 10, SD 2; --quick 3)")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    p.add_argument("--batch", type=int, default=1, help="per-step batch size")
-    p.add_argument("--skip-sd", action="store_true", help="toy config only")
-    p.add_argument("--checkpoint-row", action="store_true", help="SD: add a row with use_checkpoint on")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds of the toy step (default 5)")
+    p.add_argument("--steps", type=int, default=10, help="training steps per round (default 10)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--naive", action="store_true", help="also time the toy step with naive attention")
+    p.add_argument("--sd", action="store_true", help="also time one SD v1.x step (about 10 minutes)")
+    p.add_argument("--sd-repeats", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     run_start = time.perf_counter()
-
-    memory = PeakMemory(torch.device("cpu"))
-    if memory.method != "hwm":
-        sys.exit("peak memory needs a writable /proc/self/clear_refs (Linux)")
-    mm_n = 1024 if args.quick else 4096
-    mats = (torch.randn(mm_n, mm_n), torch.randn(mm_n, mm_n))
-    matmul_sample(mm_n, torch.device("cpu"), torch.float32, 1, mats)
-    mm = dict(n=mm_n, mats=mats, rates=[matmul_sample(mm_n, torch.device("cpu"), torch.float32, 1, mats)
-                                        for _ in range(3)])
-    log("# InteractDiffusion training-step benchmark (Trainer.step: data + frozen encoders + forward + backward "
-        "+ AdamW), fp32")
+    log("# InteractDiffusion training-step benchmark, fp32")
     log(f"torch {torch.__version__}, python {platform.python_version()}, CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} torch threads; "
-        f"{mm_n}x{mm_n} fp32 matmul: " + ", ".join(f"{r:.1f}" for r in mm["rates"]) + " GFLOP/s")
-    log(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (other processes share them: "
-        f"compare min/median, and ratios within a round)")
-    log(f"peak memory: {memory.describe().replace('forward', 'step')}; gradients freed before each step")
-
-    results = []
+        f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} torch threads; load average "
+        f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (other processes share them: compare ratios)")
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
-        tmp = Path(tmp)
-        toy_repeats = args.repeats or (3 if args.quick else 10)
-        results.append(bench_config("toy", TOY_CONFIG, [Variant("SDPA", "sdpa"), Variant("naive", "naive")],
-                                    toy_repeats, 1 if args.quick else 2, args.batch, tmp, memory, mm))
-        if not (args.quick or args.skip_sd):
-            sd_variants = [Variant("SDPA", "sdpa"), Variant("naive", "naive")]
-            if args.checkpoint_row:
-                sd_variants.append(Variant("SDPA + use_checkpoint", "sdpa", checkpointing=True))
-            results.append(bench_config("SD v1.x", SD_CONFIG, sd_variants, args.repeats or 2, 1, args.batch, tmp,
-                                        memory, mm, warm_all=False))
-
-    log(f"\n## Summary (total run {time.perf_counter() - run_start:.0f} s, load average now "
-        f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads)")
-    summary(results, statistics.median(mm["rates"]))
+        part_real_path(Path(tmp), args.rounds, args.steps, args.naive)
+        if args.sd:
+            part_sd(Path(tmp), args.sd_repeats)
+    log(f"\ntotal {time.perf_counter() - run_start:.0f} s; load average now {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

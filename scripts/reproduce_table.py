@@ -1,6 +1,7 @@
 """The paper's table in miniature (see evaluation/table.py for what each step does).
 
-    python scripts/reproduce_table.py --world toy            # trains (or reuses) the rows, ~3 h on 2 CPU cores
+    python scripts/reproduce_table.py --world toy            # trains (or reuses) every row, then the table
+    python scripts/reproduce_table.py --world toy --rows interact,boxes   # only these rows now (a part)
     python scripts/reproduce_table.py --world hico --real HICO/images/test2015 --gt test_hico.json \\
         --train trainval_hico.json --weights pt_inception-2015-12-05-6726825d.pth \\
         --row "GLIGEN" gen/gligen dets/gligen.pkl --row "InteractDiffusion" gen/id dets/id.pkl --format fgahoi
@@ -18,7 +19,13 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--world", choices=("toy", "hico"), default="toy")
     toy = p.add_argument_group("toy world")
-    toy.add_argument("--n", type=int, default=500, help="test layouts generated per row")
+    toy.add_argument("--rows", default=None,
+                     help="comma-separated row keys to train, generate and score now (default: all); the table is "
+                          "assembled from every row scored so far")
+    toy.add_argument("--n", type=int, default=250, help="test layouts generated per row and seed")
+    toy.add_argument("--bootstrap", type=int, default=200, help="bootstrap draws of the layouts for the intervals")
+    toy.add_argument("--no-train", dest="train", action="store_false",
+                     help="skip rows whose runs are not trained yet instead of training them")
     toy.add_argument("--gain_n", type=int, default=200, help="test samples for the layout gain of each seed")
     toy.add_argument("--data", default="data/toy")
     toy.add_argument("--runs", default="runs", help="where the rows' training runs live")
@@ -43,17 +50,22 @@ def parse_args(argv=None):
         p.error(f"--n {args.n}: needs at least 2 layouts")
     if args.gain_n < 1:
         p.error(f"--gain_n {args.gain_n}: needs at least 1 sample")
+    if args.bootstrap < 10:
+        p.error(f"--bootstrap {args.bootstrap}: needs at least 10 draws")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from evaluation.table import markdown_table, run_hico, run_toy, variant_table
+    from evaluation.table import comparison_table, markdown_table, run_hico, run_toy, select_rows, variant_table
     try:
         if args.world == "toy":
-            results = run_toy(args.n, args.data, args.runs, args.out, args.device, args.gain_n)
-            print(f"\n{args.n} toy test layouts per row; {results['_meta']['seconds'] / 60:.1f} min; "
-                  f"written to {args.out}/table.md\n")
+            results = run_toy(select_rows(args.rows), args.n, args.data, args.runs, args.out, args.device, args.gain_n,
+                              args.bootstrap, args.train)
+            meta = results["_meta"]
+            print(f"\n{args.n} toy test layouts per row; {meta['seconds'] / 60:.1f} min; written to "
+                  f"{args.out}/table.md" + (f"; rows not scored yet: {', '.join(meta['missing'])}" if meta["missing"]
+                                            else "") + "\n")
         else:
             results = run_hico(args.row, args.real, args.gt, args.train, args.categories, args.extractor,
                                args.weights, args.format, args.allow_pickle, args.ceiling)
@@ -61,6 +73,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(markdown_table(results))
+    print(comparison_table(results))
     if any("layout_gain" in r for k, r in results.items() if not k.startswith("_")):
         print(variant_table(results))
     return 0

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train the toy world's feature extractor (evaluation/toy_features.py) and write its weights.
 
-The CNN learns the multi-label presence of the 11 object categories and the 31 HOI categories
+The CNN learns the multi-label presence of the object categories and the HOI categories
 (binary cross-entropy) on the toy train split; its 256-d pooled activations are the `toy`
 extractor's features for FID/KID (`python -m evaluation.fid_kid --extractor toy`). After
 training it reports, on the test split, each head's mean average precision (over the
@@ -40,7 +40,7 @@ ANNOTATIONS = {"train": "trainval_hico.json", "test": "test_hico.json"}
 
 
 def load_split(data: Path, split: str, limit: int | None = None):
-    """Images uint8 [N, 3, H, W], object labels [N, 11] and HOI labels [N, 31] (0/1 float)."""
+    """Images uint8 [N, 3, H, W], object labels [N, NUM_OBJECTS] and HOI labels [N, NUM_HOIS] (0/1 float)."""
     ann_path = data / "annotations" / ANNOTATIONS[split]
     if not ann_path.is_file():
         raise FileNotFoundError(f"{ann_path} not found: generate the toy data with "

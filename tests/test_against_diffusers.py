@@ -31,17 +31,27 @@ def perturbed(module):
 
 
 def test_unet_matches_diffusers():
-    unet = perturbed(UNetModel(**UNET))
+    """In float64, so that agreement is exact up to rounding (~1e-12) and a small difference in
+    the computation (a GroupNorm eps of 1e-6 instead of SD's 1e-5, which moves the output by
+    ~1e-6 here) fails the check."""
+    unet = perturbed(UNetModel(**UNET)).double()
     ckpt = {"model.diffusion_model." + k: v for k, v in unet.state_dict().items()}
     config = S.create_unet_diffusers_config_from_ldm(ORIGINAL_CONFIG, ckpt)
-    theirs = UNet2DConditionModel(**config).eval()
+    theirs = UNet2DConditionModel(**config).double().eval()
     theirs.load_state_dict(S.convert_ldm_unet_checkpoint(ckpt, config), strict=True)
-    x, t, ctx = torch.randn(2, 4, 16, 16), torch.tensor([10, 700]), torch.randn(2, 7, 32)
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 4, 16, 16, generator=g, dtype=torch.float64), torch.tensor([10, 700])
+    ctx = torch.randn(2, 7, 32, generator=g, dtype=torch.float64)
     with torch.no_grad():
         ours = unet(x, t, ctx)
         ref = theirs(x, t, encoder_hidden_states=ctx).sample
+        for m in unet.modules():   # the same UNet with the VAE's eps in its ResBlock norms
+            if isinstance(m, torch.nn.GroupNorm) and m.eps == 1e-5:
+                m.eps = 1e-6
+        wrong_eps = unet(x, t, ctx)
     assert ours.abs().max() > 0.1  # a real signal, not two zero outputs
-    torch.testing.assert_close(ours, ref, atol=3e-4, rtol=1e-4)
+    torch.testing.assert_close(ours, ref, atol=1e-9, rtol=1e-9)
+    assert (wrong_eps - ref).abs().max() > 1e-8   # the check would catch the eps
 
 
 def test_vae_matches_diffusers():

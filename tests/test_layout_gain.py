@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from evaluation.layout_gain import LayoutLosses, layout_losses
-from evaluation.table import (category_group_map, difference, mean_std, sample_groups, variant_table)
+from evaluation.table import (category_group_map, compare, mean_std, resampled, sample_groups, summarise_row,
+                              variant_table)
 from interact.conditions import Interaction
 
 
@@ -21,7 +22,7 @@ def samples(n, seed=0, size=32):
         box_s = (0.5 * x0, 0.5 * y0, 0.5 * x0 + 0.4, 0.5 * y0 + 0.4)
         box_o = (0.1, 0.5, 0.3, 0.9)
         subject = ("person", "robot")[i % 2]
-        action = ("hold", "look at")[(i // 2) % 2]
+        action = ("hold", "wave at")[(i // 2) % 2]
         out.append(SimpleNamespace(image=torch.rand(3, size, size, generator=g) * 2 - 1, caption=f"a {subject}",
                                    interactions=[Interaction(subject, action, "ball", box_s, box_o)]))
     return out
@@ -92,23 +93,57 @@ def test_gain_pools_before_dividing_and_subsets():
 # --------------------------------------------------------------------------- the variant table
 
 
-def test_mean_std_and_difference_closed_form():
-    a, b = mean_std([1.0, 2.0, 4.0]), mean_std([0.5, 0.5, 1.1])
+def test_mean_std_closed_form():
+    a = mean_std([1.0, 2.0, 4.0])
     assert a["mean"] == pytest.approx(7 / 3) and a["std"] == pytest.approx(math.sqrt(((-4 / 3) ** 2 + (-1 / 3) ** 2
                                                                                         + (5 / 3) ** 2) / 2))
-    d = difference(a, b)
-    assert d["mean"] == pytest.approx(7 / 3 - 0.7)
-    assert d["se"] == pytest.approx(math.sqrt(a["std"] ** 2 / 3 + b["std"] ** 2 / 3))
-    assert math.isnan(mean_std([0.3])["std"]) and math.isnan(difference(mean_std([0.3]), b)["se"])
+    assert math.isnan(mean_std([0.3])["std"])
+
+
+def seed_scores(full, draws):
+    m = {"full": full, "rare": full / 2, "non_rare": full}
+    return {"map": {"default": m, "known_object": m}, "map_groups": {"non_contact": full}, "bootstrap": draws}
+
+
+def test_rows_average_their_seeds_and_comparisons_add_layout_and_seed_errors():
+    a = summarise_row([seed_scores(0.6, [0.5, 0.7, 0.6, 0.8]), seed_scores(0.4, [0.3, 0.5, 0.4, 0.4])])
+    b = summarise_row([seed_scores(0.2, [0.1, 0.2, 0.3, 0.2])])
+    assert a["map"]["default"]["full"] == pytest.approx(0.5) and a["map_full_seeds"] == [0.6, 0.4]
+    assert a["bootstrap"] == pytest.approx([0.4, 0.6, 0.5, 0.6])       # draw by draw, the mean of the seeds
+    c = compare(a, b)
+    paired = [0.4 - 0.1, 0.6 - 0.2, 0.5 - 0.3, 0.6 - 0.2]
+    mean = sum(paired) / 4
+    se_layouts = math.sqrt(sum((x - mean) ** 2 for x in paired) / 3)
+    se_seeds = math.sqrt(0.02 / 2)                                     # var([0.6, 0.4]) / 2 seeds; b has one seed
+    assert c["difference"] == pytest.approx(0.3) and c["se_layouts"] == pytest.approx(se_layouts)
+    assert c["se_seeds"] == pytest.approx(se_seeds)
+    assert c["se"] == pytest.approx(math.sqrt(se_layouts ** 2 + se_seeds ** 2)) and c["z"] == pytest.approx(0.3 / c["se"])
+
+
+def test_resampled_records_are_distinct_images():
+    from dataset.toy import categories_dict
+    from evaluation.hico_map import HOICategories, evaluate_hoi_map
+    cats = HOICategories.toy()
+    assert len(categories_dict()["hoi_categories"]) == len(cats)
+    hoi = {"subject_id": 0, "object_id": 1, "category_id": 1}
+    gt = [{"file_name": f"{i}.png", "annotations": [{"bbox": [0, 0, 10, 20], "category_id": 1},
+                                                   {"bbox": [10, 5, 14, 9], "category_id": 3}], "hoi_annotation": [hoi]}
+          for i in range(2)]
+    det = [{"file_name": g["file_name"], "predictions": g["annotations"],
+            "hoi_prediction": [dict(hoi, score=0.9)] if i == 0 else []} for i, g in enumerate(gt)]
+    assert evaluate_hoi_map(gt, det, cats).summary["default"]["full"] == pytest.approx(6 / 11)   # recall 1/2
+    draw = [0, 0, 0]     # image 0 three times: every pair found
+    assert evaluate_hoi_map(resampled(gt, draw), resampled(det, draw), cats).summary["default"]["full"] == 1.0
+    assert [r["file_name"] for r in resampled(gt, [1, 1])] == ["0:1.png", "1:1.png"]
 
 
 def test_category_groups_follow_the_role_types():
     from dataset.role_types import toy_role_types
     rows = [{"subject": "person", "verb": "hold", "ap_default": 0.9},
             {"subject": "robot", "verb": "hold", "ap_default": 0.5},
-            {"subject": "dog", "verb": "look at", "ap_default": 0.1},
-            {"subject": "person", "verb": "look at", "ap_default": 0.3},
-            {"subject": "dog", "verb": "push", "ap_default": float("nan")}]  # no ground truth: left out
+            {"subject": "robot", "verb": "wave at", "ap_default": 0.1},
+            {"subject": "person", "verb": "point at", "ap_default": 0.3},
+            {"subject": "robot", "verb": "kick", "ap_default": float("nan")}]  # no ground truth: left out
     got = category_group_map(rows, toy_role_types())
     assert got["non_human_subject"] == pytest.approx((0.5 + 0.1) / 2)
     assert got["non_contact"] == pytest.approx((0.1 + 0.3) / 2)
@@ -116,24 +151,21 @@ def test_category_groups_follow_the_role_types():
 
 def test_sample_groups():
     from dataset.role_types import toy_role_types
-    got = sample_groups(samples(4), toy_role_types())  # subjects person, robot, person, robot; hold, hold, look at x2
+    got = sample_groups(samples(4), toy_role_types())  # subjects person, robot, person, robot; hold x2, wave at x2
     assert got == {"all": [True] * 4, "non_human_subject": [False, True, False, True],
                    "non_contact": [False, False, True, True]}
 
 
-def test_variant_table_rows_and_difference():
-    def gains(values):
-        return {g: mean_std(values) for g in ("all", "non_human_subject", "non_contact")}
+def test_variant_table_rows():
     results = {"text only": {"map": {}},
-               "InteractDiffusion": {"layout_gain": gains([0.010, 0.012, 0.014]),
+               "InteractDiffusion": {"layout_gain": mean_std([0.010, 0.012, 0.014]),
                                      "map_groups": {"non_human_subject": 0.25, "non_contact": float("nan")}},
-               "InteractDiffusion + typed roles": {"layout_gain": gains([0.020, 0.020, 0.023])},
+               "InteractDiffusion + typed roles": {"layout_gain": mean_std([0.020])},
                "_meta": {}}
     lines = variant_table(results).strip().splitlines()
     assert len(lines) == 4  # header, rule, two rows with a layout gain
-    assert lines[2] == "| InteractDiffusion | 3 | 1.200 ± 0.200 | 1.200 ± 0.200 | 1.200 ± 0.200 | - | 25.00 | - |"
-    se = math.sqrt((0.2 ** 2 + mean_std([2.0, 2.0, 2.3])["std"] ** 2) / 3)
-    assert f"| +0.900 ± {se:.3f} |" in lines[3]
+    assert lines[2] == "| InteractDiffusion | 3 | 1.200 ± 0.200 | 25.00 | - |"
+    assert lines[3] == "| InteractDiffusion + typed roles | 1 | 2.000 | - | - |"
 
 
 def test_layout_gains_are_kept_beside_the_checkpoint_and_redone_when_it_changes(tmp_path, tiny_model, monkeypatch):
@@ -143,7 +175,7 @@ def test_layout_gains_are_kept_beside_the_checkpoint_and_redone_when_it_changes(
     from interact.checkpoint import save_checkpoint
     ckpt = tmp_path / "run" / "model_final.pth"
     save_checkpoint(ckpt, with_open_gates(tiny_model))
-    row = ToyRow("tiny", str(TINY_CONFIG), "run", True)
+    row = ToyRow("tiny", "tiny", str(TINY_CONFIG), True)
     data = samples(2)
     groups = {"all": [True, True], "first": [True, False]}
     calls = []

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from dataset.toy import HOI_CATEGORIES, OBJECT_BY_ID, categories_dict, render_image, render_scene
+from dataset.toy import HOI_CATEGORIES, OBJECT_BY_ID, categories_dict, group_partners, render_image, render_scene
 from evaluation.hico_map import box_iou
-from evaluation.toy_detector import DEFAULT_WEIGHTS, ToyHOIDetector, main
+from evaluation.toy_detector import DEFAULT_WEIGHTS, ToyHOIDetector, main, pair_crop
 
 
 def iou(a, b) -> float:
@@ -51,13 +51,13 @@ def pair_hypotheses(det, sbox, scat, obox, ocat):
 
 
 def test_every_hoi_category_detected_with_its_verb_first(detector):
-    """One scene per HOI category (two seeds, with distractors): the GT pair is found with both
-    boxes right and, for a clear majority, its verb ranked first."""
+    """One scene per HOI category (two seeds, beside another interaction): the GT pair is found
+    with both boxes right and, for a clear majority, its verb ranked first."""
     found = first = total = 0
     for seed in (11, 12):
         rng = np.random.default_rng(seed)
         for h in HOI_CATEGORIES:
-            img, ann, _ = render_scene(rng, 64, hois=[h.id], n_distractors=1)
+            img, ann, _ = render_scene(rng, 32, hois=[h.id, 1 + (h.id + seed) % len(HOI_CATEGORIES)])
             det = detector.detect([img])[0]
             check_layout(det)
             gt = ann["hoi_annotation"][0]
@@ -69,21 +69,44 @@ def test_every_hoi_category_detected_with_its_verb_first(detector):
             # every valid verb of the pair is offered, so a wrong first guess still leaves recall
             assert gt["category_id"] in [x["category_id"] for x in hyps] or not hyps
     assert found >= 0.95 * total, (found, total)
-    assert first >= 0.85 * total, (first, total)
+    assert first >= 0.9 * total, (first, total)
+
+
+def test_the_verb_comes_from_the_pose_not_the_boxes(detector):
+    """A scene and the same scene with the group partner's verb have the same boxes to the pixel;
+    the detector still names each one's own verb (and the pair crop it reads differs)."""
+    right = total = 0
+    for h in HOI_CATEGORIES:
+        for partner in group_partners(h):
+            for seed in (21, 22):
+                dets, crops = [], []
+                for cat in (h, partner):
+                    img, ann, masks = render_scene(seed, 32, hois=[cat.id])
+                    det = detector.detect([img])[0]
+                    s, o = (ann["annotations"][i] for i in (0, 1))
+                    hyps = pair_hypotheses(det, s["bbox"], s["category_id"], o["bbox"], o["category_id"])
+                    dets.append(hyps[0]["category_id"] if hyps else None)
+                    pixels = np.asarray(img, dtype=np.float64)
+                    crops.append(pair_crop(pixels, np.array(ann["background"], dtype=np.float64), masks[0], s["bbox"],
+                                           masks[1], o["bbox"]))
+                total += 2
+                right += (dets[0] == h.verb_id) + (dets[1] == partner.verb_id)
+                assert not np.array_equal(crops[0], crops[1])
+    assert right >= 0.95 * total, (right, total)
 
 
 def test_empty_background_gives_nothing(detector):
     for colour in ((200, 220, 210), (240, 185, 230)):
-        img = Image.new("RGB", (64, 64), colour)
+        img = Image.new("RGB", (32, 32), colour)
         det = detector.detect([img])[0]
         assert det["predictions"] == [] and det["hoi_prediction"] == []
-    noisy = np.clip(np.full((64, 64, 3), 215.0) + np.random.default_rng(0).normal(0, 10, (64, 64, 3)), 0, 255)
+    noisy = np.clip(np.full((32, 32, 3), 215.0) + np.random.default_rng(0).normal(0, 10, (32, 32, 3)), 0, 255)
     det = detector.detect([Image.fromarray(noisy.astype(np.uint8))])[0]
     assert det["hoi_prediction"] == []
 
 
 def test_input_forms_agree_and_other_sizes_work(detector):
-    img, ann, _ = render_scene(np.random.default_rng(3), 64, hois=[1, 21])
+    img, ann, _ = render_scene(np.random.default_rng(3), 32, hois=[1, 21])
     x = torch.from_numpy(np.array(img)).permute(2, 0, 1)
     a = detector.detect([img])[0]
     assert detector.detect(x[None])[0] == a                       # uint8 tensor [B,3,H,W]
@@ -93,8 +116,8 @@ def test_input_forms_agree_and_other_sizes_work(detector):
     assert key(f) == key(a)
     assert sorted(h["score"] for h in f["hoi_prediction"]) == pytest.approx(sorted(h["score"] for h in a["hoi_prediction"]), abs=1e-4)
     assert a["file_name"] is None and len(a["hoi_prediction"]) > 0
-    # a 96-pixel scene: boxes are in its own pixel frame
-    img, ann, _ = render_scene(np.random.default_rng(4), 96, hois=[7], n_distractors=0)
+    # a 64-pixel scene: boxes are in its own pixel frame
+    img, ann, _ = render_scene(np.random.default_rng(4), 64, hois=[7])
     det = detector.detect([img])[0]
     check_layout(det)
     gt = ann["hoi_annotation"][0]
@@ -117,7 +140,7 @@ def _test_images(n):
     records, images = [], []
     for i in range(n):
         img, ann, _ = render_image(0, "test", i)
-        records.append({"file_name": f"test_{i:06d}.png", "width": 64, "height": 64,
+        records.append({"file_name": f"test_{i:06d}.png", "width": img.width, "height": img.height,
                         "annotations": ann["annotations"], "hoi_annotation": ann["hoi_annotation"]})
         images.append(img)
     return records, images
@@ -126,7 +149,7 @@ def _test_images(n):
 def test_map_on_generated_test_images(detector, tmp_path):
     pytest.importorskip("evaluation.hico_map")
     records, images = _test_images(100)
-    assert _map(detector, records, images, tmp_path)["full"] >= 0.8
+    assert _map(detector, records, images, tmp_path)["full"] >= 0.9
     # degraded like a generative model's output: blur, a colour cast, noise
     rng = np.random.default_rng(0)
     bad = []
@@ -134,7 +157,7 @@ def test_map_on_generated_test_images(detector, tmp_path):
         a = np.asarray(im.filter(ImageFilter.GaussianBlur(0.6)), dtype=np.float64)
         a = a + rng.uniform(-12, 12, 3) + rng.normal(0, 10, a.shape)
         bad.append(Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8)))
-    assert _map(detector, records, bad, tmp_path)["full"] >= 0.7
+    assert _map(detector, records, bad, tmp_path)["full"] >= 0.85
 
 
 def test_detect_folder_and_cli(detector, tmp_path):
@@ -159,8 +182,14 @@ def test_detect_folder_and_cli(detector, tmp_path):
 def test_load_errors_and_metadata(detector, tmp_path):
     with pytest.raises(FileNotFoundError, match="train_toy_detector"):
         ToyHOIDetector.load(tmp_path / "missing.pt")
+    old = tmp_path / "old.pt"
+    torch.save({"state_dict": {}, "n_features": 22}, old)   # the earlier geometry-MLP layout
+    with pytest.raises(ValueError, match="retrain"):
+        ToyHOIDetector.load(old)
     meta = detector.metadata
-    assert {"seed", "steps", "data"} <= set(meta)
+    assert {"seed", "steps", "data", "geometry_only_within_group", "test_map_default"} <= set(meta)
+    for group in meta["geometry_only_within_group"].values():   # box geometry alone: near chance
+        assert abs(group["test_accuracy"] - group["chance"]) < 0.06
     assert DEFAULT_WEIGHTS.stat().st_size < 1_000_000
     blob = torch.load(DEFAULT_WEIGHTS, map_location="cpu", weights_only=True)
     assert all(v.dtype == torch.float16 for v in blob["state_dict"].values())

@@ -387,3 +387,48 @@ def test_frozen_interaction_control(tmp_path):
     assert all(torch.equal(before[n], after[n]) == is_interaction_key(n) for n in before)
     with pytest.raises(ValueError, match="nothing to train"):
         check_train_options({"train_interaction": False})
+
+
+def test_cached_data_and_captions_train_exactly_as_the_uncached_path(tmp_path):
+    """The toy world's fast path (images decoded once into memory, each distinct caption encoded
+    once) takes the same steps as decoding and encoding every time."""
+    from dataset.hoi_dataset import build_dataset
+    from dataset.toy import generate
+    root = generate(tmp_path / "toy", train=10, test=0, size=32, progress=False)
+    data = {"format": "detector_json", "root": str(root), "image_size": 16, "random_flip": True,
+            "train": {"annotations": "annotations/trainval_hico.json", "images": "images/train"}}
+    plain, cached = build_dataset(data, "train", seed=3), build_dataset({**data, "in_memory": True}, "train", seed=3)
+    assert cached.images is not None and plain.images is None
+    for epoch in (0, 1):
+        for i in range(len(plain)):
+            a, b = plain.get(i, epoch), cached.get(i, epoch)
+            assert torch.equal(a.image, b.image) and a.caption == b.caption and a.interactions == b.interactions
+    runs = {}
+    for name, dataset, cache in (("plain", plain, 0), ("cached", cached, 1000)):
+        trainer = make_trainer(tmp_path, name, dataset=dataset, total_iters=3, caption_cache_size=cache)
+        trainer.run()
+        runs[name] = trained_state(trainer)
+        assert (len(trainer.captions) > 0) == (cache > 0)
+    assert max_difference(runs["plain"], runs["cached"]) < 1e-6
+    assert max_difference(runs["plain"], trained_state(make_trainer(tmp_path, "fresh"))) > 1e-4
+
+
+def test_caption_cache_keeps_at_most_its_size():
+    from interact.phrase_cache import CaptionContextCache
+
+    class Encoder:
+        calls: list = []
+
+        def encode(self, captions):
+            self.calls.append(list(captions))
+            return torch.stack([torch.full((2, 3), float(len(c))) for c in captions])
+
+    enc = Encoder()
+    cache = CaptionContextCache(enc, max_entries=2)
+    out = cache(["a", "bb", "a"])
+    assert out[:, 0, 0].tolist() == [1.0, 2.0, 1.0] and enc.calls == [["a", "bb"]]
+    cache(["ccc"])                        # evicts the oldest ("a")
+    assert set(cache.table) == {"bb", "ccc"}
+    cache(["bb", "a"])
+    assert enc.calls[-1] == ["a"]         # "bb" came from the cache
+    assert CaptionContextCache(enc, 0)(["dddd"])[0, 0, 0] == 4.0 and len(CaptionContextCache(enc, 0)) == 0

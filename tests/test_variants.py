@@ -132,7 +132,7 @@ def attention_flops(cls, n_visual, n_objs, dim=64):
     x, objs = torch.randn(1, n_visual, dim), torch.randn(1, n_objs, 48)
     # The naive backend's einsums are counted; CPU SDPA kernels are not (see scripts/bench_unet.py).
     with torch.no_grad(), attention_backend("naive"), FlopCounterMode(display=False) as counter:
-        f.attend(x, objs, None)
+        f.attend(x, objs, None, None)
     return counter.get_total_flops()
 
 
@@ -263,16 +263,17 @@ def test_hico_role_types_cover_every_object_and_verb():
 
 
 def test_toy_role_types_and_batch_labels():
-    from dataset.role_types import toy_role_types
+    from dataset.role_types import NON_CONTACT, toy_role_types
     from interact.conditions import Interaction
     types = toy_role_types()
     box = (0.1, 0.1, 0.5, 0.5)
-    batch = [[Interaction("person", "look at", "ball", box, box), Interaction("dog", "ride", "skateboard", box, box)],
+    batch = [[Interaction("person", "wave at", "ball", box, box), Interaction("robot", "kick", "kite", box, box)],
              [Interaction("robot", "hold", "person", box, box)]]
     labels = types.labels(batch, 3)
-    assert labels.tolist() == [[[0, 1, -1], [1, -1, -1]],   # subjects: person human, dog / robot not
-                               [[1, 1, -1], [0, -1, -1]],   # objects: ball, skateboard; a person is human
-                               [[1, 0, -1], [0, -1, -1]]]   # actions: look at non-contact, ride / hold contact
+    assert labels.tolist() == [[[0, 1, -1], [1, -1, -1]],   # subjects: person human, robot not
+                               [[1, 1, -1], [0, -1, -1]],   # objects: ball, kite; a person is human
+                               [[1, 0, -1], [0, -1, -1]]]   # actions: wave at non-contact, kick / hold contact
+    assert types.action("point at") == NON_CONTACT and types.entity("dog") == -1   # not in the toy world
 
 
 def test_role_types_file_errors_name_the_entry(tmp_path):

@@ -2,7 +2,12 @@
 
 Ids are 1-based and stable: they are written into the HICO-DET-style JSON, so changing an
 order here changes every generated data set. Each category has one exact key colour used
-for most of its pixels (no anti-aliasing), so a PNG alone tells where a category was drawn.
+for its pixels (no anti-aliasing), so a PNG alone tells where a category was drawn.
+
+Verbs come in *geometry groups*: the verbs of a group place the object in the same spot
+relative to the subject (same box geometry, drawn from the same distribution), and differ
+only in the subject's pose. Box geometry therefore cannot tell them apart; only the pixels of
+the subject can (docs/toy_world.md).
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ class ObjectCategory:
 @dataclass(frozen=True)
 class Verb:
     id: int
-    name: str        # base form with spaces ("look at"); captions add the "-ing" themselves
+    name: str        # base form with spaces ("wave at"); captions add the "-ing" themselves
+    group: str       # geometry group: where the object is, relative to the subject
 
 
 @dataclass(frozen=True)
@@ -38,33 +44,27 @@ class HOICategory:
 # Key colours are saturated or dark (some channel < 180) so they never equal a pastel
 # background, whose channels are all >= 185 (see world.background_colour).
 OBJECTS: tuple[ObjectCategory, ...] = (
-    ObjectCategory(1, "person", "subject", (40, 70, 210)),       # blue body; head is SKIN
-    ObjectCategory(2, "robot", "subject", (120, 125, 140)),      # grey
-    ObjectCategory(3, "dog", "subject", (150, 95, 40)),          # brown
-    ObjectCategory(4, "ball", "object", (225, 30, 30)),          # red
-    ObjectCategory(5, "box", "object", (235, 145, 20)),          # orange
-    ObjectCategory(6, "umbrella", "object", (150, 40, 180)),     # purple
-    ObjectCategory(7, "cup", "object", (20, 170, 170)),          # teal
-    ObjectCategory(8, "kite", "object", (240, 210, 0)),          # yellow
-    ObjectCategory(9, "bicycle", "object", (20, 140, 40)),       # green
-    ObjectCategory(10, "chair", "object", (250, 90, 170)),       # pink
-    ObjectCategory(11, "skateboard", "object", (45, 45, 45)),    # charcoal
+    ObjectCategory(1, "person", "subject", (40, 70, 210)),       # blue body; the head is SKIN
+    ObjectCategory(2, "robot", "subject", (90, 95, 110)),        # dark grey, square head
+    ObjectCategory(3, "ball", "object", (225, 30, 30)),          # red disc
+    ObjectCategory(4, "box", "object", (235, 145, 20)),          # orange square
+    ObjectCategory(5, "kite", "object", (30, 160, 60)),          # green diamond
 )
 
-# Secondary colours. Each is used by one category only, except DETAIL (eyes, wheels' hubs),
-# which is shared and therefore never used to locate a category.
-SKIN: RGB = (230, 170, 130)       # person heads
-BOX_TAPE: RGB = (170, 95, 10)     # the tape stripe across a box
-DETAIL: RGB = (0, 0, 0)
+# The person's head: its only secondary colour (the detector counts it as "person").
+SKIN: RGB = (230, 170, 130)
+
+# Where the object is in each group, relative to a subject facing it (world.place_object).
+GROUPS = {
+    "hand": "in front of the subject at shoulder height, next to its reaching hand",
+    "ground": "on the ground in front of the subject, next to its reaching foot or hand",
+}
 
 VERBS: tuple[Verb, ...] = (
-    Verb(1, "hold"),
-    Verb(2, "kick"),
-    Verb(3, "ride"),
-    Verb(4, "look at"),
-    Verb(5, "carry"),
-    Verb(6, "push"),
-    Verb(7, "throw"),
+    Verb(1, "hold", "hand"),        # front arm straight out at shoulder height, hand on the object
+    Verb(2, "wave at", "hand"),     # front arm raised high, hand above the object
+    Verb(3, "kick", "ground"),      # front leg swung forward, foot against the object
+    Verb(4, "point at", "ground"),  # front arm pointing down at the object, both feet down
 )
 
 # Rare categories get a fixed quota (1-9, like HICO-DET's rare ones: fewer than 10 training
@@ -72,55 +72,32 @@ VERBS: tuple[Verb, ...] = (
 # in train. The test split samples every category alike.
 RARE_SPAN = 20000
 
-# (subject, verb, object, rare quota or 0)
-_HOI_TABLE = (
-    ("person", "hold", "ball", 0),
-    ("person", "hold", "cup", 0),
-    ("person", "hold", "umbrella", 0),
-    ("person", "hold", "kite", 0),
-    ("person", "kick", "ball", 0),
-    ("person", "kick", "box", 4),
-    ("person", "ride", "bicycle", 0),
-    ("person", "ride", "skateboard", 0),
-    ("person", "look at", "ball", 0),
-    ("person", "look at", "kite", 0),
-    ("person", "look at", "bicycle", 7),
-    ("person", "carry", "box", 0),
-    ("person", "carry", "chair", 0),
-    ("person", "push", "box", 0),
-    ("person", "push", "chair", 9),
-    ("person", "push", "bicycle", 0),
-    ("person", "throw", "ball", 0),
-    ("person", "throw", "cup", 2),
-    ("robot", "hold", "cup", 0),
-    ("robot", "hold", "umbrella", 5),
-    ("robot", "kick", "ball", 0),
-    ("robot", "ride", "skateboard", 1),
-    ("robot", "look at", "ball", 0),
-    ("robot", "carry", "box", 0),
-    ("robot", "push", "box", 0),
-    ("robot", "throw", "ball", 0),
-    ("dog", "hold", "ball", 0),
-    ("dog", "look at", "ball", 0),
-    ("dog", "look at", "kite", 0),
-    ("dog", "push", "ball", 0),
-    ("dog", "ride", "skateboard", 3),
-)
+# Every (subject, verb, object) combination is a category, so within a geometry group the
+# subject and object categories say nothing about the verb either.  {triplet: rare quota}
+_RARE_QUOTAS = {
+    ("robot", "hold", "kite"): 4,
+    ("robot", "wave at", "box"): 7,
+    ("person", "kick", "kite"): 2,
+    ("robot", "point at", "ball"): 9,
+    ("person", "wave at", "kite"): 5,
+    ("robot", "kick", "box"): 3,
+}
 
 OBJECT_BY_NAME = {o.name: o for o in OBJECTS}
 OBJECT_BY_ID = {o.id: o for o in OBJECTS}
 VERB_BY_NAME = {v.name: v for v in VERBS}
 VERB_BY_ID = {v.id: v for v in VERBS}
+SUBJECT_NAMES = tuple(o.name for o in OBJECTS if o.kind == "subject")
+OBJECT_NAMES = tuple(o.name for o in OBJECTS if o.kind == "object")
 
 HOI_CATEGORIES: tuple[HOICategory, ...] = tuple(
-    HOICategory(i, OBJECT_BY_NAME[s].id, VERB_BY_NAME[v].id, OBJECT_BY_NAME[o].id, q > 0, q)
-    for i, (s, v, o, q) in enumerate(_HOI_TABLE, start=1)
+    HOICategory(i, OBJECT_BY_NAME[s].id, VERB_BY_NAME[v].id, OBJECT_BY_NAME[o].id,
+                (s, v, o) in _RARE_QUOTAS, _RARE_QUOTAS.get((s, v, o), 0))
+    for i, (s, v, o) in enumerate(((s, v.name, o) for s in SUBJECT_NAMES for v in VERBS for o in OBJECT_NAMES),
+                                  start=1)
 )
 HOI_BY_ID = {h.id: h for h in HOI_CATEGORIES}
 HOI_BY_TRIPLET = {(h.subject_id, h.verb_id, h.object_id): h for h in HOI_CATEGORIES}
-
-SUBJECT_NAMES = tuple(o.name for o in OBJECTS if o.kind == "subject")
-OBJECT_NAMES = tuple(o.name for o in OBJECTS if o.kind == "object")
 RARE_IDS = tuple(h.id for h in HOI_CATEGORIES if h.rare)
 
 
@@ -136,11 +113,20 @@ def find_hoi(subject: str, verb: str, obj: str) -> HOICategory:
     return HOI_BY_TRIPLET[key]
 
 
+def group_partners(hoi: HOICategory | int) -> list[HOICategory]:
+    """The other categories with the same subject, object and geometry group (other verbs):
+    the ones whose pairs have exactly the same box geometry as `hoi`'s."""
+    h = HOI_BY_ID[hoi] if isinstance(hoi, int) else hoi
+    group = VERB_BY_ID[h.verb_id].group
+    return [o for o in HOI_CATEGORIES if o.id != h.id and o.subject_id == h.subject_id
+            and o.object_id == h.object_id and VERB_BY_ID[o.verb_id].group == group]
+
+
 def categories_dict() -> dict:
     """The vocabulary as written to categories.json (without seed, size and counts)."""
     return {
         "objects": [{"id": o.id, "name": o.name, "kind": o.kind} for o in OBJECTS],
-        "verbs": [{"id": v.id, "name": v.name} for v in VERBS],
+        "verbs": [{"id": v.id, "name": v.name, "group": v.group} for v in VERBS],
         "hoi_categories": [{"id": h.id, "subject_id": h.subject_id, "verb_id": h.verb_id,
                             "object_id": h.object_id, "rare": h.rare} for h in HOI_CATEGORIES],
     }

@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from interact.checkpoint import atomic_write
 
-from .categories import HOI_CATEGORIES, RARE_SPAN, categories_dict
-from .world import plan_image, render_image
+from .categories import HOI_CATEGORIES, OBJECT_BY_ID, RARE_SPAN, VERB_BY_ID, categories_dict
+from .world import DEFAULT_SIZE, plan_image, render_image
 
 ANNOTATION_FILES = {"train": "trainval_hico.json", "test": "test_hico.json"}
 CHUNK = 64   # images per worker task
@@ -74,7 +74,7 @@ def command_line(train: int, test: int, size: int, seed: int) -> str:
     return f"python -m dataset.toy generate --out DIR --train {train} --test {test} --size {size} --seed {seed}"
 
 
-def generate(out: str | Path, train: int = 20000, test: int = 1000, size: int = 64, seed: int = 0,
+def generate(out: str | Path, train: int = 20000, test: int = 1000, size: int = DEFAULT_SIZE, seed: int = 0,
              workers: int = 1, overwrite: bool = False, progress: bool = True) -> Path:
     """Generate the toy HOI data set into `out` (see the module docstring). The result depends
     only on (train, test, size, seed), not on `workers`. Returns `out` as a Path."""
@@ -135,4 +135,36 @@ def generate(out: str | Path, train: int = 20000, test: int = 1000, size: int = 
     meta.update({"seed": seed, "size": size, "num_images": {"train": train, "test": test},
                  "counts": counts})
     _write_json(out / "annotations" / "categories.json", meta)
+    return out
+
+
+def layout_record(ann: dict, source: str) -> dict:
+    """A rendered scene's annotations as a layout record of inference_batch.py (normalised boxes,
+    the caption the training data would give it)."""
+    from dataset.sample import RawHOI
+    from dataset.transforms import caption_from_triplets
+    w, h = ann["width"], ann["height"]
+    boxes = [[round(b["bbox"][0] / w, 4), round(b["bbox"][1] / h, 4), round(b["bbox"][2] / w, 4),
+              round(b["bbox"][3] / h, 4)] for b in ann["annotations"]]
+    names = [OBJECT_BY_ID[b["category_id"]].name for b in ann["annotations"]]
+    hois = ann["hoi_annotation"]
+    triplets = [RawHOI(names[x["subject_id"]], VERB_BY_ID[x["category_id"]].name, names[x["object_id"]],
+                       tuple(boxes[x["subject_id"]]), tuple(boxes[x["object_id"]])) for x in hois]
+    return {"prompt": caption_from_triplets(triplets),
+            "subject_phrases": [t.subject for t in triplets], "action_phrases": [t.action for t in triplets],
+            "object_phrases": [t.object for t in triplets],
+            "subject_boxes": [list(t.subject_box) for t in triplets], "object_boxes": [list(t.object_box) for t in triplets],
+            "source": source}
+
+
+def write_layouts(out: str | Path, n: int = 24, first: int = 0, seed: int = 0) -> Path:
+    """The layouts of test images first .. first+n-1 (rendered here, no data set needed) as one
+    JSON list, written atomically."""
+    if n < 1 or first < 0 or seed < 0:
+        raise ValueError(f"--n {n}, --first {first}, --seed {seed}: need n >= 1, first >= 0, seed >= 0")
+    records = [layout_record(render_image(seed, "test", i)[1], f"toy test image test_{i:06d}.png (seed {seed})")
+               for i in range(first, first + n)]
+    text = "[\n" + ",\n".join("  " + json.dumps(r) for r in records) + "\n]\n"
+    out = Path(out)
+    atomic_write(out, lambda tmp: Path(tmp).write_text(text))
     return out

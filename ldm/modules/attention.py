@@ -36,16 +36,21 @@ def attention_backend(name: str):
         _ATTENTION_BACKEND = previous
 
 
-def multihead_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """q [B,Nq,H*D], k/v [B,Nk,H*D] -> [B,Nq,H*D]; softmax scale D**-0.5."""
+def multihead_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+    """q [B,Nq,H*D], k/v [B,Nk,H*D] -> [B,Nq,H*D]; softmax scale D**-0.5. `mask`: bool
+    [B,Nq,Nk], True where a query may attend to a key (every row needs at least one)."""
     b, nq, inner = q.shape
     d = inner // heads
     q, k, v = (t.reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+    mask = None if mask is None else mask[:, None]
     if _ATTENTION_BACKEND == "naive":
         sim = torch.einsum("bhid,bhjd->bhij", q, k) * d**-0.5
+        if mask is not None:
+            sim = sim.masked_fill(~mask, float("-inf"))
         out = torch.einsum("bhij,bhjd->bhid", sim.softmax(dim=-1), v)
     else:
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out.transpose(1, 2).reshape(b, nq, inner)
 
 
@@ -126,9 +131,10 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in fp32 so fp16/bf16 inference keeps SD's statistics."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
+        dt = torch.promote_types(x.dtype, torch.float32)   # fp16/bf16 up to fp32; fp64 stays
+        weight = None if self.weight is None else self.weight.to(dt)
+        bias = None if self.bias is None else self.bias.to(dt)
+        return F.group_norm(x.to(dt), self.num_groups, weight, bias, self.eps).type(x.dtype)
 
 
 class SpatialTransformer(nn.Module):

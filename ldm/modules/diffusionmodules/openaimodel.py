@@ -27,15 +27,21 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     return emb
 
 
+# GroupNorm eps: LDM's ResBlocks and output norm use `normalization()`, a GroupNorm32 with
+# PyTorch's default eps (1e-5); only the SpatialTransformer's input norm and the VAE use 1e-6.
+UNET_NORM_EPS = 1e-5
+
+
 class ResBlock(nn.Module):
     def __init__(self, channels: int, emb_channels: int, out_channels: int, dropout: float = 0.0,
                  norm_groups: int = 32):
         super().__init__()
         self.in_layers = nn.Sequential(
-            GroupNorm32(norm_groups, channels, eps=1e-6), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+            GroupNorm32(norm_groups, channels, eps=UNET_NORM_EPS), nn.SiLU(),
+            nn.Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
-            GroupNorm32(norm_groups, out_channels, eps=1e-6), nn.SiLU(), nn.Dropout(dropout),
+            GroupNorm32(norm_groups, out_channels, eps=UNET_NORM_EPS), nn.SiLU(), nn.Dropout(dropout),
             nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
 
@@ -132,7 +138,8 @@ class UNetModel(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
         self.out = nn.Sequential(
-            GroupNorm32(norm_groups, ch, eps=1e-6), nn.SiLU(), nn.Conv2d(model_channels, out_channels, 3, padding=1))
+            GroupNorm32(norm_groups, ch, eps=UNET_NORM_EPS), nn.SiLU(),
+            nn.Conv2d(model_channels, out_channels, 3, padding=1))
 
     def transformer_blocks(self) -> list[tuple[str, BasicTransformerBlock]]:
         """(name, block) of every transformer block, in forward order: where fusers go."""

@@ -1,0 +1,168 @@
+"""Box-aware fuser attention (interaction.box_attention): each visual token attends to an
+interaction token only where the token's region covers the token's grid cell. Checked against
+slow references written here (a cell-by-cell overlap loop, explicit masked softmax) and for the
+properties the option promises: locality, and no change at all under the null grounding."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from interact.fuser import GatedCrossAttentionDense, GatedSelfAttentionDense, region_mask
+from interact.tokenizer import GroundedTokens, HOIPositionNet
+from test_interaction import (C, CTX, DHEAD, HEADS, IN, NMAX, OUT, dense_reference, layer_norm_reference,
+                              random_grounding_inputs, randomize_)
+
+GRID = (3, 4)
+NV = GRID[0] * GRID[1]
+
+
+def region_mask_reference(regions, h, w):
+    """Loop over cells: a cell [j/w, (j+1)/w] x [i/h, (i+1)/h] and a region overlap when their
+    closed intervals meet on both axes."""
+    b, t, _ = regions.shape
+    out = torch.zeros(b, h * w, t, dtype=torch.bool)
+    for bi in range(b):
+        for ti in range(t):
+            x0, y0, x1, y1 = regions[bi, ti].tolist()
+            for i in range(h):
+                for j in range(w):
+                    out[bi, i * w + j, ti] = x0 <= (j + 1) / w and x1 >= j / w and y0 <= (i + 1) / h and y1 >= i / h
+    return out
+
+
+def test_region_mask_matches_the_cell_loop():
+    g = torch.Generator().manual_seed(0)
+    corners = torch.rand(2, 7, 2, 2, generator=g, dtype=torch.float64)
+    regions = torch.cat([corners.min(2).values, corners.max(2).values], dim=-1)
+    regions[0, 0] = torch.tensor([0.0, 0.0, 1.0, 1.0])        # the whole image
+    regions[0, 1] = torch.tensor([0.5, 0.2, 0.5, 0.7])        # zero width, on a cell edge (w = 4)
+    regions[1, 0] = torch.tensor([0.30, 0.40, 0.30, 0.40])    # a point
+    got = region_mask(regions, GRID)
+    assert torch.equal(got, region_mask_reference(regions, *GRID))
+    assert got[0, :, 0].all() and got[0, :, 1].sum() == 2 * 3 and got[1, :, 0].sum() == 1
+
+
+def masked_attention_reference(q, k, v, heads, mask):
+    """softmax over the allowed keys only (mask [B, Nq, Nk]), per head, written out."""
+    d = q.shape[-1] // heads
+    out = torch.zeros_like(q)
+    for b in range(q.shape[0]):
+        for hd in range(heads):
+            sl = slice(hd * d, (hd + 1) * d)
+            sim = q[b, :, sl] @ k[b, :, sl].T * d ** -0.5
+            sim = sim.masked_fill(~mask[b], float("-inf"))
+            p = torch.exp(sim - sim.max(-1, keepdim=True).values)
+            out[b, :, sl] = (p / p.sum(-1, keepdim=True)) @ v[b, :, sl]
+    return out
+
+
+def gated(f, x, out, scale):
+    x = x + scale * math.tanh(f.alpha_attn.item()) * (out @ f.attn.to_out[0].weight.T + f.attn.to_out[0].bias)
+    return dense_reference(f, x, scale)
+
+
+def self_reference(f, x, objs, mask, scale):
+    n = x.shape[1]
+    h = layer_norm_reference(torch.cat([x, objs @ f.linear.weight.T + f.linear.bias], dim=1), f.norm1)
+    full = torch.cat([torch.ones(x.shape[0], n, n, dtype=torch.bool), mask], dim=2)
+    out = masked_attention_reference(h[:, :n] @ f.attn.to_q.weight.T, h @ f.attn.to_k.weight.T,
+                                     h @ f.attn.to_v.weight.T, f.attn.heads, full)
+    return gated(f, x, out, scale)
+
+
+def cross_reference(f, x, objs, mask, scale):
+    visual = layer_norm_reference(x, f.norm1)
+    tokens = layer_norm_reference(objs @ f.linear.weight.T + f.linear.bias, f.norm_objs)
+    reached = mask.any(-1, keepdim=True)
+    out = masked_attention_reference(visual @ f.attn.to_q.weight.T, tokens @ f.attn.to_k.weight.T,
+                                     tokens @ f.attn.to_v.weight.T, f.attn.heads, mask | ~reached)
+    return gated(f, x, out * reached, scale)
+
+
+def box_fuser(cls, seed, box_attention=True):
+    torch.manual_seed(seed)
+    f = cls(C, CTX, HEADS, DHEAD, box_attention=box_attention)
+    randomize_(f, seed + 100, std=0.4)
+    return f.double().eval()
+
+
+def grounded_inputs(seed, n_tokens=6):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, NV, C, generator=g, dtype=torch.float64)
+    tokens = torch.randn(2, n_tokens, CTX, generator=g, dtype=torch.float64)
+    corners = torch.rand(2, n_tokens, 2, 2, generator=g, dtype=torch.float64)
+    regions = torch.cat([corners.min(2).values, corners.max(2).values], dim=-1) * 0.6
+    return x, GroundedTokens(tokens, regions)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("cls, reference", [(GatedSelfAttentionDense, self_reference),
+                                            (GatedCrossAttentionDense, cross_reference)])
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_box_attention_fusers_match_slow_reference(cls, reference, scale):
+    f = box_fuser(cls, 1)
+    x, objs = grounded_inputs(2)
+    mask = region_mask_reference(objs.regions, *GRID)
+    assert not mask.all() and mask.any()
+    if cls is GatedCrossAttentionDense:
+        assert not mask.any(-1).all()    # some cells see no token: their attention output is zero
+    torch.testing.assert_close(f(x, objs, scale, GRID), reference(f, x, objs.tokens, mask, scale), rtol=0,
+                               atol=1e-10)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("cls", [GatedSelfAttentionDense, GatedCrossAttentionDense])
+def test_a_token_reaches_only_the_cells_of_its_region(cls):
+    """Changing token 0's content changes the fuser's attention output in the cells its region
+    covers and nowhere else (the feed-forward branch is per cell too)."""
+    f = box_fuser(cls, 3)
+    x, objs = grounded_inputs(4)
+    other = objs.tokens.clone()
+    other[:, 0] += 5.0
+    moved = (f(x, GroundedTokens(other, objs.regions), 1.0, GRID) - f(x, objs, 1.0, GRID)).abs().amax(-1)
+    covered = region_mask(objs.regions, GRID)[..., 0]
+    assert (moved[covered] > 1e-6).all() and (moved[~covered] == 0).all()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("cls", [GatedSelfAttentionDense, GatedCrossAttentionDense])
+def test_whole_image_regions_equal_the_plain_fuser(cls):
+    """Padded slots cover the whole image, so under the null grounding (every slot padded) box
+    attention computes exactly what the plain fuser computes with the same weights."""
+    boxed, plain = box_fuser(cls, 5), box_fuser(cls, 5, box_attention=False)
+    plain.load_state_dict(boxed.state_dict())
+    x, objs = grounded_inputs(6)
+    whole = GroundedTokens(objs.tokens, torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64).expand_as(objs.regions))
+    torch.testing.assert_close(boxed(x, whole, 1.0, GRID), plain(x, objs.tokens, 1.0, GRID), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="GroundedTokens"):
+        boxed(x, objs.tokens, 1.0, GRID)
+
+
+@pytest.mark.parametrize("mode", ["pair", "between"])
+def test_token_regions(mode):
+    torch.manual_seed(0)
+    net = HOIPositionNet(in_dim=IN, out_dim=OUT, hidden_dim=32, max_interactions=NMAX, box_attention=mode).double()
+    inputs = random_grounding_inputs(2, NMAX, seed=1)   # padded slots hold garbage boxes
+    out = net(*inputs)
+    sb, ob, ab, m = inputs[:4]
+    assert isinstance(out, GroundedTokens) and out.tokens.shape == (2, 3 * NMAX, OUT)
+    for b in range(m.shape[0]):
+        for n in range(NMAX):
+            s, a, o = (out.regions[b, role * NMAX + n].tolist() for role in range(3))
+            if m[b, n] == 0:
+                assert s == a == o == [0.0, 0.0, 1.0, 1.0]
+                continue
+            assert s == sb[b, n].tolist() and o == ob[b, n].tolist()
+            if mode == "between":
+                assert a == ab[b, n].tolist()
+            else:   # the box around both
+                assert a == [min(sb[b, n, 0], ob[b, n, 0]).item(), min(sb[b, n, 1], ob[b, n, 1]).item(),
+                             max(sb[b, n, 2], ob[b, n, 2]).item(), max(sb[b, n, 3], ob[b, n, 3]).item()]
+    # the tokens themselves are the plain tokenizer's
+    plain = HOIPositionNet(in_dim=IN, out_dim=OUT, hidden_dim=32, max_interactions=NMAX).double()
+    plain.load_state_dict(net.state_dict())
+    torch.testing.assert_close(out.tokens, plain(*inputs), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="box_attention"):
+        HOIPositionNet(in_dim=IN, out_dim=OUT, box_attention="boxes")
