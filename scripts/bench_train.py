@@ -9,7 +9,7 @@ or a 2000-image toy world written to a temporary folder when data/toy is missing
 and phrase caches, the whole UNet and the interaction control trained, EMA on. It prints
   - samples/s of that path, data loading included;
   - the arithmetic of one training sample (forward + backward FLOPs, counted by torch's
-    FlopCounterMode: matmuls, convolutions, attention);
+    FlopCounterMode: matmuls, convolutions, attention, CPU SDPA kernels included);
   - the machine's fp32 matmul rate (a 2048^2 product, sampled between the timed rounds) and the
     fraction of it the training step reaches;
   - the time of each phase of a step: data, encode (first stage, noise, captions, grounding),
@@ -36,7 +36,7 @@ from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
-from bench_unet import REPO_ROOT, PeakMemory, fmt_mem, fmt_t, log, matmul_sample  # noqa: E402  (sets sys.path)
+from bench_unet import REPO_ROOT, PeakMemory, flop_mapping, fmt_mem, fmt_t, log, matmul_sample  # noqa: E402
 
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
@@ -76,7 +76,7 @@ def toy_trainer(tmp: Path, data_root: Path) -> Trainer:
 
 def flops_per_sample(trainer: Trainer, batch: dict) -> float:
     """Forward + backward FLOPs of one training micro-batch, per sample."""
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=flop_mapping()) as counter:
         loss = trainer.loss(batch, 0)
         loss.backward()
     trainer.optimizer.zero_grad(set_to_none=True)

@@ -120,11 +120,18 @@ def _cpu_flash_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=N
     return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _cpu_flash_sdpa_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                                  **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
 def flop_mapping() -> dict:
     """FlopCounterMode has formulas for the CUDA SDPA kernels only; on CPU tensors SDPA runs
-    aten._scaled_dot_product_flash_attention_for_cpu, which it would count as 0. Add it."""
-    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    return {op: _cpu_flash_sdpa_flop} if op is not None else {}
+    aten._scaled_dot_product_flash_attention_for_cpu (and its backward), which it would count as
+    0. Add them."""
+    ops = {"_scaled_dot_product_flash_attention_for_cpu": _cpu_flash_sdpa_flop,
+           "_scaled_dot_product_flash_attention_for_cpu_backward": _cpu_flash_sdpa_backward_flop}
+    return {getattr(torch.ops.aten, name): f for name, f in ops.items() if hasattr(torch.ops.aten, name)}
 
 
 def count_flops(unet, inputs, fuser_scale: float, backend: str = "sdpa") -> dict:
