@@ -333,11 +333,13 @@ def run_toy(rows: list[ToyRow] | None = None, n: int = 250, data_root="data/toy"
 def score_real(data_root: Path, out: Path, gt, categories, detector, role_types, draws, key: str, log=print) -> dict:
     """The ceiling: the detector on the real test images (scores kept under out/real/)."""
     import shutil
+    from interact.checkpoint import atomic_write
     folder = out / "real" / "images"
     folder.mkdir(parents=True, exist_ok=True)
     for g in gt:
-        if not (folder / g["file_name"]).is_file():
-            shutil.copyfile(data_root / "images" / "test" / g["file_name"], folder / g["file_name"])
+        if not (folder / g["file_name"]).is_file():   # (two table commands may run side by side)
+            atomic_write(folder / g["file_name"],
+                         lambda tmp, name=g["file_name"]: shutil.copyfile(data_root / "images" / "test" / name, tmp))
     return score_run(folder, gt, categories, detector, role_types, None, None, draws, key, log)
 
 
@@ -365,9 +367,10 @@ def assemble_toy(out: Path, n: int, real: dict, seconds: float) -> dict:
     results["_meta"] = {"n": n, "seconds": seconds, "missing": missing, "comparisons": comparisons,
                         "ceiling": real["map"]["default"]["full"]}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "table.md").write_text(markdown_table(results) + "\n" + comparison_table(results) + "\n"
-                                  + variant_table(results))
+    from interact.checkpoint import atomic_write
+    atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
+    text = markdown_table(results) + "\n" + comparison_table(results) + "\n" + variant_table(results)
+    atomic_write(out / "table.md", lambda tmp: Path(tmp).write_text(text))
     return results
 
 

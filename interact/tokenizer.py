@@ -29,11 +29,10 @@ from torch import nn
 
 SUBJECT, OBJECT, ACTION = 0, 1, 2  # role-embedding rows, as in the released weights
 ROLE_EMBEDDINGS = ("fixed", "typed")
-# Box-aware attention (a toy-world option, off for the released architecture): each token
-# carries the region of the image whose visual tokens may attend to it. "pair": an action
-# token covers its whole interaction (the box around subject and object); "between": its own
-# action box. Subject and object tokens cover their boxes; padded slots the whole image.
-BOX_ATTENTION = ("none", "pair", "between")
+# Box-aware attention (a toy-world option, off for the released architecture): with "boxes" each
+# token carries its box (the action token its action box, "between" subject and object), the
+# region of the image whose visual tokens may attend to it; padded slots cover the whole image.
+BOX_ATTENTION = ("none", "boxes")
 WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
 TYPE_CLASSIFIER_HIDDEN = 64
 FOURIER_FREQS = 8
@@ -142,15 +141,11 @@ class HOIPositionNet(nn.Module):
         return tokens
 
     def token_regions(self, subject_boxes, object_boxes, action_boxes, masks) -> torch.Tensor:
-        """[B, T, 4]: the region of each token, in token order (see BOX_ATTENTION)."""
+        """[B, T, 4]: the region of each token, in token order: its box, the whole image for a
+        padded slot (see BOX_ATTENTION)."""
         real = masks[..., None] > 0
         whole = torch.tensor(WHOLE_IMAGE, device=subject_boxes.device, dtype=subject_boxes.dtype)
-        if self.box_attention == "pair":
-            action = torch.cat([torch.minimum(subject_boxes[..., :2], object_boxes[..., :2]),
-                                torch.maximum(subject_boxes[..., 2:], object_boxes[..., 2:])], dim=-1)
-        else:
-            action = action_boxes
-        roles = [subject_boxes, action, object_boxes] if self.action_tokens else [subject_boxes, object_boxes]
+        roles = [subject_boxes, action_boxes, object_boxes] if self.action_tokens else [subject_boxes, object_boxes]
         return torch.cat([torch.where(real, r, whole) for r in roles], dim=1)
 
     def forward(self, subject_boxes, object_boxes, action_boxes, masks, subject_embeddings, object_embeddings,

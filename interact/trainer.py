@@ -581,7 +581,7 @@ class Trainer:
         t = torch.randint(0, m.diffusion.num_timesteps, (world_b,), generator=gen)[rows]
         drop_caption = (torch.rand(world_b, generator=gen) < o["caption_drop_prob"])[rows]
         null_grounding = bool(torch.rand((), generator=gen) < o["null_grounding_prob"])
-        with torch.no_grad(), self.phase("encode"):
+        with torch.no_grad(), self.phase("first stage"):
             posterior = m.autoencoder.encode(batch["images"].to(dev))
             shape = posterior.mean.shape[1:]
             latent_noise = torch.randn((world_b, *shape), generator=gen)[rows].to(dev)
@@ -589,6 +589,7 @@ class Trainer:
             noise = torch.randn((world_b, *shape), generator=gen)[rows].to(dev)
             t = t.to(dev)
             x_t = m.diffusion.q_sample(z, t, noise)
+        with torch.no_grad(), self.phase("text"):
             captions = ["" if d else c for c, d in zip(batch["captions"], drop_caption.tolist())]
             context = self.captions(captions).to(dev)
             pn = m.position_net

@@ -12,8 +12,8 @@ and phrase caches, the whole UNet and the interaction control trained, EMA on. I
     FlopCounterMode: matmuls, convolutions, attention, CPU SDPA kernels included);
   - the machine's fp32 matmul rate (a 2048^2 product, sampled between the timed rounds) and the
     fraction of it the training step reaches;
-  - the time of each phase of a step: data, encode (first stage, noise, captions, grounding),
-    forward, backward, optimiser, EMA.
+  - the time of each phase of a step: data, first stage (latents, noise), text (caption contexts,
+    phrase embeddings, grounding tensors), forward, backward, optimiser, EMA.
 Part 2 (--naive): the same step with the naive softmax(QK^T)V attention, as a ratio to SDPA.
 Part 3 (--sd): one step of the SD v1.x config (512x512 images, random weights, only
 position_net + fusers trained) with SDPA and naive attention; 1.5-2 minutes per step on 2 cores.
@@ -49,7 +49,7 @@ from ldm.modules.attention import attention_backend  # noqa: E402
 
 TOY_CONFIG = REPO_ROOT / "configs" / "toy_hoi.yaml"
 SD_CONFIG = REPO_ROOT / "configs" / "hoi_hico_text.yaml"
-PHASES = ("data", "encode", "forward", "backward", "optimiser", "ema")
+PHASES = ("data", "first stage", "text", "forward", "backward", "optimiser", "ema")
 MATMUL_N = 2048
 
 
@@ -208,7 +208,8 @@ def part_sd(tmp: Path, repeats: int) -> None:
                 times[backend].append(time.perf_counter() - start)
             peaks.setdefault(backend, memory.peak_mib)
             log(f"  round {r + 1}/{repeats} {backend}: {times[backend][-1]:.1f} s "
-                f"(forward {trainer.phase_times.get('forward', 0):.1f} s, encode {trainer.phase_times.get('encode', 0):.1f} s, "
+                f"(forward {trainer.phase_times.get('forward', 0):.1f} s, first stage + text "
+                f"{trainer.phase_times.get('first stage', 0) + trainer.phase_times.get('text', 0):.1f} s, "
                 f"backward {trainer.phase_times.get('backward', 0):.1f} s), peak +{fmt_mem(memory.peak_mib)} MiB")
     trainer.phase_times = None
     ratios = [n / s for n, s in zip(times["naive"], times["sdpa"])]

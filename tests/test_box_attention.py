@@ -140,29 +140,41 @@ def test_whole_image_regions_equal_the_plain_fuser(cls):
         boxed(x, objs.tokens, 1.0, GRID)
 
 
-@pytest.mark.parametrize("mode", ["pair", "between"])
-def test_token_regions(mode):
+@pytest.mark.parametrize("action_tokens", [True, False])
+def test_token_regions(action_tokens):
     torch.manual_seed(0)
-    net = HOIPositionNet(in_dim=IN, out_dim=OUT, hidden_dim=32, max_interactions=NMAX, box_attention=mode).double()
+    net = HOIPositionNet(in_dim=IN, out_dim=OUT, hidden_dim=32, max_interactions=NMAX, box_attention="boxes",
+                         action_tokens=action_tokens).double()
     inputs = random_grounding_inputs(2, NMAX, seed=1)   # padded slots hold garbage boxes
     out = net(*inputs)
     sb, ob, ab, m = inputs[:4]
-    assert isinstance(out, GroundedTokens) and out.tokens.shape == (2, 3 * NMAX, OUT)
+    roles = [sb, ab, ob] if action_tokens else [sb, ob]     # token order: subjects, actions, objects
+    assert isinstance(out, GroundedTokens) and out.tokens.shape == (2, len(roles) * NMAX, OUT)
     for b in range(m.shape[0]):
         for n in range(NMAX):
-            s, a, o = (out.regions[b, role * NMAX + n].tolist() for role in range(3))
-            if m[b, n] == 0:
-                assert s == a == o == [0.0, 0.0, 1.0, 1.0]
-                continue
-            assert s == sb[b, n].tolist() and o == ob[b, n].tolist()
-            if mode == "between":
-                assert a == ab[b, n].tolist()
-            else:   # the box around both
-                assert a == [min(sb[b, n, 0], ob[b, n, 0]).item(), min(sb[b, n, 1], ob[b, n, 1]).item(),
-                             max(sb[b, n, 2], ob[b, n, 2]).item(), max(sb[b, n, 3], ob[b, n, 3]).item()]
+            for k, boxes in enumerate(roles):
+                region = out.regions[b, k * NMAX + n].tolist()
+                assert region == ([0.0, 0.0, 1.0, 1.0] if m[b, n] == 0 else boxes[b, n].tolist())
     # the tokens themselves are the plain tokenizer's
-    plain = HOIPositionNet(in_dim=IN, out_dim=OUT, hidden_dim=32, max_interactions=NMAX).double()
+    plain = HOIPositionNet(in_dim=IN, out_dim=OUT, hidden_dim=32, max_interactions=NMAX,
+                           action_tokens=action_tokens).double()
     plain.load_state_dict(net.state_dict())
     torch.testing.assert_close(out.tokens, plain(*inputs), rtol=0, atol=0)
     with pytest.raises(ValueError, match="box_attention"):
-        HOIPositionNet(in_dim=IN, out_dim=OUT, box_attention="boxes")
+        HOIPositionNet(in_dim=IN, out_dim=OUT, box_attention="pair")
+
+
+def test_a_file_trained_with_box_attention_names_the_switch_when_the_config_lacks_it(tmp_path):
+    """Box attention has no weights of its own: the file's stored config says it was on."""
+    from omegaconf import OmegaConf
+
+    from conftest import TINY_CONFIG
+    from interact.checkpoint import CheckpointError, load_weights, save_checkpoint
+    from interact.model import build_model
+    boxed = OmegaConf.load(TINY_CONFIG)
+    boxed.interaction.box_attention = "boxes"
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "boxed.pth", build_model(boxed))
+    load_weights(build_model(boxed, device="meta"), tmp_path / "boxed.pth")        # the same switch: loads
+    with pytest.raises(CheckpointError, match="box_attention = boxes"):
+        load_weights(build_model(TINY_CONFIG, device="meta"), tmp_path / "boxed.pth")

@@ -20,7 +20,7 @@ def test_shipped_checkpoint_is_small_packed_and_complete():
     # Trained: the fusers' output layers moved away from their zero initialisation (fuser_init zero_outputs).
     outputs = [v for k, v in raw["model"].items() if k.endswith("fuser.attn.to_out.0.weight")]
     assert outputs and all(float(v.abs().max()) > 0 for v in outputs)
-    assert raw["config_dict"]["interaction"]["box_attention"] == "pair"
+    assert raw["config_dict"]["interaction"]["box_attention"] == "boxes"
 
 
 def test_embedded_default_draws_the_demo_layouts_where_the_boxes_say(tmp_path):

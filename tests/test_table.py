@@ -138,3 +138,40 @@ def test_hico_route_assembles_rows_from_folders_and_detection_files(tmp_path):
     assert results["real images (detector ceiling)"]["map"]["known_object"]["full"] == 1.0
     with pytest.raises(ValueError, match="--train"):
         run_hico([("A", str(fake), str(paths["perfect"]))], str(real), str(paths["gt"]), None, None, "toy", None)
+
+
+def test_toy_table_is_assembled_from_the_rows_scored_so_far(tmp_path):
+    """Rows whose seeds all have scores (for this n) enter the table; the others are listed as
+    missing; the comparisons use the paired bootstrap draws and the seeds."""
+    from evaluation.table import CEILING_ROW, ROW_BY_KEY, assemble_toy
+
+    def scores(full, draws, n=4, fid=10.0):
+        m = {"full": full, "rare": full, "non_rare": full}
+        return {"key": f"abc:def:n{n}", "map": {"default": m, "known_object": m}, "bootstrap": draws,
+                "map_groups": {"non_human_subject": full, "non_contact": full}, "fid": fid, "kid_mean": 0.01,
+                "kid_std": 0.002, "layout_gain": 0.3}
+
+    def write(key, seed, value):
+        path = tmp_path / ROW_BY_KEY[key].run_name(seed) / "scores.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(value))
+
+    write("interact", 0, scores(0.8, [0.8, 0.7, 0.9]))
+    write("interact", 1, scores(0.6, [0.6, 0.5, 0.7]))
+    write("boxes", 0, scores(0.4, [0.4, 0.4, 0.5]))
+    write("boxes", 1, scores(0.4, [0.4, 0.3, 0.4], n=8))          # scored for another n: not this table's
+    write("text_only", 0, scores(0.05, [0.05, 0.05, 0.1]))
+    real = scores(1.0, [1.0, 1.0, 1.0])
+    results = assemble_toy(tmp_path, 4, real, 12.0)
+    meta = results["_meta"]
+    assert "boxes" in meta["missing"] and "interact" not in meta["missing"] and "text_only" not in meta["missing"]
+    row = results["InteractDiffusion"]
+    assert row["map"]["default"]["full"] == pytest.approx(0.7) and row["seeds"] == 2
+    assert row["bootstrap"] == pytest.approx([0.7, 0.6, 0.8])
+    assert set(meta["comparisons"]) == {"interact - text_only"}
+    c = meta["comparisons"]["interact - text_only"]
+    assert c["difference"] == pytest.approx(0.65) and c["se_seeds"] == pytest.approx(math.sqrt(0.02 / 2))
+    assert results[CEILING_ROW]["map"]["default"]["full"] == 1.0
+    table = (tmp_path / "table.md").read_text()
+    assert "| InteractDiffusion | 2 | 10.00 (10.00, 10.00) |" in table and "| text only | 1 |" in table
+    assert "InteractDiffusion − text only | +65.00 |" in table

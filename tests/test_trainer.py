@@ -432,3 +432,17 @@ def test_caption_cache_keeps_at_most_its_size():
     cache(["bb", "a"])
     assert enc.calls[-1] == ["a"]         # "bb" came from the cache
     assert CaptionContextCache(enc, 0)(["dddd"])[0, 0, 0] == 4.0 and len(CaptionContextCache(enc, 0)) == 0
+
+
+def test_phase_times_cover_every_part_of_a_step_and_change_nothing(tmp_path):
+    """scripts/bench_train.py's breakdown: with phase_times set, a step records each phase, and
+    takes exactly the step it takes without them."""
+    timed, plain = make_trainer(tmp_path, "timed", enable_ema=True), make_trainer(tmp_path, "plain", enable_ema=True)
+    timed.phase_times = {}
+    for trainer in (timed, plain):
+        batches = trainer.batches()
+        for _ in range(2):
+            trainer.step(batches)
+    assert set(timed.phase_times) == {"data", "first stage", "text", "forward", "backward", "optimiser", "ema"}
+    assert all(v > 0 for v in timed.phase_times.values())
+    assert max_difference(trained_state(timed), trained_state(plain)) == 0.0
