@@ -11,8 +11,8 @@ import torch
 
 from interact.fuser import GatedCrossAttentionDense, GatedSelfAttentionDense, region_mask
 from interact.tokenizer import GroundedTokens, HOIPositionNet
-from test_interaction import (C, CTX, DHEAD, HEADS, IN, NMAX, OUT, dense_reference, layer_norm_reference,
-                              random_grounding_inputs, randomize_)
+from test_interaction import (C, CTX, DHEAD, HEADS, IN, NMAX, OUT, attention_reference, dense_reference,
+                              layer_norm_reference, random_grounding_inputs, randomize_)
 
 GRID = (3, 4)
 NV = GRID[0] * GRID[1]
@@ -44,20 +44,6 @@ def test_region_mask_matches_the_cell_loop():
     assert got[0, :, 0].all() and got[0, :, 1].sum() == 2 * 3 and got[1, :, 0].sum() == 1
 
 
-def masked_attention_reference(q, k, v, heads, mask):
-    """softmax over the allowed keys only (mask [B, Nq, Nk]), per head, written out."""
-    d = q.shape[-1] // heads
-    out = torch.zeros_like(q)
-    for b in range(q.shape[0]):
-        for hd in range(heads):
-            sl = slice(hd * d, (hd + 1) * d)
-            sim = q[b, :, sl] @ k[b, :, sl].T * d ** -0.5
-            sim = sim.masked_fill(~mask[b], float("-inf"))
-            p = torch.exp(sim - sim.max(-1, keepdim=True).values)
-            out[b, :, sl] = (p / p.sum(-1, keepdim=True)) @ v[b, :, sl]
-    return out
-
-
 def gated(f, x, out, scale):
     x = x + scale * math.tanh(f.alpha_attn.item()) * (out @ f.attn.to_out[0].weight.T + f.attn.to_out[0].bias)
     return dense_reference(f, x, scale)
@@ -67,7 +53,7 @@ def self_reference(f, x, objs, mask, scale):
     n = x.shape[1]
     h = layer_norm_reference(torch.cat([x, objs @ f.linear.weight.T + f.linear.bias], dim=1), f.norm1)
     full = torch.cat([torch.ones(x.shape[0], n, n, dtype=torch.bool), mask], dim=2)
-    out = masked_attention_reference(h[:, :n] @ f.attn.to_q.weight.T, h @ f.attn.to_k.weight.T,
+    out = attention_reference(h[:, :n] @ f.attn.to_q.weight.T, h @ f.attn.to_k.weight.T,
                                      h @ f.attn.to_v.weight.T, f.attn.heads, full)
     return gated(f, x, out, scale)
 
@@ -76,7 +62,7 @@ def cross_reference(f, x, objs, mask, scale):
     visual = layer_norm_reference(x, f.norm1)
     tokens = layer_norm_reference(objs @ f.linear.weight.T + f.linear.bias, f.norm_objs)
     reached = mask.any(-1, keepdim=True)
-    out = masked_attention_reference(visual @ f.attn.to_q.weight.T, tokens @ f.attn.to_k.weight.T,
+    out = attention_reference(visual @ f.attn.to_q.weight.T, tokens @ f.attn.to_k.weight.T,
                                      tokens @ f.attn.to_v.weight.T, f.attn.heads, mask | ~reached)
     return gated(f, x, out * reached, scale)
 

@@ -498,14 +498,16 @@ def layer_norm_reference(x, ln):
     return (x - mu) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
 
 
-def attention_reference(q, k, v, heads):
-    """Explicit per-head softmax(q k^T / sqrt(d)) v."""
+def attention_reference(q, k, v, heads, mask=None):
+    """Explicit per-head softmax(q k^T / sqrt(d)) v; with `mask` [B, Nq, Nk] over the allowed keys only."""
     d = q.shape[-1] // heads
     out = torch.zeros_like(q)
     for b in range(q.shape[0]):
         for hd in range(heads):
             sl = slice(hd * d, (hd + 1) * d)
             sim = q[b, :, sl] @ k[b, :, sl].T * d ** -0.5
+            if mask is not None:
+                sim = sim.masked_fill(~mask[b], float("-inf"))
             e = torch.exp(sim - sim.max(dim=-1, keepdim=True).values)
             out[b, :, sl] = (e / e.sum(-1, keepdim=True)) @ v[b, :, sl]
     return out

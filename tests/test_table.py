@@ -175,3 +175,16 @@ def test_toy_table_is_assembled_from_the_rows_scored_so_far(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "| InteractDiffusion | 2 | 10.00 (10.00, 10.00) |" in table and "| text only | 1 |" in table
     assert "InteractDiffusion − text only | +65.00 |" in table
+
+
+def test_reproduce_table_refuses_unknown_rows_and_bad_numbers(capsys):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from reproduce_table import main
+    assert main(["--world", "toy", "--rows", "interact,nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope" in err and "text_only" in err     # one line, the known rows listed
+    with pytest.raises(SystemExit):
+        main(["--world", "toy", "--bootstrap", "3"])
+    assert "--bootstrap 3" in capsys.readouterr().err
