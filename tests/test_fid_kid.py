@@ -372,9 +372,10 @@ def toy_extractor():
 
 
 def toy_images(n: int) -> torch.Tensor:
-    """The first n toy test images (seed 0, 64x64), rendered in memory: identical to data/toy's."""
+    """The first n toy test images (seed 0, the default size), rendered in memory: identical to data/toy's."""
     from dataset.toy import render_image
-    return torch.stack([torch.from_numpy(np.asarray(render_image(0, "test", i, 64)[0].convert("RGB")).copy())
+    from dataset.toy.world import DEFAULT_SIZE
+    return torch.stack([torch.from_numpy(np.asarray(render_image(0, "test", i, DEFAULT_SIZE)[0].convert("RGB")).copy())
                         for i in range(n)]).permute(0, 3, 1, 2)
 
 
@@ -389,7 +390,7 @@ def test_toy_weights_file_is_small_fp16_with_metadata():
 
 
 def test_toy_extractor_features_and_fid_separates_corruption(toy_extractor):
-    x = toy_images(200)
+    x = toy_images(600)
     with torch.no_grad():
         f = toy_extractor(x[:4].float() / 255)
     assert f.shape == (4, 256) and torch.isfinite(f).all()
@@ -397,14 +398,15 @@ def test_toy_extractor_features_and_fid_separates_corruption(toy_extractor):
     with torch.no_grad():
         assert toy_extractor(torch.rand(2, 3, 128, 128)).shape == (2, 256)
 
-    a, b = x[:100], x[100:]
+    # 300 a side: with fewer samples than feature dims, FID's small-sample bias swamps the signal
+    a, b = x[:300], x[300:]
     gen = torch.Generator().manual_seed(0)
     bf = b.float() / 255
     blurred = torch.nn.functional.avg_pool2d(bf, 3, stride=1, padding=1, count_include_pad=False)
     corrupted = (blurred + 0.1 * torch.randn(bf.shape, generator=gen)).clamp(0, 1)
     kw = dict(batch_size=100, kid_subsets=10, kid_subset_size=100, progress=False)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # 100 samples < 256 dims: singular covariances
+        warnings.simplefilter("ignore")
         real = compute_fid_kid(a, b, toy_extractor, **kw)
         bad = compute_fid_kid(a, corrupted, toy_extractor, **kw)
     print(f"toy FID real/real {real['fid']:.3f}, real/corrupted {bad['fid']:.3f}; "
