@@ -61,7 +61,7 @@ class HOIDataset(torch.utils.data.Dataset):
         self.report = SkipReport(source)
         self.records = self._verified(records, max_skip_fraction) if verify_images else list(records)
         # Decoded images, when the whole set fits in memory (the toy world: 20000 images of
-        # 64x64 are 250 MB): decoding a PNG costs more than the toy model's step per sample.
+        # 32x32 are about 60 MB): decoding a PNG costs more than the toy model's step per sample.
         self.images: list[Image.Image] | None = self._decode_all(progress) if in_memory else None
 
     def _decode_all(self, progress: bool) -> list[Image.Image]:

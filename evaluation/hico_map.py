@@ -120,7 +120,7 @@ def _index(sorted_ids: np.ndarray, values) -> np.ndarray:
 class HOICategories:
     """The HOI category table: ids, (subject, verb, object) triplets, rare flags, names.
 
-    Either every category names its subject class (the toy world: person / robot / dog) and
+    Either every category names its subject class (the toy world: person / robot) and
     pairs are looked up by (subject, verb, object), or none does (HICO-DET) and pairs are
     looked up by (verb, object). `ids_defined` says whether the ids come from a file (so a GT
     pair's `hoi_category_id` can be checked against them)."""

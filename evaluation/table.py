@@ -81,14 +81,18 @@ def select_rows(keys: str | None) -> list[ToyRow]:
 # ----------------------------------------------------------------------------- toy world steps
 
 def ensure_toy_data(root: Path, log=print) -> None:
-    from dataset.toy.generate import generate, is_complete
+    from dataset.toy.generate import generate, is_complete, world_mismatch
     if is_complete(root):
+        reason = world_mismatch(root)
+        if reason:
+            raise ValueError(f"{reason}; regenerate it: python -m dataset.toy generate --out {root} --overwrite")
         return
     log(f"[table] generating the toy world in {root} (20000 train + 1000 test images)")
     generate(root, overwrite=True)
 
 
-def train_row(row: ToyRow, runs: Path, data_root: Path, seed: int = 0, log=print) -> Path:
+def train_row(row: ToyRow, runs: Path, data_root: Path, seed: int = 0, device: str | None = None,
+              log=print) -> Path:
     """runs/<row.run_name(seed)>/model_final.pth, trained (or resumed) when missing."""
     final = runs / row.run_name(seed) / "model_final.pth"
     if final.is_file():
@@ -99,7 +103,7 @@ def train_row(row: ToyRow, runs: Path, data_root: Path, seed: int = 0, log=print
     config.data.root = str(data_root)
     config.train["seed"] = seed
     log(f"[table] {row.name} (seed {seed}): training {row.config} into {runs / row.run_name(seed)}")
-    Trainer(config, runs / row.run_name(seed)).run()
+    Trainer(config, runs / row.run_name(seed), device=device or "auto").run()
     return final
 
 
@@ -118,11 +122,18 @@ def toy_test_layouts(config_path, data_root: Path, n: int):
 
 def generate_row(row: ToyRow, ckpt: Path, samples, out: Path, batch_size: int = 25, seed: int = 0,
                  device: str | None = None, log=print) -> tuple[Path, float]:
-    """One image per test layout, named as the real test image; existing images are kept.
+    """One image per test layout, named as the real test image; existing images are kept while
+    they come from the same checkpoint (its digest is kept in <out>/../images_from.txt).
     Returns the folder and the seconds per image of what was generated now (NaN if nothing)."""
-    from interact.checkpoint import atomic_write
+    import shutil
+    from interact.checkpoint import atomic_write, file_digest
     from interact.pipeline import InteractDiffusionPipeline
+    marker, digest = out.parent / "images_from.txt", file_digest(ckpt)
+    if out.is_dir() and (not marker.is_file() or marker.read_text().strip() != digest):
+        log(f"[table] {row.name}: {out} was generated from another checkpoint; generating it anew")
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write(marker, lambda tmp: Path(tmp).write_text(digest + "\n"))
     todo = [i for i, s in enumerate(samples) if not (out / Path(s.key).name).is_file()]
     if not todo:
         return out, float("nan")
@@ -274,8 +285,8 @@ def compare(a: dict, b: dict) -> dict:
         if len(values) > 1:
             se_seeds += float(np.var(values, ddof=1)) / len(values)
     se = math.sqrt(se_layouts ** 2 + se_seeds)
-    return {"difference": diff, "se": se, "se_layouts": se_layouts, "se_seeds": math.sqrt(se_seeds),
-            "z": diff / se if se > 0 else float("inf")}
+    z = diff / se if se > 0 else (float("nan") if diff == 0 else math.copysign(float("inf"), diff))
+    return {"difference": diff, "se": se, "se_layouts": se_layouts, "se_seeds": math.sqrt(se_seeds), "z": z}
 
 
 def run_toy(rows: list[ToyRow] | None = None, n: int = 250, data_root="data/toy", runs="runs", out="runs/table_toy",
@@ -310,7 +321,7 @@ def run_toy(rows: list[ToyRow] | None = None, n: int = 250, data_root="data/toy"
             if not (run / "model_final.pth").is_file() and not train:
                 log(f"[table] {row.name} (seed {seed}): not trained ({run}); skipped")
                 continue
-            ckpt = train_row(row, runs, data_root, seed, log)
+            ckpt = train_row(row, runs, data_root, seed, device, log)
             folder, per_image = generate_row(row, ckpt, samples, out / row.run_name(seed) / "images", device=device,
                                              log=log)
             key = f"{file_digest(ckpt)}:{detector_key}:n{n}"
@@ -327,7 +338,7 @@ def run_toy(rows: list[ToyRow] | None = None, n: int = 250, data_root="data/toy"
             log(f"[table] {row.name} (seed {seed}): mAP Default Full {100 * scores['map']['default']['full']:.2f}, "
                 f"FID {scores['fid']:.2f}")
     real = score_real(data_root, out, gt, categories, detector, role_types, draws, f"real:{detector_key}:n{n}", log)
-    return assemble_toy(out, n, real, time.perf_counter() - start)
+    return assemble_toy(out, n, real, time.perf_counter() - start, detector_key)
 
 
 def score_real(data_root: Path, out: Path, gt, categories, detector, role_types, draws, key: str, log=print) -> dict:
@@ -343,8 +354,9 @@ def score_real(data_root: Path, out: Path, gt, categories, detector, role_types,
     return score_run(folder, gt, categories, detector, role_types, None, None, draws, key, log)
 
 
-def assemble_toy(out: Path, n: int, real: dict, seconds: float) -> dict:
-    """The table from every row whose seeds are all scored under `out`."""
+def assemble_toy(out: Path, n: int, real: dict, seconds: float, detector_key: str) -> dict:
+    """The table from every row whose seeds are all scored under `out`, on `n` layouts, by the
+    detector whose digest is `detector_key` (a row scored by an older detector is missing)."""
     results, missing = {}, []
     summaries = {}
     for row in TOY_ROWS:
@@ -353,7 +365,7 @@ def assemble_toy(out: Path, n: int, real: dict, seconds: float) -> dict:
             path = out / row.run_name(seed) / "scores.json"
             if path.is_file():
                 seeds.append(json.loads(path.read_text()))
-        if len(seeds) < row.seeds or any(not s["key"].endswith(f":n{n}") for s in seeds):
+        if len(seeds) < row.seeds or any(not s["key"].endswith(f":{detector_key}:n{n}") for s in seeds):
             missing.append(row.key)
             continue
         summaries[row.key] = results[row.name] = summarise_row(seeds)

@@ -1,6 +1,6 @@
 """The toy world's feature extractor: a small CNN trained on the toy HOI data (see
 scripts/train_toy_features.py) whose 256-d global-average-pooled activations replace Inception
-features for FID/KID on 64x64 toy images (Inception features mean little at that size).
+features for FID/KID on the small toy images (32x32, resized to 64 by the net) (Inception features mean little at that size).
 
     extractor = load_toy_extractor()            # assets/toy_features.pt
     feats = extractor(images)                   # float [B, 3, H, W] in [0, 1] -> [B, 256]

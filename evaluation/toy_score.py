@@ -4,7 +4,7 @@ the images were generated from (what `scripts/demo.sh` prints).
     python -m evaluation.toy_score --folder outputs/demo --input examples/toy_layouts.json
 
 Image i of the folder is `inference_batch.py`'s output for record i (`00000.png`, ...). With a
-handful of layouts the mAP is coarse; `scripts/reproduce_table.py` measures it on 500.
+handful of layouts the mAP is coarse; `scripts/reproduce_table.py` measures it on 250 (`--n`).
 """
 from __future__ import annotations
 

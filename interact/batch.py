@@ -127,7 +127,7 @@ def load_pipeline(args):
             return InteractDiffusionPipeline.from_config(args.config, seed=0, device=args.device, half=args.half,
                                                          interaction=interaction)
         print(f"No --ckpt given: using the embedded default, the toy InteractDiffusion model ({DEFAULT_CKPT.name}, "
-              f"trained on the toy HOI world: persons, robots and dogs with toy objects, 64x64). Pass --ckpt "
+              f"trained on the toy HOI world: persons and robots with balls, boxes and kites, 32x32). Pass --ckpt "
               f"(and --sd_ckpt) for a Stable Diffusion model.", file=sys.stderr)
         return InteractDiffusionPipeline.from_checkpoint(DEFAULT_CKPT, config=DEFAULT_CONFIG, device=args.device,
                                                          half=args.half, interaction=interaction)

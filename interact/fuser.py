@@ -51,7 +51,7 @@ class _GatedFuser(nn.Module):
 
     `init`: "zero_gates" (GLIGEN's, the default) starts both gates at 0. The fuser then adds
     nothing, but its attention and feed-forward weights get no gradient until a gate has moved,
-    which on a short budget (the toy world's 500 CPU steps) it barely does. "zero_outputs" adds
+    which on a short CPU budget it barely does. "zero_outputs" adds
     nothing either, by zero output layers (as ControlNet's zero convolutions) under gates at 1,
     and every weight trains from the first step. Loaded weights replace either.
 

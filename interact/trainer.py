@@ -56,7 +56,7 @@ TRAIN_DEFAULTS = {
     "caption_drop_prob": 0.5,          # FACTS §2: per sample, the caption becomes ""
     "train_whole_unet": False,
     "train_interaction": True,         # False: the interaction control stays as initialised (gates 0 =
-                                       # a plain text-to-image UNet; the toy world's backbone pretraining)
+                                       # a plain text-to-image UNet)
     "fix_interaction_embedding": False,  # keep position_net.interaction_embedding as initialised
     "save_every_iters": 5000,          # a kept checkpoint_<iters>.pth
     "checkpoint_every": 500,           # latest.pth (what a restart resumes from)

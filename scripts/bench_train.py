@@ -55,12 +55,12 @@ MATMUL_N = 2048
 
 def toy_data_root(tmp: Path) -> tuple[Path, str]:
     """data/toy when it is a finished toy world, else a small one written under tmp."""
-    from dataset.toy.generate import generate, is_complete
+    from dataset.toy.generate import generate, is_current
     root = REPO_ROOT / "data" / "toy"
-    if is_complete(root):
+    if is_current(root):
         return root, f"{root.relative_to(REPO_ROOT)} (decoded into memory)"
     generate(tmp / "toy", train=2000, test=0, progress=False)
-    return tmp / "toy", "a 2000-image toy world in a temporary folder (data/toy is missing)"
+    return tmp / "toy", "a 2000-image toy world in a temporary folder (data/toy is missing or of an older world)"
 
 
 def toy_trainer(tmp: Path, data_root: Path) -> Trainer:

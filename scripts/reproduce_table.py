@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         else:
             results = run_hico(args.row, args.real, args.gt, args.train, args.categories, args.extractor,
                                args.weights, args.format, args.allow_pickle, args.ceiling)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:     # OSError: a missing, unreadable or unwritable path
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(markdown_table(results))

@@ -177,6 +177,13 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(ROOT / "data" / "toy"), help="toy data set for the test mAP")
     ap.add_argument("--eval_images", type=int, default=None, help="test images for the mAP (default all)")
     args = ap.parse_args(argv)
+    for name in ("scenes", "steps", "width"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} {getattr(args, name)}: must be at least 1")
+    if args.size < 32:
+        ap.error(f"--size {args.size}: the toy world draws at least 32 px")
+    if args.eval_images is not None and args.eval_images < 1:
+        ap.error(f"--eval_images {args.eval_images}: must be at least 1")
     t0 = time.time()
     crops, masks, labels, geometry = build_data(args.scenes, args.seed, args.size)
     print(f"{len(labels)} pairs ({int((labels > 0).sum())} interacting) from {args.scenes} scenes "

@@ -145,9 +145,9 @@ def test_toy_table_is_assembled_from_the_rows_scored_so_far(tmp_path):
     missing; the comparisons use the paired bootstrap draws and the seeds."""
     from evaluation.table import CEILING_ROW, ROW_BY_KEY, assemble_toy
 
-    def scores(full, draws, n=4, fid=10.0):
+    def scores(full, draws, n=4, fid=10.0, detector="def"):
         m = {"full": full, "rare": full, "non_rare": full}
-        return {"key": f"abc:def:n{n}", "map": {"default": m, "known_object": m}, "bootstrap": draws,
+        return {"key": f"abc:{detector}:n{n}", "map": {"default": m, "known_object": m}, "bootstrap": draws,
                 "map_groups": {"non_human_subject": full, "non_contact": full}, "fid": fid, "kid_mean": 0.01,
                 "kid_std": 0.002, "layout_gain": 0.3}
 
@@ -161,10 +161,11 @@ def test_toy_table_is_assembled_from_the_rows_scored_so_far(tmp_path):
     write("boxes", 0, scores(0.4, [0.4, 0.4, 0.5]))
     write("boxes", 1, scores(0.4, [0.4, 0.3, 0.4], n=8))          # scored for another n: not this table's
     write("text_only", 0, scores(0.05, [0.05, 0.05, 0.1]))
+    write("typed", 0, scores(0.7, [0.7, 0.6, 0.8], detector="old"))  # scored by another detector
     real = scores(1.0, [1.0, 1.0, 1.0])
-    results = assemble_toy(tmp_path, 4, real, 12.0)
+    results = assemble_toy(tmp_path, 4, real, 12.0, "def")
     meta = results["_meta"]
-    assert "boxes" in meta["missing"] and "interact" not in meta["missing"] and "text_only" not in meta["missing"]
+    assert "boxes" in meta["missing"] and "typed" in meta["missing"] and "interact" not in meta["missing"] and "text_only" not in meta["missing"]
     row = results["InteractDiffusion"]
     assert row["map"]["default"]["full"] == pytest.approx(0.7) and row["seeds"] == 2
     assert row["bootstrap"] == pytest.approx([0.7, 0.6, 0.8])

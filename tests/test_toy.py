@@ -3,6 +3,7 @@ geometry, the rare-category rule and the CLI. Only a handful of images are gener
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -286,6 +287,29 @@ def test_cli_refuses_a_non_empty_out_without_overwrite(tmp_path):
     # a second overwrite with fewer images leaves no stale ones behind
     assert toy_main(["generate", "--out", str(out), "--train", "1", "--test", "1", "--quiet", "--overwrite"]) == 0
     assert [p.name for p in (out / "images/train").iterdir()] == ["train_000000.png"]
+
+
+def test_cli_layouts_rebuild_the_demo_input_and_bad_paths_get_one_line(tmp_path, capsys):
+    """examples/toy_layouts.json is what `python -m dataset.toy layouts` writes, byte for byte."""
+    out = tmp_path / "layouts.json"
+    assert toy_main(["layouts", "--out", str(out), "--n", "24"]) == 0
+    assert out.read_bytes() == (REPO_ROOT / "examples" / "toy_layouts.json").read_bytes()
+    capsys.readouterr()
+    assert toy_main(["layouts", "--out", str(tmp_path), "--n", "2"]) == 2       # a folder, not a file
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error:")
+
+
+def test_a_folder_of_another_world_is_not_current(small, tmp_path):
+    assert toy.is_current(small, size=32) and toy.world_mismatch(small, size=32) is None
+    assert "32-px" in toy.world_mismatch(small, size=64)
+    old = tmp_path / "old"
+    shutil.copytree(small, old)
+    meta_path = old / "annotations" / "categories.json"
+    meta = json.loads(meta_path.read_text())
+    meta["hoi_categories"] = meta["hoi_categories"][:-1]
+    meta_path.write_text(json.dumps(meta))
+    assert not toy.is_current(old, size=32) and "vocabulary" in toy.world_mismatch(old, size=32)
 
 
 def test_cli_size_64_scales_images_and_boxes(small, tmp_path):

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     if args.command == "layouts":
         try:
             write_layouts(args.out, args.n, args.first, args.seed)
-        except ValueError as e:
+        except (ValueError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"wrote {args.n} layouts (test images {args.first}-{args.first + args.n - 1}) to {args.out}")
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     try:
         out = generate(args.out, train=args.train, test=args.test, size=args.size, seed=args.seed,
                        workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
-    except (FileExistsError, ValueError) as e:
+    except (ValueError, OSError) as e:      # OSError: the folder exists, or a path cannot be written
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.train} train + {args.test} test images to {out} "

@@ -32,6 +32,22 @@ def is_complete(out: str | Path) -> bool:
     return (Path(out) / "annotations" / "categories.json").is_file()
 
 
+def world_mismatch(out: str | Path, size: int = DEFAULT_SIZE) -> str | None:
+    """Why the finished data set in `out` is not this world drawn at `size` (None when it is):
+    a folder left by an older world must not be trained on silently."""
+    meta = json.loads((Path(out) / "annotations" / "categories.json").read_text())
+    if meta.get("size") != size:
+        return f"{out} holds {meta.get('size')}-px toy images, this world draws {size} px"
+    if any(meta.get(k) != v for k, v in categories_dict().items()):
+        return f"{out} holds another toy world's vocabulary ({len(meta.get('hoi_categories', []))} HOI categories)"
+    return None
+
+
+def is_current(out: str | Path, size: int = DEFAULT_SIZE) -> bool:
+    """True when `out` holds a finished generation of this world at `size`."""
+    return is_complete(out) and world_mismatch(out, size) is None
+
+
 def count_hois(seed: int, split: str, n: int) -> dict[int, int]:
     """Instances per HOI category id in the first n images of a split, from the plans alone."""
     counts = {h.id: 0 for h in HOI_CATEGORIES}
@@ -121,8 +137,8 @@ def generate(out: str | Path, train: int = 20000, test: int = 1000, size: int = 
     (out / "README.txt").write_text(
         f"Toy HOI world: {train} train and {test} test RGB images of {size}x{size} pixels, seed {seed}, "
         f"written by `{command_line(train, test, size, seed)}` (InteractDiffusion, dataset/toy). Each "
-        "image shows 1-4 interactions (a person, robot or dog posed for a verb with its object) and "
-        "0-2 loose objects on a pastel background. annotations/trainval_hico.json and test_hico.json "
+        "image shows 1-3 interactions (a person or robot posed for a verb with its ball, box or kite; "
+        "the verbs come in pairs that share the box geometry) on a pastel background. annotations/trainval_hico.json and test_hico.json "
         "follow the HICO-DET detector JSON (file_name, annotations with xyxy pixel boxes whose right "
         "and bottom edges are exclusive, hoi_annotation with subject_id, object_id, verb category_id, "
         "hoi_category_id); annotations/categories.json lists the objects, verbs and "
