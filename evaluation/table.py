@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluation.hico_map import HOICategories, evaluate_hoi_map, read_detections, read_fgahoi, read_ground_truth
+from evaluation.hico_map import (HOICategories, box_iou, evaluate_hoi_map, read_detections, read_fgahoi,
+                                 read_ground_truth)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 METRIC_COLUMNS = (("default", "full"), ("default", "rare"), ("default", "non_rare"),
@@ -251,6 +252,42 @@ def score_run(folder: Path, gt: list[dict], categories: HOICategories, detector,
     return scores
 
 
+def is_twin_scene(record: dict) -> bool:
+    """A toy test image holding two interactions of group-partner categories (same subject and
+    object classes, the same box geometry, different verbs): the caption names both verbs and
+    cannot say which subject does which."""
+    from dataset.toy import group_partners
+    ids = [h["hoi_category_id"] for h in record["hoi_annotation"]]
+    return any(b in {p.id for p in group_partners(a)} for i, a in enumerate(ids) for b in ids[i + 1:])
+
+
+def pair_verb_accuracy(gt: list[dict], detections: list[dict], iou_threshold: float = 0.5) -> dict[str, dict]:
+    """Per scene kind ("twin" / "other", see is_twin_scene): of the ground-truth pairs, the share
+    the detector found (a detected pair with both boxes at IoU >= iou_threshold) and, of those,
+    the share whose highest-scoring detected verb is the right one. A model that places the
+    figures but not the verbs finds the pairs and guesses the verb of twins (chance 50%)."""
+    by_name = {d["file_name"]: d for d in detections}
+    counts = {kind: [0, 0, 0] for kind in ("twin", "other")}    # pairs, found, verb right
+    for record in gt:
+        c = counts["twin" if is_twin_scene(record) else "other"]
+        det = by_name.get(record["file_name"], {"predictions": [], "hoi_prediction": []})
+        boxes = np.array([p["bbox"] for p in det["predictions"]], dtype=np.float64).reshape(-1, 4)
+        for h in record["hoi_annotation"]:
+            c[0] += 1
+            if not len(boxes):
+                continue
+            sub_iou = box_iou(np.asarray(record["annotations"][h["subject_id"]]["bbox"]), boxes)[0]
+            obj_iou = box_iou(np.asarray(record["annotations"][h["object_id"]]["bbox"]), boxes)[0]
+            hits = [p for p in det["hoi_prediction"]
+                    if sub_iou[p["subject_id"]] >= iou_threshold and obj_iou[p["object_id"]] >= iou_threshold]
+            if hits:
+                c[1] += 1
+                c[2] += max(hits, key=lambda p: p["score"])["category_id"] == h["category_id"]
+    return {kind: {"pairs": n, "found": found / n if n else float("nan"),
+                   "verb_right": right / found if found else float("nan")}
+            for kind, (n, found, right) in counts.items()}
+
+
 def summarise_row(seeds: list[dict]) -> dict:
     """A row of the table from its seeds' scores: means over seeds, the seeds' spread, the
     bootstrap interval of the seed-mean Default Full mAP."""
@@ -267,6 +304,9 @@ def summarise_row(seeds: list[dict]) -> dict:
         out["fid_seeds"] = [x["fid"] for x in seeds]
         out["kid_mean"] = mean([x["kid_mean"] for x in seeds])
         out["kid_std"] = math.sqrt(mean([x["kid_std"] ** 2 for x in seeds]) / len(seeds))
+    if all("pair_verbs" in x for x in seeds):
+        out["pair_verbs"] = {kind: {k: mean([x["pair_verbs"][kind][k] for x in seeds]) for k in ("found", "verb_right")}
+                             for kind in seeds[0]["pair_verbs"]}
     for extra in ("layout_gain", "seconds_per_image"):
         if extra in seeds[0]:
             out[extra] = mean_std([x[extra] for x in seeds]) if extra == "layout_gain" else \
@@ -327,6 +367,9 @@ def run_toy(rows: list[ToyRow] | None = None, n: int = 250, data_root="data/toy"
             key = f"{file_digest(ckpt)}:{detector_key}:n{n}"
             scores = score_run(folder, gt, categories, detector, role_types, extractor, real_images, draws, key, log)
             extra = {}
+            if "pair_verbs" not in scores:
+                detections = json.loads((folder.parent / "detections.json").read_text())
+                extra["pair_verbs"] = pair_verb_accuracy(gt, detections)
             if not math.isnan(per_image):
                 extra["seconds_per_image"] = per_image
             if row.grounded:
@@ -338,6 +381,7 @@ def run_toy(rows: list[ToyRow] | None = None, n: int = 250, data_root="data/toy"
             log(f"[table] {row.name} (seed {seed}): mAP Default Full {100 * scores['map']['default']['full']:.2f}, "
                 f"FID {scores['fid']:.2f}")
     real = score_real(data_root, out, gt, categories, detector, role_types, draws, f"real:{detector_key}:n{n}", log)
+    real["pair_verbs"] = pair_verb_accuracy(gt, json.loads((out / "real" / "detections.json").read_text()))
     return assemble_toy(out, n, real, time.perf_counter() - start, detector_key)
 
 
@@ -372,6 +416,8 @@ def assemble_toy(out: Path, n: int, real: dict, seconds: float, detector_key: st
     results[CEILING_ROW] = {"map": real["map"], "bootstrap": real["bootstrap"], "map_full_seeds": [real["map"]["default"]["full"]],
                             "map_full_ci": [float(np.percentile(real["bootstrap"], 2.5)),
                                             float(np.percentile(real["bootstrap"], 97.5))], "seeds": 0}
+    if "pair_verbs" in real:
+        results[CEILING_ROW]["pair_verbs"] = real["pair_verbs"]
     comparisons = {}
     for a, b in COMPARISONS:
         if a in summaries and b in summaries:
@@ -381,7 +427,8 @@ def assemble_toy(out: Path, n: int, real: dict, seconds: float, detector_key: st
     out.mkdir(parents=True, exist_ok=True)
     from interact.checkpoint import atomic_write
     atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
-    text = markdown_table(results) + "\n" + comparison_table(results) + "\n" + variant_table(results)
+    text = "\n".join([markdown_table(results), comparison_table(results), variant_table(results),
+                      pair_verb_table(results)])
     atomic_write(out / "table.md", lambda tmp: Path(tmp).write_text(text))
     return results
 
@@ -486,3 +533,16 @@ def variant_table(results: dict, baseline: str = BASELINE_ROW) -> str:
                  _fmt(100 * groups.get("non_contact", float("nan")), 2)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def pair_verb_table(results: dict) -> str:
+    """Verbs of the pairs the detector found, in twin scenes and in the others (pair_verb_accuracy)."""
+    head = ["model", "pairs found, twin scenes", "verb right, twin scenes", "pairs found, other", "verb right, other"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in results.items():
+        if name.startswith("_") or "pair_verbs" not in r:
+            continue
+        v = r["pair_verbs"]
+        lines.append("| " + " | ".join([name] + [_fmt(100 * v[kind][k], 1) for kind in ("twin", "other")
+                                                 for k in ("found", "verb_right")]) + " |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""

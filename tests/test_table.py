@@ -189,3 +189,41 @@ def test_reproduce_table_refuses_unknown_rows_and_bad_numbers(capsys):
     with pytest.raises(SystemExit):
         main(["--world", "toy", "--bootstrap", "3"])
     assert "--bootstrap 3" in capsys.readouterr().err
+
+
+def test_pair_verbs_split_twin_scenes_and_count_found_pairs_and_right_verbs():
+    """Twin scene: two persons, one holding, one waving at a ball (same boxes geometry); the
+    detector finds both pairs but gives one the wrong verb. Other scene: a kick that is missed."""
+    from dataset.toy import VERB_BY_NAME, find_hoi
+    from evaluation.table import is_twin_scene, pair_verb_accuracy
+
+    def hoi(s, o, verb, subject="person", obj="ball"):
+        return {"subject_id": s, "object_id": o, "category_id": VERB_BY_NAME[verb].id,
+                "hoi_category_id": find_hoi(subject, verb, obj).id}
+
+    person, ball = 1, 4
+    boxes = [[0, 0, 10, 20], [10, 5, 14, 9], [16, 0, 26, 20], [26, 5, 30, 9]]
+    twin = {"file_name": "a.png", "annotations": [{"bbox": b, "category_id": c} for b, c in
+                                                  zip(boxes, [person, ball, person, ball])],
+            "hoi_annotation": [hoi(0, 1, "hold"), hoi(2, 3, "wave at")]}
+    other = {"file_name": "b.png", "annotations": [{"bbox": boxes[0], "category_id": person},
+                                                   {"bbox": [10, 16, 14, 20], "category_id": ball}],
+             "hoi_annotation": [hoi(0, 1, "kick")]}
+    mixed = {**twin, "hoi_annotation": [hoi(0, 1, "hold"), hoi(2, 3, "kick")]}   # different groups
+    assert is_twin_scene(twin) and not is_twin_scene(other) and not is_twin_scene(mixed)
+
+    hold, wave = VERB_BY_NAME["hold"].id, VERB_BY_NAME["wave at"].id
+    # boxes one pixel off (IoU well above 0.5); the second pair's best verb is wrong
+    predictions = [{"bbox": [b[0] + 1, b[1], b[2] + 1, b[3]], "category_id": 1} for b in boxes]
+    detections = [{"file_name": "a.png", "predictions": predictions, "hoi_prediction": [
+                      {"subject_id": 0, "object_id": 1, "category_id": hold, "score": 0.9},
+                      {"subject_id": 0, "object_id": 1, "category_id": wave, "score": 0.1},
+                      {"subject_id": 2, "object_id": 3, "category_id": hold, "score": 0.8},
+                      {"subject_id": 2, "object_id": 3, "category_id": wave, "score": 0.2}]},
+                  {"file_name": "b.png", "predictions": [{"bbox": [20, 0, 30, 20], "category_id": 1},
+                                                          {"bbox": [0, 28, 4, 32], "category_id": 5}],
+                   "hoi_prediction": [{"subject_id": 0, "object_id": 1, "category_id": 3, "score": 0.9}]}]
+    result = pair_verb_accuracy([twin, other], detections)
+    assert result["twin"] == {"pairs": 2, "found": 1.0, "verb_right": 0.5}
+    assert result["other"]["pairs"] == 1 and result["other"]["found"] == 0.0
+    assert math.isnan(result["other"]["verb_right"])
