@@ -45,7 +45,7 @@ def load_image(record: HOIRecord) -> Image.Image:
 
 
 class HOIDataset(torch.utils.data.Dataset):
-    """Records -> `HOISample`s, preprocessed as in FACTS §4 (see dataset.transforms).
+    """Records -> `HOISample`s, preprocessed as in docs/reference.md §4 (see dataset.transforms).
 
     With `verify_images`, construction opens every image file once (header and PIL's
     cheap `verify()`), and skips unreadable ones and ones whose size disagrees with the

@@ -1,4 +1,4 @@
-"""The reference preprocessing (FACTS §4): record + image -> training sample.
+"""The reference preprocessing (docs/reference.md §4): record + image -> training sample.
 
 Shorter side to `size` (bicubic), centre crop size x size, optional horizontal flip, boxes
 clipped to the crop, boxes under `min_area` of the crop dropped (and every interaction

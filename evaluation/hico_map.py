@@ -4,7 +4,7 @@
         [--categories categories.json | --train trainval_hico.json] [--format json|fgahoi]
         [--csv per_category.csv] [--ap voc11|all_point] [--allow-pickle]
 
-Protocol (FACTS §5, the official HICO-DET evaluation, ywchao/ho-rcnn `eval_one.m` +
+Protocol (docs/reference.md §5, the official HICO-DET evaluation, ywchao/ho-rcnn `eval_one.m` +
 `VOCevaldet_bboxpair.m`):
 
 - A detection is (subject box, object box, HOI category, score). Per HOI category all
@@ -20,7 +20,7 @@ Protocol (FACTS §5, the official HICO-DET evaluation, ywchao/ho-rcnn `eval_one.
   computes: the 11-point interpolated AP of PASCAL VOC 2007,
       AP = 1/11 * sum over t in {0, 0.1, ..., 1} of max(precision[recall >= t]) (0 if none).
   The official MATLAB code, QPIC's `hico_eval.py` (`voc_ap`) and FGAHOI's / QAHOI's
-  `hico_eval.py` (`compute_ap`, the evaluator behind FACTS §5's numbers) all use this form.
+  `hico_eval.py` (`compute_ap`, the evaluator behind docs/reference.md §5's numbers) all use this form.
   Thresholds here are k/10 exactly; the Python ports use `np.arange(0, 1.1, 0.1)`, whose 0.3,
   0.6 and 0.7 are one ulp above k/10, so a recall of exactly 0.3 (say) counts here and not
   there - a measure-zero difference. `ap_method="all_point"` is the VOC 2010+ area under the
@@ -84,7 +84,7 @@ import numpy as np
 from dataset.hico_names import OBJECT_NAMES, PERSON_ID, VERB_NAMES
 
 HICO_NUM_CATEGORIES = 600
-RARE_THRESHOLD = 10          # rare: fewer than 10 training instances (FACTS §4)
+RARE_THRESHOLD = 10          # rare: fewer than 10 training instances (docs/reference.md §4)
 IOU_THRESHOLD = 0.5
 AP_METHODS = ("voc11", "all_point")
 # FGAHOI's contiguous object label -> COCO category id (its `valid_obj_ids`): the 80 HICO ids ascending.

@@ -1,4 +1,4 @@
-"""The paper's table (FACTS §5) in miniature: FID, KID and HOI detection mAP per model row.
+"""The paper's table (docs/reference.md §5) in miniature: FID, KID and HOI detection mAP per model row.
 
 Toy world (`python scripts/reproduce_table.py --world toy [--rows KEY,...]`), every step kept on
 disk and reused, so a killed run picks up where it stopped and the table can be built one row

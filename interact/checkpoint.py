@@ -1,6 +1,6 @@
 """Reading, checking and writing checkpoints.
 
-Formats read (FACTS §3):
+Formats read (docs/reference.md §3):
 - released InteractDiffusion / GLIGEN files and this project's own: a torch dict
   with sections `model`, `autoencoder`, `text_encoder`, `diffusion` (+ `config_dict`,
   and for training files `opt`, `scheduler`, `iters`, ...);
@@ -149,7 +149,7 @@ def to_sections(raw: dict) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def gligen_to_interaction(model_section: dict) -> dict:
-    """FACTS §3: a GLIGEN box+text `model` section -> InteractDiffusion names. GLIGEN's
+    """docs/reference.md §3: a GLIGEN box+text `model` section -> InteractDiffusion names. GLIGEN's
     `linears` initialise both `linears` and `linear_action`, its null text feature both
     null features; fusers and UNet copy as they are."""
     out = {}
@@ -340,7 +340,7 @@ def load_training_init(model: InteractDiffusion, ckpt=None, sd_ckpt=None,
                        allow_pickle: bool = False) -> tuple[list[str], bool]:
     """Initialise a randomly built model for training; returns one line per part saying where
     it came from, and whether the backbone came from a file. `sd_ckpt`: the backbone from an SD v1.x file. `ckpt`: a GLIGEN file (converted
-    as FACTS §3; the instance and role embeddings, which GLIGEN lacks, stay random) or an
+    as docs/reference.md §3; the instance and role embeddings, which GLIGEN lacks, stay random) or an
     InteractDiffusion file (full or interaction-only); a full file also gives the backbone when
     `sd_ckpt` is absent. Parts no file provides keep their random initialisation."""
     lines, backbone, backbone_src = [], None, None

@@ -79,7 +79,7 @@ class Interaction:
 
 
 def between(subject_boxes: torch.Tensor, object_boxes: torch.Tensor) -> torch.Tensor:
-    """The action box of FACTS §1: sort the four x's and the four y's of both boxes;
+    """The action box of docs/reference.md §1: sort the four x's and the four y's of both boxes;
     take (2nd x, 2nd y, 3rd x, 3rd y). Disjoint boxes give the gap, overlapping ones
     the intersection. Works on [..., 4]."""
     xs = torch.stack([subject_boxes[..., 0], subject_boxes[..., 2], object_boxes[..., 0], object_boxes[..., 2]], -1)

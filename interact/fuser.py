@@ -1,4 +1,4 @@
-"""The fusers: one per transformer block, after its self-attention (FACTS §2).
+"""The fusers: one per transformer block, after its self-attention (docs/reference.md §2).
 
 gatedSA (the paper's, identical in names and maths to GLIGEN's):
     x += scale * tanh(alpha_attn) * attn(norm1(cat[x, linear(objs)]))[:, :N_visual]

@@ -1,7 +1,7 @@
 """Assembling InteractDiffusion from a YAML config: the frozen SD v1.x parts plus
 the interaction control (position_net + one fuser per transformer block).
 
-The four sections mirror the released checkpoint layout (FACTS §3): `model`
+The four sections mirror the released checkpoint layout (docs/reference.md §3): `model`
 (UNet with `position_net` and fusers), `autoencoder`, `text_encoder`, `diffusion`.
 """
 from __future__ import annotations

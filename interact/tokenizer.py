@@ -1,4 +1,4 @@
-"""The interaction tokenizer (released name `position_net`, FACTS §1).
+"""The interaction tokenizer (released name `position_net`, docs/reference.md §1).
 
 Each interaction slot n gives three tokens: subject, action, object. A token is
 MLP(concat(CLIP pooled phrase embedding, Fourier(box))) + instance embedding[n]

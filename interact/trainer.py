@@ -52,8 +52,8 @@ TRAIN_DEFAULTS = {
     "enable_ema": False,
     "ema_rate": 0.9999,
     "grad_clip": 0.0,                  # max gradient norm; 0 = no clipping (the norm is still logged)
-    "null_grounding_prob": 0.1,        # FACTS §2: a step's whole batch gets the null grounding
-    "caption_drop_prob": 0.5,          # FACTS §2: per sample, the caption becomes ""
+    "null_grounding_prob": 0.1,        # docs/reference.md §2: a step's whole batch gets the null grounding
+    "caption_drop_prob": 0.5,          # docs/reference.md §2: per sample, the caption becomes ""
     "train_whole_unet": False,
     "train_interaction": True,         # False: the interaction control stays as initialised (gates 0 =
                                        # a plain text-to-image UNet)

@@ -1,7 +1,7 @@
 """Tests for interact.conditions, interact.tokenizer and interact.fuser (CPU, tiny sizes).
 
 Numerical code is checked against independent computations written here with
-explicit loops (FACTS §1 for the tokenizer, FACTS §2 for the fuser).
+explicit loops (docs/reference.md §1 for the tokenizer, docs/reference.md §2 for the fuser).
 """
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def mlp_reference(seq: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 
 
 def position_net_reference(net, sb, ob, ab, masks, se, oe, ae):
-    """Token by token, FACTS §1: roles 0 subject, 1 object, 2 action; order [S, A, O]."""
+    """Token by token, docs/reference.md §1: roles 0 subject, 1 object, 2 action; order [S, A, O]."""
     b, n = masks.shape
     out = torch.zeros(b, 3 * n, net.out_dim, dtype=torch.float64)
     inst = net.interaction_embedding.emb.weight
@@ -525,7 +525,7 @@ def dense_reference(f, x, scale):
 
 
 def fuser_reference(f, x, objs, scale):
-    """FACTS §2 written out: full self-attention over [x, linear(objs)], explicit softmax."""
+    """docs/reference.md §2 written out: full self-attention over [x, linear(objs)], explicit softmax."""
     n_visual = x.shape[1]
     o = objs @ f.linear.weight.T + f.linear.bias
     h = layer_norm_reference(torch.cat([x, o], dim=1), f.norm1)

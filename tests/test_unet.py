@@ -27,7 +27,7 @@ CTX = 16
 TINY = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(1, 2),
             num_heads=4, context_dim=CTX, norm_groups=8)
 
-FACTS_FUSER_BLOCKS = (
+RELEASED_FUSER_BLOCKS = (
     [f"input_blocks.{i}.1" for i in (1, 2, 4, 5, 7, 8)] + ["middle_block.1"]
     + [f"output_blocks.{i}.1" for i in range(3, 12)]
 )
@@ -258,7 +258,7 @@ def test_full_size_unet_with_fusers_and_position_net_matches_manifest(manifest):
     assert {k: (got[k], expected[k]) for k in expected if got[k] != expected[k]} == {}
 
     names = [name for name, _ in unet.transformer_blocks()]
-    assert names == [f"{b}.transformer_blocks.0" for b in FACTS_FUSER_BLOCKS]
+    assert names == [f"{b}.transformer_blocks.0" for b in RELEASED_FUSER_BLOCKS]
     widths = {}
     for name, blk in unet.transformer_blocks():
         assert isinstance(blk.fuser, GatedSelfAttentionDense)

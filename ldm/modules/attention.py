@@ -97,7 +97,7 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    """self-attn -> fuser slot -> cross-attn on the prompt -> feed-forward (FACTS §2)."""
+    """self-attn -> fuser slot -> cross-attn on the prompt -> feed-forward (docs/reference.md §2)."""
 
     def __init__(self, dim: int, n_heads: int, d_head: int, context_dim: int, dropout: float = 0.0,
                  use_checkpoint: bool = False):
