@@ -17,9 +17,10 @@ from PIL import Image
 
 from dataset.hico import (DEFAULT_MAX_SKIP_FRACTION, TORCH_SUFFIXES, DataError, SkipReport, load_category_file,
                           read_detector_json, read_hico_mat, read_torch_files)
-from dataset.sample import HOIRecord, HOISample
+from dataset.sample import HOIRecord
+from hoi.records import HOISample
 from dataset.transforms import preprocess
-from interact.conditions import MAX_INTERACTIONS
+from hoi.records import MAX_INTERACTIONS
 
 
 def flip_decision(seed: int, epoch: int, index: int) -> bool:

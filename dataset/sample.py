@@ -1,18 +1,14 @@
-"""The one sample type every reader fills.
+"""The record type every reader fills.
 
 A reader turns its annotation format into `HOIRecord`s (pixel boxes, phrases, an
 optional caption); `dataset.transforms` turns a record plus its image into an
-`HOISample` (image tensor, normalised boxes as `Interaction`s, caption), and
-`collate_samples` stacks samples for the trainer.
+`hoi.records.HOISample` (image tensor, normalised boxes as `Interaction`s, caption).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from interact.conditions import Interaction
 
 Pixels = tuple[float, float, float, float]
 
@@ -37,22 +33,3 @@ class HOIRecord:
     hois: list[RawHOI]
     caption: str | None = None    # None: built from the triplets
     image: object = field(default=None, repr=False)  # an inline PIL image (per-image torch files)
-
-
-@dataclass
-class HOISample:
-    """One preprocessed training sample."""
-    key: str
-    image: torch.Tensor              # [3, S, S], float32 in [-1, 1]
-    caption: str
-    interactions: list[Interaction]  # normalised xyxy, at most 30, largest first
-
-
-def collate_samples(samples: list[HOISample]) -> dict:
-    """-> {"keys", "images" [B,3,S,S], "captions" list[str], "interactions" list[list[Interaction]]}."""
-    return {
-        "keys": [s.key for s in samples],
-        "images": torch.stack([s.image for s in samples]),
-        "captions": [s.caption for s in samples],
-        "interactions": [list(s.interactions) for s in samples],
-    }

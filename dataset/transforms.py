@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dataset.sample import HOIRecord, HOISample, RawHOI
-from interact.conditions import MAX_INTERACTIONS, Interaction
+from dataset.sample import HOIRecord, RawHOI
+from hoi.records import HOISample
+from hoi.records import Interaction, MAX_INTERACTIONS
 
 Box = tuple[float, float, float, float]
 

@@ -128,7 +128,7 @@ def generate_row(row: ToyRow, ckpt: Path, samples, out: Path, batch_size: int = 
     they come from the same checkpoint (its digest is kept in <out>/../images_from.txt).
     Returns the folder and the seconds per image of what was generated now (NaN if nothing)."""
     import shutil
-    from interact.checkpoint import atomic_write, file_digest
+    from hoi.io import atomic_write, file_digest
     from interact.pipeline import InteractDiffusionPipeline
     marker, digest = out.parent / "images_from.txt", file_digest(ckpt)
     if out.is_dir() and (not marker.is_file() or marker.read_text().strip() != digest):
@@ -180,7 +180,7 @@ def layout_gains(row: ToyRow, ckpt: Path, samples, groups: dict, device=None) ->
     """The layout gain of one trained run, overall and per sample group; kept beside the
     checkpoint (layout_gain_n<N>.json) and reused while the checkpoint is the same file."""
     from evaluation.layout_gain import layout_losses
-    from interact.checkpoint import atomic_write, file_digest
+    from hoi.io import atomic_write, file_digest
     from interact.pipeline import InteractDiffusionPipeline
     cache = ckpt.parent / f"layout_gain_n{len(samples)}.json"
     digest = file_digest(ckpt)
@@ -229,7 +229,7 @@ def score_run(folder: Path, gt: list[dict], categories: HOICategories, detector,
     """The scores of one folder of images for the table: detections (kept in
     <folder>/../detections.json), mAP, bootstrap draws of mAP, FID/KID (when `extractor`).
     Cached in <folder>/../scores.json under `key` (what the images came from)."""
-    from interact.checkpoint import atomic_write
+    from hoi.io import atomic_write
     cache = folder.parent / "scores.json"
     if cache.is_file():
         saved = json.loads(cache.read_text())
@@ -337,7 +337,7 @@ def run_toy(rows: list[ToyRow] | None = None, n: int = 250, data_root="data/toy"
     from dataset.role_types import toy_role_types
     from evaluation.toy_detector import ToyHOIDetector
     from evaluation.toy_features import load_toy_extractor
-    from interact.checkpoint import file_digest
+    from hoi.io import file_digest
     rows = TOY_ROWS if rows is None else rows
     data_root, runs, out = Path(data_root), Path(runs), Path(out)
     start = time.perf_counter()
@@ -377,7 +377,7 @@ def run_toy(rows: list[ToyRow] | None = None, n: int = 250, data_root="data/toy"
                 extra["layout_gain"] = layout_gains(row, ckpt, gain_samples, groups, device)["all"]
             if extra:
                 scores.update(extra)
-                from interact.checkpoint import atomic_write
+                from hoi.io import atomic_write
                 atomic_write(folder.parent / "scores.json", lambda tmp: Path(tmp).write_text(json.dumps(scores)))
             log(f"[table] {row.name} (seed {seed}): mAP Default Full {100 * scores['map']['default']['full']:.2f}, "
                 f"FID {scores['fid']:.2f}")
@@ -389,7 +389,7 @@ def run_toy(rows: list[ToyRow] | None = None, n: int = 250, data_root="data/toy"
 def score_real(data_root: Path, out: Path, gt, categories, detector, role_types, draws, key: str, log=print) -> dict:
     """The ceiling: the detector on the real test images (scores kept under out/real/)."""
     import shutil
-    from interact.checkpoint import atomic_write
+    from hoi.io import atomic_write
     folder = out / "real" / "images"
     folder.mkdir(parents=True, exist_ok=True)
     for g in gt:
@@ -426,7 +426,7 @@ def assemble_toy(out: Path, n: int, real: dict, seconds: float, detector_key: st
     results["_meta"] = {"n": n, "seconds": seconds, "missing": missing, "comparisons": comparisons,
                         "ceiling": real["map"]["default"]["full"]}
     out.mkdir(parents=True, exist_ok=True)
-    from interact.checkpoint import atomic_write
+    from hoi.io import atomic_write
     atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
     text = "\n".join([markdown_table(results), comparison_table(results), variant_table(results),
                       pair_verb_table(results)])

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from interact.checkpoint import atomic_write
-from interact.conditions import ConditionError, interactions_from_record
+from hoi.io import atomic_write
+from hoi.records import ConditionError, interactions_from_record
 from interact.model import CONFIG_DIR, REPO_ROOT
 
 DEFAULT_INPUT = REPO_ROOT / "examples" / "layouts.json"
@@ -137,7 +137,7 @@ def load_pipeline(args):
 
 
 def checkpoint_ids(args) -> dict:
-    from interact.checkpoint import file_digest
+    from hoi.io import file_digest
     if uses_embedded_default(args):
         if args.config is not None:
             return {"embedded_default": str(args.config), "weights": "random (seed 0)"}
@@ -222,7 +222,7 @@ def write_grid(folder: Path, count: int, out, pairs_per_row: int = 3) -> Path:
         tiles.append(tile)
     if not tiles:
         raise BatchError(f"--grid: no finished records in {folder}")
-    from interact.trainer import image_grid
+    from hoi.grid import image_grid
     canvas = image_grid(tiles, columns=min(pairs_per_row, len(tiles)))
     out = Path(out)
     atomic_write(out, lambda p: canvas.save(p, format="PNG"))

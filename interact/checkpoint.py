@@ -17,14 +17,13 @@ CLI: python -m interact.checkpoint inspect FILE [--config YAML]
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from hoi.io import atomic_save
 from interact.model import (SD_V1_CONFIG, SECTIONS, InteractDiffusion, build_model, interaction_options,
                             is_interaction_key, load_config)
 
@@ -379,40 +378,7 @@ def load_training_init(model: InteractDiffusion, ckpt=None, sd_ckpt=None,
     return lines, True
 
 
-def file_digest(path, length: int = 12) -> str:
-    """Short sha256 of a file, recorded in output sidecars."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:length]
-
-
 # ----------------------------------------------------------------------------- writing
-
-def atomic_write(path, write) -> None:
-    """`write(tmp_path)` into a temporary file in the same folder, then rename it over `path`:
-    a crash mid-write leaves any previous file at `path` intact, and no partial file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_save(obj, path) -> None:
-    """torch.save through atomic_write, fsynced before the rename."""
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-    atomic_write(path, write)
-
 
 def export_sections(model: InteractDiffusion, interaction_only: bool = False) -> dict:
     """The released layout; `interaction_only` keeps just position_net + fusers."""

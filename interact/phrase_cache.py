@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from interact.checkpoint import atomic_save
+from hoi.io import atomic_save
 
 
 def encoder_fingerprint(text_encoder: torch.nn.Module) -> str:

@@ -12,38 +12,22 @@ run for the first int(beta * steps) steps (the noisiest) and are skipped after.
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from PIL import Image, ImageDraw
 
+from hoi.device import resolve_device, resolve_dtype
 from interact.checkpoint import CheckpointError, load_weights
-from interact.conditions import ConditionError, Grounding, Interaction, build_grounding, check_interactions
+from interact.conditions import Grounding, build_grounding
+from hoi.records import ConditionError, Interaction, check_interactions
 from interact.model import SD_V1_CONFIG, InteractDiffusion, build_model, load_config, set_interaction_options
 from interact.tokenizer import first_rows
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.plms import PLMSSampler
 
 SAMPLERS = {"plms": PLMSSampler, "ddim": DDIMSampler}
-
-
-def resolve_device(device: str | None = None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device = {str(device)!r}: CUDA is not available on this machine (use --device cpu)")
-    return device
-
-
-def resolve_dtype(device: torch.device, half: bool) -> torch.dtype:
-    """fp16 only on CUDA: on CPUs without native half/bf16 units it is many times slower."""
-    if half and device.type != "cuda":
-        warnings.warn("--half ignored on CPU: reduced precision is many times slower here; using fp32")
-        return torch.float32
-    return torch.float16 if half else torch.float32
 
 
 def fuser_scale(step_index: int, steps: int, beta: float) -> float:

@@ -29,7 +29,9 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from interact.checkpoint import atomic_save, export_sections, load_training_init, read_file, to_sections
+from interact.checkpoint import export_sections, load_training_init, read_file, to_sections
+from hoi.grid import image_grid
+from hoi.io import atomic_save
 from interact.conditions import build_grounding
 from interact.model import (CONFIG_DIR, InteractDiffusion, SECTIONS, build_model, is_interaction_key, load_config,
                             read_config_file)
@@ -152,7 +154,7 @@ def init_distributed(device: str = "auto") -> Distributed:
     """Reads torchrun's environment; NCCL for CUDA, gloo for CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    from interact.pipeline import resolve_device
+    from hoi.device import resolve_device
     dev = resolve_device(device)
     if dev.type == "cuda":  # one GPU per torchrun process
         dev = torch.device("cuda", local_rank if world > 1 else (dev.index or 0))
@@ -662,7 +664,7 @@ class Trainer:
         stream = SampleStream(self.dataset, o["seed"])
         sampler = StepBatches(self.iters, o["batch_size"], self.dist.world, self.dist.rank,
                               o["grad_accumulation_step"])
-        from dataset.sample import collate_samples
+        from hoi.records import collate_samples
         loader = torch.utils.data.DataLoader(stream, batch_sampler=sampler, num_workers=o["workers"],
                                              collate_fn=collate_samples, persistent_workers=o["workers"] > 0)
         return iter(loader)
@@ -769,16 +771,6 @@ def open_phrase_cache(config: DictConfig, text_encoder, fallback_root) -> Phrase
             root = Path(fallback_root)
         path = root / f"phrase_embeddings_{fingerprint}.pt"
     return PhraseEmbeddingCache(text_encoder, path, fingerprint=fingerprint)
-
-
-def image_grid(images, columns: int):
-    from PIL import Image
-    w, h = images[0].size
-    rows = math.ceil(len(images) / columns)
-    grid = Image.new("RGB", (columns * w, rows * h), "white")
-    for i, image in enumerate(images):
-        grid.paste(image, ((i % columns) * w, (i // columns) * h))
-    return grid
 
 
 def dataset_phrases(dataset) -> set[str] | None:

@@ -42,8 +42,8 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from dataset.sample import HOISample  # noqa: E402
-from interact.conditions import Interaction  # noqa: E402
+from hoi.records import HOISample  # noqa: E402
+from hoi.records import Interaction  # noqa: E402
 from interact.trainer import Trainer, check_train_options, load_training_config  # noqa: E402
 from ldm.modules.attention import attention_backend  # noqa: E402
 

@@ -207,7 +207,7 @@ def main(argv=None) -> int:
             "state_dict": {k: v.half() for k, v in net.state_dict().items()}, "metadata": meta}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from interact.checkpoint import atomic_save
+    from hoi.io import atomic_save
     atomic_save(blob, out)
     print(f"wrote {out} ({out.stat().st_size} bytes)")
     return 0

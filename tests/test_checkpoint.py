@@ -16,19 +16,9 @@ from omegaconf import OmegaConf
 
 from interact import checkpoint
 from interact.checkpoint import (
-    DIFFUSION_BUFFERS,
-    CheckpointError,
-    atomic_save,
-    check_file,
-    classify,
-    describe_kind,
-    file_digest,
-    gligen_to_interaction,
-    load_weights,
-    read_file,
-    save_checkpoint,
-    to_sections,
-)
+    DIFFUSION_BUFFERS, CheckpointError, check_file, classify, describe_kind, gligen_to_interaction, load_weights,
+    read_file, save_checkpoint, to_sections)
+from hoi.io import atomic_save, file_digest
 from interact.model import SECTIONS, build_model, is_interaction_key
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -164,7 +164,7 @@ def test_checkpoint_round_trip_through_cli(tmp_path):
     layouts = write_json(tmp_path / "l.json", [record()])
     assert run(["--input", layouts, "--folder", tmp_path / "o", "--ckpt", ckpt, "--config", TINY, "--seed", "3",
                 *FAST]) == 0
-    from interact.conditions import interactions_from_record
+    from hoi.records import interactions_from_record
     expected = pipe(record()["prompt"], interactions_from_record(record()), seed=3, steps=2, height=32, width=32,
                     progress=False)[0]
     assert np.abs(pixels(tmp_path / "o/00000.png").astype(int) - np.asarray(expected).astype(int)).max() <= 1

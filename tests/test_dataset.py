@@ -13,7 +13,8 @@ from dataset.hico import (DataError, DataWarning, load_category_file, read_detec
                           read_torch_files)
 from dataset.hico_names import OBJECT_NAMES, VERB_NAMES, phrase
 from dataset.hoi_dataset import HOIDataset, build_dataset, flip_decision
-from dataset.sample import HOIRecord, RawHOI, collate_samples
+from dataset.sample import HOIRecord, RawHOI
+from hoi.records import collate_samples
 from dataset.transforms import caption_from_triplets, ing_form, preprocess, transform_box
 
 # ----------------------------------------------------------------------------- one scene, three formats

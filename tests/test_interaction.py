@@ -11,16 +11,9 @@ import math
 import pytest
 import torch
 
-from interact.conditions import (
-    MAX_INTERACTIONS,
-    ConditionError,
-    Grounding,
-    Interaction,
-    between,
-    build_grounding,
-    check_interactions,
-    interactions_from_record,
-)
+from interact.conditions import Grounding, build_grounding
+from hoi.records import (
+    ConditionError, Interaction, MAX_INTERACTIONS, between, check_interactions, interactions_from_record)
 from interact.fuser import GatedSelfAttentionDense, attach_fusers
 from interact.tokenizer import HOIPositionNet, fourier_embed
 from ldm.modules.diffusionmodules.openaimodel import UNetModel

@@ -11,7 +11,7 @@ import torch
 from evaluation.layout_gain import LayoutLosses, layout_losses
 from evaluation.table import (category_group_map, compare, mean_std, resampled, sample_groups, summarise_row,
                               variant_table)
-from interact.conditions import Interaction
+from hoi.records import Interaction
 
 
 def samples(n, seed=0, size=32):

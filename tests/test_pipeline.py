@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interact.conditions import ConditionError, Interaction
+from hoi.records import ConditionError, Interaction
 from interact.model import CONFIG_DIR
 from interact.pipeline import InteractDiffusionPipeline, fuser_scale
 

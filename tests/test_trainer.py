@@ -11,8 +11,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dataset.sample import HOISample
-from interact.conditions import Interaction
+from hoi.records import HOISample
+from hoi.records import Interaction
 from interact.model import is_interaction_key
 from interact.trainer import SampleStream, StepBatches, Trainer, check_train_options, load_training_config, lr_lambda
 

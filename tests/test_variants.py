@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from interact.conditions import Interaction
+from hoi.records import Interaction
 from interact.fuser import GatedCrossAttentionDense, GatedSelfAttentionDense, grid_positions
 from interact.tokenizer import ACTION, OBJECT, SUBJECT, HOIPositionNet, role_type_loss, typed_role_defaults
 from ldm.modules.attention import attention_backend
@@ -264,7 +264,7 @@ def test_hico_role_types_cover_every_object_and_verb():
 
 def test_toy_role_types_and_batch_labels():
     from dataset.role_types import NON_CONTACT, toy_role_types
-    from interact.conditions import Interaction
+    from hoi.records import Interaction
     types = toy_role_types()
     box = (0.1, 0.1, 0.5, 0.5)
     batch = [[Interaction("person", "wave at", "ball", box, box), Interaction("robot", "kick", "kite", box, box)],

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from interact.checkpoint import atomic_write
+from hoi.io import atomic_write
 
 from .categories import HOI_CATEGORIES, OBJECT_BY_ID, RARE_SPAN, VERB_BY_ID, categories_dict
 from .world import DEFAULT_SIZE, plan_image, render_image

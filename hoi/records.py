@@ -1,0 +1,159 @@
+"""The project's shared record types: an interaction (the user's and the data's unit), a
+preprocessed training sample, and the limits. A leaf module: it imports nothing of the project,
+so the data readers, the model and the tools all build on it without importing each other.
+
+An interaction is a (subject, action, object) triplet with a subject box and an object box,
+normalised xyxy in [0, 1]. The action gets the box "between" the two (docs/reference.md §1).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+MAX_INTERACTIONS = 30  # slots of the released tokenizer
+
+
+class ConditionError(ValueError):
+    """Bad user input for an interaction; the message names the field and value."""
+
+
+Box = tuple[float, float, float, float]
+
+
+def check_box(box, field: str) -> Box:
+    """Validate one normalised xyxy box; raise ConditionError naming `field` otherwise."""
+    # A string iterates per character and JSON booleans are ints: neither is a box.
+    if isinstance(box, (str, bytes)) or any(isinstance(v, bool) for v in _iter_or_empty(box)):
+        raise ConditionError(f"{field} = {box!r}: expected 4 numbers x0, y0, x1, y1")
+    try:
+        values = tuple(float(v) for v in box)
+    except (TypeError, ValueError):
+        raise ConditionError(f"{field} = {box!r}: expected 4 numbers x0, y0, x1, y1") from None
+    if len(values) != 4:
+        raise ConditionError(f"{field} = {box!r}: expected 4 numbers x0, y0, x1, y1, got {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise ConditionError(f"{field} = {box!r}: coordinates must be finite numbers")
+    if not all(0.0 <= v <= 1.0 for v in values):
+        raise ConditionError(f"{field} = {box!r}: coordinates must be normalised to [0, 1]")
+    x0, y0, x1, y1 = values
+    if x1 <= x0 or y1 <= y0:
+        raise ConditionError(f"{field} = {box!r}: need x0 < x1 and y0 < y1 (xyxy, non-zero area)")
+    return values
+
+
+def _iter_or_empty(value):
+    try:
+        return list(value)
+    except TypeError:
+        return []
+
+
+def check_phrase(phrase, field: str) -> str:
+    if not isinstance(phrase, str) or not phrase.strip():
+        raise ConditionError(f"{field} = {phrase!r}: must be a non-empty phrase")
+    return phrase.strip()
+
+
+@dataclass(frozen=True)
+class Interaction:
+    subject: str
+    action: str
+    object: str
+    subject_box: Box
+    object_box: Box
+
+    def __post_init__(self):
+        for name in ("subject", "action", "object"):
+            object.__setattr__(self, name, check_phrase(getattr(self, name), name))
+        for name in ("subject_box", "object_box"):
+            object.__setattr__(self, name, check_box(getattr(self, name), name))
+
+    @property
+    def action_box(self) -> Box:
+        as_tensor = lambda box: torch.tensor(box, dtype=torch.float64)  # noqa: E731 - exact for sidecars
+        return tuple(between(as_tensor(self.subject_box), as_tensor(self.object_box)).tolist())
+
+
+def between(subject_boxes: torch.Tensor, object_boxes: torch.Tensor) -> torch.Tensor:
+    """The action box of docs/reference.md §1: sort the four x's and the four y's of both boxes;
+    take (2nd x, 2nd y, 3rd x, 3rd y). Disjoint boxes give the gap, overlapping ones
+    the intersection. Works on [..., 4]."""
+    xs = torch.stack([subject_boxes[..., 0], subject_boxes[..., 2], object_boxes[..., 0], object_boxes[..., 2]], -1)
+    ys = torch.stack([subject_boxes[..., 1], subject_boxes[..., 3], object_boxes[..., 1], object_boxes[..., 3]], -1)
+    xs, ys = xs.sort(dim=-1).values, ys.sort(dim=-1).values
+    return torch.stack([xs[..., 1], ys[..., 1], xs[..., 2], ys[..., 2]], dim=-1)
+
+
+def check_interactions(interactions: Sequence[Interaction], max_interactions: int = MAX_INTERACTIONS,
+                       where: str = "") -> list[Interaction]:
+    prefix = f"{where}: " if where else ""
+    interactions = list(interactions)
+    if len(interactions) > max_interactions:
+        raise ConditionError(f"{prefix}interactions: {len(interactions)} given, at most {max_interactions} allowed")
+    for i, item in enumerate(interactions):
+        if not isinstance(item, Interaction):
+            raise ConditionError(f"{prefix}interactions[{i}] = {item!r}: expected an Interaction")
+    return interactions
+
+
+RECORD_LIST_FIELDS = ("subject_phrases", "action_phrases", "object_phrases", "subject_boxes", "object_boxes")
+
+
+def interactions_from_record(record: dict, where: str = "record",
+                             max_interactions: int = MAX_INTERACTIONS) -> list[Interaction]:
+    """Parse a layout record {prompt, subject_phrases, action_phrases, object_phrases,
+    subject_boxes, object_boxes}; errors name the record and the field."""
+    if not isinstance(record, dict):
+        raise ConditionError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    missing = [f for f in RECORD_LIST_FIELDS if f not in record]
+    if missing:
+        raise ConditionError(f"{where}: missing field(s) {', '.join(missing)}")
+    lengths = {f: len(record[f]) if isinstance(record[f], (list, tuple)) else None for f in RECORD_LIST_FIELDS}
+    for f, n in lengths.items():
+        if n is None:
+            raise ConditionError(f"{where}: {f} = {record[f]!r}: expected a list")
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{f}={n}" for f, n in lengths.items())
+        raise ConditionError(f"{where}: list lengths disagree ({detail})")
+    out = []
+    for i in range(lengths["subject_phrases"]):
+        values = {f: record[f][i] for f in RECORD_LIST_FIELDS}
+        try:
+            out.append(Interaction(values["subject_phrases"], values["action_phrases"], values["object_phrases"],
+                                   values["subject_boxes"], values["object_boxes"]))
+        except ConditionError as err:
+            raise ConditionError(f"{where}, interaction {i}: {_plural_field(str(err))}") from None
+    return check_interactions(out, max_interactions, where)
+
+
+def _plural_field(message: str) -> str:
+    # Interaction's own messages use the singular field names; records use the list names.
+    for singular in ("subject_box", "object_box"):
+        if message.startswith(singular + " "):
+            return singular + "es" + message[len(singular):]
+    for singular in ("subject", "action", "object"):
+        if message.startswith(singular + " "):
+            return singular + "_phrases" + message[len(singular):]
+    return message
+
+
+@dataclass
+class HOISample:
+    """One preprocessed training sample."""
+    key: str
+    image: torch.Tensor              # [3, S, S], float32 in [-1, 1]
+    caption: str
+    interactions: list[Interaction]  # normalised xyxy, at most MAX_INTERACTIONS, largest first
+
+
+def collate_samples(samples: list[HOISample]) -> dict:
+    """-> {"keys", "images" [B,3,S,S], "captions" list[str], "interactions" list[list[Interaction]]}."""
+    return {
+        "keys": [s.key for s in samples],
+        "images": torch.stack([s.image for s in samples]),
+        "captions": [s.caption for s in samples],
+        "interactions": [list(s.interactions) for s in samples],
+    }
