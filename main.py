@@ -10,31 +10,19 @@ resumes from <OUTPUT_ROOT>/<name>/checkpoints/latest.pth.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
-
-
-def str2bool(value) -> bool:
-    text = str(value).lower()
-    if text in ("true", "1", "yes", "y", "on"):
-        return True
-    if text in ("false", "0", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def optional_path(value):
     return None if value is None or str(value).lower() in ("", "none") else value
 
 
-# Train options settable by flag (the reference trainer's names); types come from TRAIN_DEFAULTS.
-TRAIN_FLAGS = ("batch_size", "grad_accumulation_step", "total_iters", "lr", "warmup_steps", "save_every_iters",
-               "seed", "workers", "weight_decay", "scheduler_type", "ema_rate", "amp", "enable_ema",
-               "disable_inference_in_training", "fix_interaction_embedding")
-ALIASES = {"grad_accumulation_step": ["--gradient_accumulation_step"], "lr": ["--base_learning_rate"]}
-
-
 def parse_args(argv=None) -> argparse.Namespace:
+    from hoi.schema import add_flags
+    from interact.model import InteractionOptions
+    from interact.trainer import TrainOptions
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--yaml_file", required=True, help="training config (e.g. configs/toy_hoi.yaml)")
     p.add_argument("--name", default="test", help="the run is kept in OUTPUT_ROOT/name")
@@ -48,16 +36,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--allow-pickle", action="store_true", help="unpickle arbitrary objects (trusted files only)")
     p.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)  # old launchers
-    from interact.model import interaction_switches
-    for key, choices in interaction_switches().items():
-        p.add_argument(f"--{key}", choices=choices, default=None, help=f"overrides interaction.{key} of the YAML")
-    from interact.trainer import TRAIN_DEFAULTS
-    for flag in TRAIN_FLAGS:
-        default = TRAIN_DEFAULTS[flag]
-        kind = str2bool if isinstance(default, bool) else type(default)
-        extra = {"nargs": "?", "const": True} if kind is str2bool else {}
-        p.add_argument(f"--{flag}", *ALIASES.get(flag, []), dest=flag, type=kind, default=None, **extra)
+    note = "if the YAML does not set it"
+    interaction = p.add_argument_group("interaction (override the YAML's interaction section)")
+    p.set_defaults(interaction_flags=add_flags(interaction, InteractionOptions, default_note=note))
+    train = p.add_argument_group("training (override the YAML's train section)")
+    p.set_defaults(train_flags=add_flags(train, TrainOptions, default_note=note))
     return p.parse_args(argv)
+
+
+def check_output_root(output_root: Path, run_dir: Path) -> None:
+    """The run folder can be made: nothing on its way is a file."""
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ValueError(f"--OUTPUT_ROOT {output_root}: {folder} is a file, not a folder")
+            return
 
 
 def resolve_weights(path, data_root, flag: str):
@@ -72,21 +65,26 @@ def resolve_weights(path, data_root, flag: str):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from dataset.hoi_dataset import build_training_inputs
+    from hoi.schema import given_flags
     from interact.checkpoint import CheckpointError
-    from interact.model import interaction_switches, set_interaction_options
+    from interact.model import set_interaction_options
     from interact.trainer import Trainer, check_train_options, load_training_config
+    run_dir = Path(args.output_root) / args.name
     try:
+        check_output_root(Path(args.output_root), run_dir)
         config = load_training_config(args.yaml_file)
-        config = set_interaction_options(config, **{key: getattr(args, key) for key in interaction_switches()})
-        overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
-        config.train = check_train_options({**config.train, **overrides})
+        config = set_interaction_options(config, **given_flags(args, args.interaction_flags))
+        config.train = check_train_options({**config.train, **given_flags(args, args.train_flags)})
         if args.data_root is not None:
             if "data" not in config:
                 raise ValueError(f"--DATA_ROOT given but {args.yaml_file} has no data section")
             config.data.root = args.data_root
         ckpt = resolve_weights(args.ckpt, args.data_root, "--ckpt")
         sd_ckpt = resolve_weights(args.official_ckpt_name, args.data_root, "--official_ckpt_name")
-        trainer = Trainer(config, Path(args.output_root) / args.name, ckpt=ckpt, sd_ckpt=sd_ckpt,
+        # the data set is read before the model is built: a data error costs no model building
+        dataset, role_types = build_training_inputs(config, progress=os.environ.get("RANK", "0") == "0")
+        trainer = Trainer(config, run_dir, dataset, role_types=role_types, ckpt=ckpt, sd_ckpt=sd_ckpt,
                           device=args.device, allow_pickle=args.allow_pickle)
     except (ValueError, FileNotFoundError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)

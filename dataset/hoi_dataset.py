@@ -15,12 +15,16 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from dataset.hico import (DEFAULT_MAX_SKIP_FRACTION, TORCH_SUFFIXES, DataError, SkipReport, load_category_file,
-                          read_detector_json, read_hico_mat, read_torch_files)
+from dataset.hico import (TORCH_SUFFIXES, DataError, SkipReport, load_category_file, read_detector_json,
+                          read_hico_mat, read_torch_files)
+from dataset.options import SPLIT_KEYS, SPLITS, DataOptions, check_data_options
+from dataset.role_types import RoleTypes, load_role_types
 from dataset.sample import HOIRecord
-from hoi.records import HOISample
 from dataset.transforms import preprocess
-from hoi.records import MAX_INTERACTIONS
+from hoi.records import HOISample
+
+# Constructor defaults = the `data:` section's (dataset/options.py), so both build the same data set.
+_DEFAULTS = DataOptions(format="detector_json")
 
 
 def flip_decision(seed: int, epoch: int, index: int) -> bool:
@@ -52,9 +56,10 @@ class HOIDataset(torch.utils.data.Dataset):
     cheap `verify()`), and skips unreadable ones and ones whose size disagrees with the
     annotation, with the readers' warning/count/`max_skip_fraction` rules."""
 
-    def __init__(self, records: list[HOIRecord], size: int, random_flip: bool = True, seed: int = 0,
-                 min_area: float = 0.001, max_interactions: int = MAX_INTERACTIONS, verify_images: bool = False,
-                 max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION, source: str = "dataset",
+    def __init__(self, records: list[HOIRecord], size: int, random_flip: bool = _DEFAULTS.random_flip,
+                 seed: int = 0, min_area: float = _DEFAULTS.min_box_area,
+                 max_interactions: int = _DEFAULTS.max_interactions, verify_images: bool = _DEFAULTS.verify_images,
+                 max_skip_fraction: float = _DEFAULTS.max_skip_fraction, source: str = "dataset",
                  in_memory: bool = False, progress: bool = False):
         self.size, self.random_flip, self.seed = size, random_flip, seed
         self.min_area, self.max_interactions = min_area, max_interactions
@@ -119,72 +124,25 @@ class HOIDataset(torch.utils.data.Dataset):
 
 # ----------------------------------------------------------------------------- config
 
-FORMATS = ("hico_mat", "detector_json", "torch_files")
-SPLITS = ("train", "test")
-DATA_KEYS = ("format", "root", "train", "test", "categories", "image_size", "random_flip", "min_box_area",
-             "max_skip_fraction", "max_interactions", "verify_images", "in_memory")
-SPLIT_KEYS = ("annotations", "images")
-
-
-def _plain(value):
-    """A dict-like config (dict, OmegaConf DictConfig) as plain dicts."""
-    if isinstance(value, Mapping) or (hasattr(value, "items") and hasattr(value, "keys")):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
-
-
-def _option(cfg: dict, key: str, kind, default, check=lambda v: True, expect: str = ""):
-    """cfg[key] checked against a type (bool is not an int here) and a condition."""
-    value = cfg.get(key, default)
-    number = kind in (int, float)
-    ok = isinstance(value, kind if kind is not float else (int, float)) and not (number and isinstance(value, bool))
-    if not ok or not check(value):
-        raise ValueError(f"data.{key} = {value!r}: expected {expect or kind.__name__}")
-    return value
-
-
-def build_dataset(data_cfg, split: str, seed: int, progress: bool = False) -> HOIDataset:
-    """The `data:` config section -> HOIDataset for `split` ("train" or "test").
+def build_dataset(data: DataOptions | Mapping, split: str, seed: int, progress: bool = False) -> HOIDataset:
+    """The `data:` config section (DataOptions, or a mapping checked against it) -> HOIDataset
+    for `split` ("train" or "test").
 
     Paths are relative to `data.root`. Only the train split flips (test samples must be
     comparable across runs). Unknown keys or wrong types raise ValueError naming the key;
     missing files raise FileNotFoundError naming the path and its key."""
-    cfg = _plain(data_cfg)
-    if not isinstance(cfg, dict):
-        raise ValueError(f"data: expected a mapping, got {type(data_cfg).__name__}")
-    unknown = sorted(set(cfg) - set(DATA_KEYS))
-    if unknown:
-        raise ValueError(f"data.{unknown[0]}: unknown key (known: {', '.join(DATA_KEYS)})")
+    o = data if isinstance(data, DataOptions) else check_data_options(data)
     if split not in SPLITS:
         raise ValueError(f"split = {split!r}: expected one of {SPLITS}")
-    if "format" not in cfg:
-        raise ValueError(f"data.format: missing; one of {', '.join(FORMATS)}")
-    fmt = _option(cfg, "format", str, None, lambda v: v in FORMATS, f"one of {', '.join(FORMATS)}")
-    root = Path(_option(cfg, "root", str, ".", expect="a folder path"))
-    size = _option(cfg, "image_size", int, 512, lambda v: v > 0, "a positive integer")
-    random_flip = _option(cfg, "random_flip", bool, True, expect="true or false")
-    min_area = _option(cfg, "min_box_area", float, 0.001, lambda v: 0 <= v < 1, "a number in [0, 1)")
-    max_skip = _option(cfg, "max_skip_fraction", float, DEFAULT_MAX_SKIP_FRACTION, lambda v: 0 <= v <= 1,
-                       "a number in [0, 1]")
-    max_interactions = _option(cfg, "max_interactions", int, MAX_INTERACTIONS,
-                               lambda v: 1 <= v <= MAX_INTERACTIONS, f"an integer in [1, {MAX_INTERACTIONS}]")
-    verify = _option(cfg, "verify_images", bool, True, expect="true or false")
-    in_memory = _option(cfg, "in_memory", bool, False, expect="true or false")
-    categories = _option(cfg, "categories", (str, type(None)), None, expect="a file path")
-
-    if split not in cfg:
+    fmt, root = o.format, Path(o.root)
+    section = getattr(o, split)
+    if section is None:
         raise ValueError(f"data.{split}: missing; give {{annotations: ..., images: ...}}")
-    section = cfg[split]
-    if not isinstance(section, dict):
-        raise ValueError(f"data.{split} = {section!r}: expected {{annotations: ..., images: ...}}")
-    unknown = sorted(set(section) - set(SPLIT_KEYS))
-    if unknown:
-        raise ValueError(f"data.{split}.{unknown[0]}: unknown key (known: {', '.join(SPLIT_KEYS)})")
     needed = ("annotations",) if fmt == "torch_files" else SPLIT_KEYS
     for key in needed:
         if not isinstance(section.get(key), str):
             raise ValueError(f"data.{split}.{key} = {section.get(key)!r}: expected a path")
-    if categories is not None and fmt != "detector_json":
+    if o.categories is not None and fmt != "detector_json":
         raise ValueError(f"data.categories: only used with format detector_json, not {fmt}")
 
     annotations = root / section["annotations"]
@@ -196,20 +154,41 @@ def build_dataset(data_cfg, split: str, seed: int, progress: bool = False) -> HO
             raise FileNotFoundError(f"data.{split}.images: folder {images} not found")
 
     if fmt == "hico_mat":
-        records, report = read_hico_mat(annotations, images, split, max_skip_fraction=max_skip)
+        records, report = read_hico_mat(annotations, images, split, max_skip_fraction=o.max_skip_fraction)
     elif fmt == "detector_json":
         names = {}
-        if categories is not None:
-            path = root / categories
+        if o.categories is not None:
+            path = root / o.categories
             if not path.is_file():
                 raise FileNotFoundError(f"data.categories: {path} not found")
             names = dict(zip(("object_names", "verb_names"), load_category_file(path)))
-        records, report = read_detector_json(annotations, images, **names, max_skip_fraction=max_skip)
+        records, report = read_detector_json(annotations, images, **names, max_skip_fraction=o.max_skip_fraction)
     else:
         # Images stay in their files until used: held inline, HICO-DET's would take tens of GB per process.
-        records, report = read_torch_files(annotations, max_skip_fraction=max_skip, inline_images=False)
-    dataset = HOIDataset(records, size, random_flip=random_flip and split == "train", seed=seed,
-                         min_area=min_area, max_interactions=max_interactions, verify_images=verify,
-                         max_skip_fraction=max_skip, source=report.source, in_memory=in_memory, progress=progress)
+        records, report = read_torch_files(annotations, max_skip_fraction=o.max_skip_fraction, inline_images=False)
+    dataset = HOIDataset(records, o.image_size, random_flip=o.random_flip and split == "train", seed=seed,
+                         min_area=o.min_box_area, max_interactions=o.max_interactions, verify_images=o.verify_images,
+                         max_skip_fraction=o.max_skip_fraction, source=report.source, in_memory=o.in_memory,
+                         progress=progress)
     dataset.reader_report = report
     return dataset
+
+
+def build_training_inputs(config, progress: bool = False) -> tuple[HOIDataset, RoleTypes | None]:
+    """What a training config's trainer is given: the train split of `config.data` (flips seeded
+    by train.seed) and the role-type table named by train.role_types (None when unset)."""
+    if "data" not in config:
+        raise ValueError("the training config has no 'data' section")
+    data = check_data_options(config.data)
+    try:
+        dataset = build_dataset(data, "train", seed=config.train["seed"], progress=progress)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err} (point data.root or --DATA_ROOT at the data set; the toy world is "
+                                f"made by `python -m dataset.toy generate --out {data.root}`)") from None
+    return dataset, training_role_types(config)
+
+
+def training_role_types(config) -> RoleTypes | None:
+    """The role-type table of train.role_types ("toy", "hico" or a JSON file), None when unset."""
+    spec = config.train["role_types"]
+    return load_role_types(spec) if spec else None

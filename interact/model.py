@@ -7,14 +7,21 @@ The four sections mirror the released checkpoint layout (docs/reference.md §3):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
+import typing
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Optional
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from interact.fuser import attach_fusers
+from hoi.schema import check_options, option
+from interact.fuser import FUSER_INITS, FUSER_TYPES, attach_fusers
+from interact.tokenizer import BOX_ATTENTION, ROLE_EMBEDDINGS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -23,45 +30,99 @@ SECTIONS = ("model", "autoencoder", "text_encoder", "diffusion")
 REQUIRED_KEYS = SECTIONS + ("interaction", "scale_factor")
 
 
+MODEL_KEYS = SECTIONS + ("interaction", "scale_factor", "sampling")
+TRAINING_KEYS = ("train", "data")
+
+
+def read_yaml(path: Path) -> DictConfig:
+    """A YAML file as a config; a syntax error is a ValueError naming the file and the line."""
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "?"
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML at {where}: {problem}") from None
+
+
+def _named_config(path: Path, key: str, name) -> Path:
+    base = Path(str(name))
+    base = base if base.is_file() else CONFIG_DIR / base
+    if not base.is_file():
+        raise FileNotFoundError(f"{path}: {key} = {name!r}: not found (nor under {CONFIG_DIR})")
+    return base
+
+
 def read_config_file(path) -> DictConfig:
-    """A YAML file; `model_config: <file>` (a name under configs/ or a path) is merged underneath,
-    so a training or ablation YAML names only what it changes."""
+    """A YAML file, with what it builds on merged underneath, so that a file names only what it
+    changes: `model_config: <file>` (a name under configs/ or a path) gives the model sections and
+    must hold nothing else (a model config that brought train or data options would hand them to
+    every config built on it); `base_config: <file>` gives everything of another config, its
+    train and data sections included (a variant of a training config)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path} (see {CONFIG_DIR} for the shipped configs)")
-    own = OmegaConf.load(path)
+    own = read_yaml(path)
+    if "model_config" in own and "base_config" in own:
+        raise ValueError(f"{path}: give model_config or base_config, not both")
+    own_sections = {k: v for k, v in own.items() if k not in ("model_config", "base_config")}
+    if "base_config" in own:
+        return OmegaConf.merge(read_config_file(_named_config(path, "base_config", own.base_config)), own_sections)
     if "model_config" not in own:
         return own
-    base = Path(own.model_config)
-    base = base if base.is_file() else CONFIG_DIR / base
-    if not base.is_file():
-        raise FileNotFoundError(f"{path}: model_config = {own.model_config!r}: not found (nor under {CONFIG_DIR})")
-    return OmegaConf.merge(read_config_file(base), {k: v for k, v in own.items() if k != "model_config"})
+    base = _named_config(path, "model_config", own.model_config)
+    model = read_config_file(base)
+    extra = [k for k in model if k not in MODEL_KEYS]
+    if extra:
+        raise ValueError(f"{path}: model_config = {own.model_config!r} has a {extra[0]!r} section, but a model "
+                         f"config holds only {', '.join(MODEL_KEYS)}; to vary a training config use base_config")
+    return OmegaConf.merge(model, own_sections)
 
 
-INTERACTION_DEFAULTS = {"fuser_type": "gatedSA", "role_embedding": "fixed", "fuser_init": "zero_gates",
-                        "fuser_positions": False, "box_attention": "none"}
+FuserType = Literal[tuple(FUSER_TYPES)]
+RoleEmbedding = Literal[ROLE_EMBEDDINGS]
+BoxAttention = Literal[BOX_ATTENTION]
+FuserInit = Literal[FUSER_INITS]
+
+
+@dataclass
+class InteractionOptions:
+    """The `interaction:` section of a model config: the interaction control's variant switches
+    (the first three are also command-line flags) and its tokenizer."""
+    fuser_type: FuserType = option("gatedSA", "the fuser in every transformer block: gated self-attention "
+                                              "(the paper's) or gated cross-attention (interact/fuser.py)")
+    role_embedding: RoleEmbedding = option("fixed", "role embeddings of the interaction tokens: fixed (the "
+                                                    "paper's) or typed by the phrase (interact/tokenizer.py)")
+    box_attention: BoxAttention = option("none", "boxes: a token is attended only from the cells its box covers")
+    fuser_init: FuserInit = option("zero_gates", "zero_gates: a fresh fuser is the identity (fine-tuning); "
+                                                 "zero_outputs: every weight trains from the first step", cli=False)
+    fuser_positions: bool = option(False, "add position encodings to the fusers' visual tokens", cli=False)
+    position_net: Optional[dict] = option(None, "the interaction tokenizer, {target, params}", cli=False)
+
+
+SWITCHES = tuple(f.name for f in dataclasses.fields(InteractionOptions) if f.metadata["cli"])
 
 
 def interaction_options(config: DictConfig) -> dict:
-    """The config's interaction settings, defaults filled in (what the model is built with)."""
-    return {key: config.interaction.get(key, default) for key, default in INTERACTION_DEFAULTS.items()}
+    """The config's interaction switches, checked, defaults filled in (what the model is built
+    with); raises ValueError naming interaction.<key> for an unknown key or a value not allowed."""
+    checked = check_options(InteractionOptions, config.interaction, "interaction")
+    return {key: checked[key] for key in checked if key != "position_net"}
 
 
 def interaction_switches() -> dict[str, tuple]:
     """The interaction variants a config (or the command line) chooses between, first = default."""
-    from interact.fuser import FUSER_TYPES
-    from interact.tokenizer import BOX_ATTENTION, ROLE_EMBEDDINGS
-    return {"fuser_type": tuple(FUSER_TYPES), "role_embedding": ROLE_EMBEDDINGS, "box_attention": BOX_ATTENTION}
+    hints = typing.get_type_hints(InteractionOptions)
+    return {key: typing.get_args(hints[key]) for key in SWITCHES}
 
 
 def set_interaction_options(config: DictConfig, **options) -> DictConfig:
-    """Command-line overrides of `interaction.fuser_type` / `interaction.role_embedding` (None = keep);
-    returns a changed copy (the given config is left as it was)."""
+    """Command-line overrides of the interaction switches (None = keep); returns a changed copy
+    (the given config is left as it was)."""
     options = {k: v for k, v in options.items() if v is not None}
-    unknown = sorted(set(options) - set(interaction_switches()))
+    unknown = sorted(set(options) - set(SWITCHES))
     if unknown:
-        raise ValueError(f"unknown interaction option(s) {unknown}; known: {sorted(interaction_switches())}")
+        raise ValueError(f"unknown interaction option(s) {unknown}; known: {sorted(SWITCHES)}")
     if options:
         config = copy.deepcopy(config)
         for key, value in options.items():
@@ -70,11 +131,7 @@ def set_interaction_options(config: DictConfig, **options) -> DictConfig:
 
 
 def check_interaction_switches(config: DictConfig) -> DictConfig:
-    options = interaction_options(config)
-    for key, choices in interaction_switches().items():
-        value = options[key]
-        if value not in choices:
-            raise ValueError(f"interaction.{key} = {value!r}: must be one of {', '.join(choices)}")
+    interaction_options(config)
     return config
 
 
@@ -115,7 +172,8 @@ class InteractDiffusion(nn.Module):
         self.model = instantiate(config.model)
         o = interaction_options(config)
         # Only non-default variants are passed on, so position_net targets without the options still build.
-        extra = {k: o[k] for k, default in (("role_embedding", "fixed"), ("box_attention", "none")) if o[k] != default}
+        defaults = InteractionOptions()
+        extra = {k: o[k] for k in ("role_embedding", "box_attention") if o[k] != getattr(defaults, k)}
         self.model.position_net = instantiate(config.interaction.position_net, **extra)
         attach_fusers(self.model, self.model.position_net.out_dim, o["fuser_type"], o["fuser_init"],
                       o["fuser_positions"], o["box_attention"] != "none")

@@ -13,6 +13,7 @@ micro-steps take the same step as one process with batch N*A*b.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import os
@@ -22,6 +23,7 @@ import warnings
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -32,106 +34,95 @@ from torch import nn
 from interact.checkpoint import export_sections, load_training_init, read_file, to_sections
 from hoi.grid import image_grid
 from hoi.io import atomic_save
+from hoi.schema import check_options, option
 from interact.conditions import build_grounding
 from interact.model import (CONFIG_DIR, InteractDiffusion, SECTIONS, build_model, is_interaction_key, load_config,
                             read_config_file)
 from interact.phrase_cache import CaptionContextCache, PhraseEmbeddingCache, encoder_fingerprint
 from interact.tokenizer import role_type_loss
 
-TRAIN_DEFAULTS = {
-    "seed": 123,
-    "batch_size": 4,                   # per process
-    "grad_accumulation_step": 1,
-    "total_iters": 500000,
-    "lr": 5e-5,
-    "interaction_lr_scale": 1.0,       # lr x this for position_net and fusers (fresh layers on a trained
-                                       # backbone when train_whole_unet is on)
-    "weight_decay": 0.0,
-    "warmup_steps": 10000,
-    "scheduler_type": "constant",      # constant | cosine (after warmup)
-    "amp": False,
-    "amp_dtype": "fp16",               # fp16 (with a GradScaler) | bf16; CUDA, or CPUs with native bf16
-    "enable_ema": False,
-    "ema_rate": 0.9999,
-    "grad_clip": 0.0,                  # max gradient norm; 0 = no clipping (the norm is still logged)
-    "null_grounding_prob": 0.1,        # docs/reference.md §2: a step's whole batch gets the null grounding
-    "caption_drop_prob": 0.5,          # docs/reference.md §2: per sample, the caption becomes ""
-    "train_whole_unet": False,
-    "train_interaction": True,         # False: the interaction control stays as initialised (gates 0 =
-                                       # a plain text-to-image UNet)
-    "fix_interaction_embedding": False,  # keep position_net.interaction_embedding as initialised
-    "save_every_iters": 5000,          # a kept checkpoint_<iters>.pth
-    "checkpoint_every": 500,           # latest.pth (what a restart resumes from)
-    "log_every": 50,
-    "preview_every": 5000,
-    "preview_count": 4,
-    "disable_inference_in_training": False,
-    "workers": 1,
-    "phrase_cache": "",                # "" = <data root>/phrase_embeddings_<encoder fingerprint>.pt
-    "caption_cache_size": 0,           # distinct captions whose text-encoder output is kept in memory
-                                       # (0 = encode every step; the toy world repeats its captions)
-    "role_types": "",                  # typed role embeddings: "toy" | "hico" | a JSON file (dataset/role_types.py)
-    "role_type_loss_weight": 1.0,      # weight of the type classifiers' cross-entropy in the loss
-    "max_steps_per_run": 0,            # stop (with a checkpoint) after this many steps; 0 = no limit
-    "deterministic": False,            # CUDA: deterministic kernels (slower), for bit-exact resume; CPU always is
-}
-TOP_LEVEL_KEYS = set(SECTIONS) | {"interaction", "scale_factor", "sampling", "model_config", "train", "data"}
+
+@dataclass
+class TrainOptions:
+    """The `train:` section of a training config; also main.py's flags (the reference trainer's names)."""
+    seed: int = option(123, "seeds the initialisation, the data order and every draw of a step")
+    batch_size: int = option(4, "samples per process and micro-step", check=lambda v: v >= 1, rule=">= 1")
+    grad_accumulation_step: int = option(1, "micro-steps per optimiser step", check=lambda v: v >= 1, rule=">= 1",
+                                         flags=("--gradient_accumulation_step",))
+    total_iters: int = option(500000, "optimiser steps of the whole run", check=lambda v: v >= 1, rule=">= 1")
+    lr: float = option(5e-5, "learning rate after warm-up", check=lambda v: v > 0, rule="> 0",
+                       flags=("--base_learning_rate",))
+    # fresh layers on a trained backbone may want more when train_whole_unet is on
+    interaction_lr_scale: float = option(1.0, "lr x this for position_net and the fusers", check=lambda v: v > 0,
+                                         rule="> 0")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_steps: int = option(10000, "linear warm-up steps", check=lambda v: v >= 0, rule=">= 0")
+    scheduler_type: Literal["constant", "cosine"] = option("constant", "the lr after warm-up")
+    amp: bool = option(False, "mixed precision (CUDA, or CPUs with native bf16)")
+    amp_dtype: Literal["fp16", "bf16"] = option("fp16", "fp16 (with a GradScaler) or bf16")
+    enable_ema: bool = option(False, "keep an EMA of the trained weights (previews and the export use it)")
+    ema_rate: float = option(0.9999, "EMA decay per step", check=lambda v: 0 < v < 1, rule="in (0, 1)")
+    grad_clip: float = option(0.0, "max gradient norm; 0 = no clipping (the norm is still logged)",
+                              check=lambda v: v >= 0, rule=">= 0")
+    null_grounding_prob: float = option(0.1, "a step's whole batch gets the null grounding (docs/reference.md §2)",
+                                        check=lambda v: 0 <= v <= 1, rule="in [0, 1]")
+    caption_drop_prob: float = option(0.5, "per sample, the caption becomes \"\" (docs/reference.md §2)",
+                                      check=lambda v: 0 <= v <= 1, rule="in [0, 1]")
+    train_whole_unet: bool = option(False, "train the whole UNet with the interaction control")
+    train_interaction: bool = option(True, "False: the interaction control stays as initialised (gates 0 = a "
+                                           "plain text-to-image UNet)")
+    fix_interaction_embedding: bool = option(False, "keep position_net.interaction_embedding as initialised")
+    save_every_iters: int = option(5000, "a kept checkpoint_<iters>.pth every this many steps",
+                                   check=lambda v: v >= 1, rule=">= 1")
+    checkpoint_every: int = option(500, "latest.pth (what a restart resumes from) every this many steps",
+                                   check=lambda v: v >= 1, rule=">= 1")
+    log_every: int = option(50, "TensorBoard scalars every this many steps", check=lambda v: v >= 1, rule=">= 1")
+    preview_every: int = option(5000, "a preview grid every this many steps", check=lambda v: v >= 1, rule=">= 1")
+    preview_count: int = option(4, "layouts in a preview grid")
+    disable_inference_in_training: bool = option(False, "no preview grids")
+    workers: int = option(1, "DataLoader worker processes", check=lambda v: v >= 0, rule=">= 0")
+    phrase_cache: str = option("", "\"\" = <data root>/phrase_embeddings_<encoder fingerprint>.pt")
+    # the toy world repeats its captions
+    caption_cache_size: int = option(0, "distinct captions whose text-encoder output is kept in memory (0 = encode "
+                                        "every step)", check=lambda v: v >= 0, rule=">= 0")
+    role_types: str = option("", "type labels for role_embedding typed: toy, hico or a JSON file "
+                                 "(dataset/role_types.py)")
+    role_type_loss_weight: float = option(1.0, "weight of the type classifiers' cross-entropy in the loss",
+                                          check=lambda v: v >= 0, rule=">= 0")
+    max_steps_per_run: int = option(0, "stop (with a checkpoint) after this many steps; 0 = no limit",
+                                    check=lambda v: v >= 0, rule=">= 0")
+    # CPU runs always are deterministic
+    deterministic: bool = option(False, "CUDA: deterministic kernels (slower), for a bit-exact resume")
+
+
+TOP_LEVEL_KEYS = set(SECTIONS) | {"interaction", "scale_factor", "sampling", "model_config", "base_config", "train",
+                                  "data"}
 
 
 # ----------------------------------------------------------------------------- configuration
 
 def load_training_config(path) -> DictConfig:
-    """A training YAML: `model_config` (a model YAML under configs/ or a path) merged under
-    this file's own sections, plus `train` and `data`. Unknown keys and wrong types fail
-    here, naming the key."""
+    """A training YAML: `model_config` (a model YAML) or `base_config` (another training YAML)
+    merged under this file's own sections, plus `train` and `data`. Unknown keys and wrong
+    types fail here, naming the key; train options no file sets come from TrainOptions. (The
+    data builder checks `data`: dataset/options.py.)"""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--yaml_file {path}: no such file (see {CONFIG_DIR})")
-    own = OmegaConf.load(path)
-    unknown = sorted(set(own) - TOP_LEVEL_KEYS)
+    config = read_config_file(path)
+    unknown = sorted(set(config) - TOP_LEVEL_KEYS)
     if unknown:
         raise ValueError(f"{path}: unknown top-level key(s) {unknown}; allowed: {sorted(TOP_LEVEL_KEYS)}")
-    config = read_config_file(path)
-    config.train = check_train_options(OmegaConf.to_container(config.get("train", {}), resolve=True))
+    config.train = check_train_options(config.get("train", {}))
     load_config(config)  # checks the model sections
     return config
 
 
-def check_train_options(options: dict, where: str = "train") -> dict:
-    """Defaults filled in; unknown keys and values of the wrong type raise ValueError naming them."""
-    out = dict(TRAIN_DEFAULTS)
-    for key, value in options.items():
-        if key not in TRAIN_DEFAULTS:
-            raise ValueError(f"{where}.{key}: unknown option; known: {', '.join(sorted(TRAIN_DEFAULTS))}")
-        default = TRAIN_DEFAULTS[key]
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            value = float(value) if ok else value
-        else:
-            ok = isinstance(value, type(default)) and not isinstance(value, bool)
-        if not ok:
-            raise ValueError(f"{where}.{key} = {value!r}: expected {type(default).__name__}")
-        out[key] = value
-    checks = {
-        "batch_size": out["batch_size"] >= 1, "grad_accumulation_step": out["grad_accumulation_step"] >= 1,
-        "total_iters": out["total_iters"] >= 1, "lr": out["lr"] > 0, "warmup_steps": out["warmup_steps"] >= 0,
-        "scheduler_type": out["scheduler_type"] in ("constant", "cosine"),
-        "amp_dtype": out["amp_dtype"] in ("fp16", "bf16"), "ema_rate": 0 < out["ema_rate"] < 1,
-        "grad_clip": out["grad_clip"] >= 0, "null_grounding_prob": 0 <= out["null_grounding_prob"] <= 1,
-        "caption_drop_prob": 0 <= out["caption_drop_prob"] <= 1, "save_every_iters": out["save_every_iters"] >= 1,
-        "checkpoint_every": out["checkpoint_every"] >= 1, "log_every": out["log_every"] >= 1,
-        "preview_every": out["preview_every"] >= 1, "workers": out["workers"] >= 0,
-        "max_steps_per_run": out["max_steps_per_run"] >= 0,
-        "role_type_loss_weight": out["role_type_loss_weight"] >= 0,
-        "caption_cache_size": out["caption_cache_size"] >= 0,
-        "interaction_lr_scale": out["interaction_lr_scale"] > 0,
-    }
-    for key, ok in checks.items():
-        if not ok:
-            raise ValueError(f"{where}.{key} = {out[key]!r}: out of range")
-    if not (out["train_whole_unet"] or out["train_interaction"]):
+def check_train_options(options, where: str = "train") -> DictConfig:
+    """TrainOptions' defaults under `options`; unknown keys, values of the wrong type or out of
+    range raise ValueError naming them."""
+    out = check_options(TrainOptions, options, where)
+    if not (out.train_whole_unet or out.train_interaction):
         raise ValueError(f"{where}.train_interaction = False with train_whole_unet = False: nothing to train")
     return out
 
@@ -370,26 +361,29 @@ class RunPaths:
 
 class Trainer:
     """`config`: a training config (load_training_config). `dataset`: anything with `__len__` and
-    `get(index, epoch) -> HOISample` (built from `config.data` when None)."""
+    `get(index, epoch) -> HOISample` (the entry point builds it from `config.data`:
+    dataset.hoi_dataset.build_training_inputs). `role_types`: the type labels a typed tokenizer's
+    classifiers are fitted to (anything with `labels(interactions, max_interactions)`); required
+    with interaction.role_embedding = typed, unused otherwise."""
 
-    def __init__(self, config: DictConfig, run_dir, ckpt=None, sd_ckpt=None, dataset=None, device: str = "auto",
-                 allow_pickle: bool = False, progress: bool = True, log=print):
+    def __init__(self, config: DictConfig, run_dir, dataset, role_types=None, ckpt=None, sd_ckpt=None,
+                 device: str = "auto", allow_pickle: bool = False, progress: bool = True, log=print):
         self.config = config
-        self.opt: dict = dict(config.train)
+        self.options: TrainOptions = OmegaConf.to_object(check_train_options(config.train))
         self.paths = RunPaths(Path(run_dir))
-        if config.train["deterministic"]:
+        o = self.options
+        if o.deterministic:
             make_deterministic()
         self.dist = init_distributed(device)
         self.log = log if self.dist.is_main else (lambda *a, **k: None)
         self.progress = progress and self.dist.is_main
-        o = self.opt
-        self.amp_dtype = resolve_amp(self.dist.device, o["amp"], o["amp_dtype"])
+        self.amp_dtype = resolve_amp(self.dist.device, o.amp, o.amp_dtype)
 
-        self.dataset = dataset if dataset is not None else self._build_dataset()  # fails before the model is built
+        self.dataset = dataset
         self.model, lines, self.backbone_from_file = build_training_model(config, ckpt, sd_ckpt, allow_pickle)
         for line in lines:
             self.log(f"[init] {line}")
-        if not self.backbone_from_file and not o["train_whole_unet"]:
+        if not self.backbone_from_file and not o.train_whole_unet:
             warnings.warn("training the interaction control on a randomly initialised backbone: pass "
                           "--official_ckpt_name (SD v1.x) or set train.train_whole_unet")
         self.model.to(self.dist.device)
@@ -398,8 +392,8 @@ class Trainer:
                  f"({len(self.trained)} tensors) on {self.dist.device}, {self.dist.world} process(es)")
 
         self.phrases = self._phrase_cache()
-        self.captions = CaptionContextCache(self.model.text_encoder, o["caption_cache_size"])
-        self.role_types = self._role_types()
+        self.captions = CaptionContextCache(self.model.text_encoder, o.caption_cache_size)
+        self.role_types = self._role_types(role_types)
 
         self.denoiser = Denoiser(self.model.model)
         self.ddp = None
@@ -408,11 +402,11 @@ class Trainer:
             self.ddp = nn.parallel.DistributedDataParallel(self.denoiser, device_ids=ids)
         groups = self._param_groups()
         self.group_scales = [g["lr_scale"] for g in groups]
-        self.optimizer = torch.optim.AdamW(groups, lr=o["lr"], weight_decay=o["weight_decay"])
+        self.optimizer = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(o["warmup_steps"], o["total_iters"], o["scheduler_type"]))
+            self.optimizer, lr_lambda(o.warmup_steps, o.total_iters, o.scheduler_type))
         self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.amp_dtype == torch.float16)
-        self.ema = EMA(self.trained, o["ema_rate"]) if o["enable_ema"] else None
+        self.ema = EMA(self.trained, o.ema_rate) if o.enable_ema else None
         self.iters = 0
         self.writer = None
         self._resumed = False
@@ -420,51 +414,40 @@ class Trainer:
 
     # -------------------------------------------------------------- set-up helpers
     def _select_trained(self) -> dict[str, nn.Parameter]:
-        o = self.opt
+        o = self.options
         self.model.requires_grad_(False)
         trained = {}
         for name, p in self.model.model.named_parameters():
-            if not (o["train_whole_unet"] or is_interaction_key(name)):
+            if not (o.train_whole_unet or is_interaction_key(name)):
                 continue
-            if not o["train_interaction"] and is_interaction_key(name):
+            if not o.train_interaction and is_interaction_key(name):
                 continue
-            if o["fix_interaction_embedding"] and name.startswith("position_net.interaction_embedding."):
+            if o.fix_interaction_embedding and name.startswith("position_net.interaction_embedding."):
                 continue
             p.requires_grad_(True)
             trained[name] = p
         return trained
 
-    def _build_dataset(self):
-        if "data" not in self.config:
-            raise ValueError("the training config has no 'data' section")
-        from dataset.hoi_dataset import build_dataset
-        try:
-            return build_dataset(self.config.data, "train", seed=self.opt["seed"], progress=self.progress)
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"{err} (point data.root or --DATA_ROOT at the data set; the toy world is "
-                                    f"made by `python -m dataset.toy generate --out {self.config.data.root}`)") from None
-
     def _param_groups(self) -> list[dict]:
         """One group, or with interaction_lr_scale != 1 two: the backbone's and the interaction
         control's (each with its `lr_scale`)."""
-        scale = self.opt["interaction_lr_scale"]
+        scale = self.options.interaction_lr_scale
         if scale == 1.0:
             return [{"params": list(self.trained.values()), "lr_scale": 1.0}]
         groups = [{"params": [p for n, p in self.trained.items() if not is_interaction_key(n)], "lr_scale": 1.0},
                   {"params": [p for n, p in self.trained.items() if is_interaction_key(n)], "lr_scale": scale}]
         for group in groups:
-            group["lr"] = self.opt["lr"] * group["lr_scale"]
+            group["lr"] = self.options.lr * group["lr_scale"]
         return [g for g in groups if g["params"]]
 
-    def _role_types(self):
-        """The type labels a typed tokenizer's classifiers are fitted to (None when fixed)."""
+    def _role_types(self, role_types):
+        """The type labels when the tokenizer is typed (its classifiers are fitted to them), else None."""
         if getattr(self.model.position_net, "role_embedding", "fixed") != "typed":
             return None
-        if not self.opt["role_types"]:
+        if role_types is None:
             raise ValueError("train.role_types: required with interaction.role_embedding = typed "
                              "(\"toy\", \"hico\" or a JSON file; see dataset/role_types.py)")
-        from dataset.role_types import load_role_types
-        return load_role_types(self.opt["role_types"])
+        return role_types
 
     def _phrase_cache(self) -> PhraseEmbeddingCache:
         cache = open_phrase_cache(self.config, self.model.text_encoder, self.paths.root)
@@ -479,16 +462,16 @@ class Trainer:
     def interaction_only(self) -> bool:
         """Checkpoints hold only the trained interaction weights when the frozen backbone comes
         from a file the restart reads again; otherwise (trained or random backbone) everything."""
-        return self.backbone_from_file and not self.opt["train_whole_unet"]
+        return self.backbone_from_file and not self.options.train_whole_unet
 
     def state(self) -> dict:
         state = export_sections(self.model, interaction_only=self.interaction_only)
         state.update(opt=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                      scaler=self.scaler.state_dict(), iters=self.iters, rng=rng_states(),
-                     data={"seed": self.opt["seed"], "samples_per_step": self._samples_per_step(),
+                     data={"seed": self.options.seed, "samples_per_step": self._samples_per_step(),
                            "position": self.iters * self._samples_per_step(),  # in the global sample stream
                            "dataset_size": len(self.dataset)},
-                     train=dict(self.opt), backbone_from_file=self.backbone_from_file)
+                     train=dataclasses.asdict(self.options), backbone_from_file=self.backbone_from_file)
         if self.ema is not None:
             state["ema"] = {n: t.clone() for n, t in self.ema.shadow.items()}
             state["ema_updates"] = self.ema.updates
@@ -500,7 +483,7 @@ class Trainer:
             return
         state = self.state()
         atomic_save(state, self.paths.latest)
-        if self.iters % self.opt["save_every_iters"] == 0:
+        if self.iters % self.options.save_every_iters == 0:
             atomic_save(state, self.paths.kept(self.iters))
 
     def resume(self) -> bool:
@@ -546,15 +529,16 @@ class Trainer:
 
     def _apply_lr_options(self, saved: dict) -> None:
         """The optimiser state restores the saved lr and weight decay: the command line's win."""
-        o = self.opt
-        changed = [k for k in ("lr", "weight_decay") if k in saved and saved[k] != o[k]]
+        o = self.options
+        current = {"lr": o.lr, "weight_decay": o.weight_decay}
+        changed = [k for k in current if k in saved and saved[k] != current[k]]
         if changed:
-            self.log(f"[resume] {', '.join(f'{k} {saved[k]} -> {o[k]}' for k in changed)}")
+            self.log(f"[resume] {', '.join(f'{k} {saved[k]} -> {current[k]}' for k in changed)}")
         groups = self.optimizer.param_groups
-        self.scheduler.base_lrs = [o["lr"] * scale for scale in self.group_scales]
+        self.scheduler.base_lrs = [o.lr * scale for scale in self.group_scales]
         factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         for group, base, scale in zip(groups, self.scheduler.base_lrs, self.group_scales):
-            group["initial_lr"], group["lr"], group["weight_decay"] = base, base * factor, o["weight_decay"]
+            group["initial_lr"], group["lr"], group["weight_decay"] = base, base * factor, o.weight_decay
             group["lr_scale"] = scale
 
     def export_final(self) -> Path:
@@ -568,21 +552,21 @@ class Trainer:
 
     # -------------------------------------------------------------- one step
     def _samples_per_step(self) -> int:
-        return self.opt["batch_size"] * self.dist.world * self.opt["grad_accumulation_step"]
+        return self.options.batch_size * self.dist.world * self.options.grad_accumulation_step
 
     def loss(self, batch: dict, micro: int) -> torch.Tensor:
         """MSE to the schedule's target (the noise, or v) for this rank's micro-batch."""
-        o, m, dev = self.opt, self.model, self.dist.device
+        o, m, dev = self.options, self.model, self.dist.device
         # Draws for the step's whole global batch, then this micro-batch's rows: the same
         # numbers whatever the split into processes and accumulation micro-steps.
         b = len(batch["captions"])
         first = (micro * self.dist.world + self.dist.rank) * b
         rows = slice(first, first + b)
-        world_b = b * self.dist.world * o["grad_accumulation_step"]
-        gen = keyed_generator(o["seed"], "step", self.iters)
+        world_b = b * self.dist.world * o.grad_accumulation_step
+        gen = keyed_generator(o.seed, "step", self.iters)
         t = torch.randint(0, m.diffusion.num_timesteps, (world_b,), generator=gen)[rows]
-        drop_caption = (torch.rand(world_b, generator=gen) < o["caption_drop_prob"])[rows]
-        null_grounding = bool(torch.rand((), generator=gen) < o["null_grounding_prob"])
+        drop_caption = (torch.rand(world_b, generator=gen) < o.caption_drop_prob)[rows]
+        null_grounding = bool(torch.rand((), generator=gen) < o.null_grounding_prob)
         with torch.no_grad(), self.phase("first stage"):
             posterior = m.autoencoder.encode(batch["images"].to(dev))
             shape = posterior.mean.shape[1:]
@@ -605,10 +589,10 @@ class Trainer:
                 grounding = grounding.null()
         forward = self.ddp if self.ddp is not None else self.denoiser
         with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None), \
-                deterministic_attention(o["deterministic"] and dev.type == "cuda"), self.phase("forward"):
+                deterministic_attention(o.deterministic and dev.type == "cuda"), self.phase("forward"):
             output, type_loss = forward(x_t, t, context, grounding.to(dev).as_kwargs(), types)
             loss = nn.functional.mse_loss(output.float(), m.diffusion.training_target(z, t, noise))
-        return loss if type_loss is None else loss + o["role_type_loss_weight"] * type_loss.float()
+        return loss if type_loss is None else loss + o.role_type_loss_weight * type_loss.float()
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -628,8 +612,8 @@ class Trainer:
 
     def step(self, batches) -> dict:
         """One optimiser step over grad_accumulation_step micro-batches."""
-        o = self.opt
-        accum = o["grad_accumulation_step"]
+        o = self.options
+        accum = o.grad_accumulation_step
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for micro in range(accum):
@@ -645,7 +629,7 @@ class Trainer:
         with self.phase("optimiser"):
             self.scaler.unscale_(self.optimizer)
             params = list(self.trained.values())
-            grad_norm = nn.utils.clip_grad_norm_(params, o["grad_clip"] if o["grad_clip"] > 0 else float("inf"))
+            grad_norm = nn.utils.clip_grad_norm_(params, o.grad_clip if o.grad_clip > 0 else float("inf"))
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
@@ -660,19 +644,19 @@ class Trainer:
         return {"loss": total, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0]}
 
     def batches(self):
-        o = self.opt
-        stream = SampleStream(self.dataset, o["seed"])
-        sampler = StepBatches(self.iters, o["batch_size"], self.dist.world, self.dist.rank,
-                              o["grad_accumulation_step"])
+        o = self.options
+        stream = SampleStream(self.dataset, o.seed)
+        sampler = StepBatches(self.iters, o.batch_size, self.dist.world, self.dist.rank,
+                              o.grad_accumulation_step)
         from hoi.records import collate_samples
-        loader = torch.utils.data.DataLoader(stream, batch_sampler=sampler, num_workers=o["workers"],
-                                             collate_fn=collate_samples, persistent_workers=o["workers"] > 0)
+        loader = torch.utils.data.DataLoader(stream, batch_sampler=sampler, num_workers=o.workers,
+                                             collate_fn=collate_samples, persistent_workers=o.workers > 0)
         return iter(loader)
 
     # -------------------------------------------------------------- the loop
     def run(self) -> Path | None:
         """Train to total_iters (resuming when possible); returns the final export (rank 0)."""
-        o = self.opt
+        o = self.options
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self.resume()
         if self.dist.is_main:
@@ -681,12 +665,12 @@ class Trainer:
             self.writer = SummaryWriter(str(self.paths.root / "tensorboard"))
         self.model.model.train()
         start = self.iters
-        stop = o["total_iters"] if not o["max_steps_per_run"] else min(o["total_iters"], start + o["max_steps_per_run"])
+        stop = o.total_iters if not o.max_steps_per_run else min(o.total_iters, start + o.max_steps_per_run)
         batches = self.batches() if start < stop else None
         bar = None
         if self.progress:
             from tqdm import tqdm
-            bar = tqdm(total=o["total_iters"], initial=start, desc="train", unit="it", dynamic_ncols=True)
+            bar = tqdm(total=o.total_iters, initial=start, desc="train", unit="it", dynamic_ncols=True)
         samples_per_step = self._samples_per_step()
         while self.iters < stop:
             tick = time.perf_counter()
@@ -698,21 +682,21 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
-            if self.writer is not None and (self.iters % o["log_every"] == 0 or self.iters == 1):
+            if self.writer is not None and (self.iters % o.log_every == 0 or self.iters == 1):
                 for key, value in stats.items():
                     self.writer.add_scalar(f"train/{key}", value, self.iters)
-            if self.iters % o["checkpoint_every"] == 0 or self.iters % o["save_every_iters"] == 0:
+            if self.iters % o.checkpoint_every == 0 or self.iters % o.save_every_iters == 0:
                 self.save()
-            if self.iters % o["preview_every"] == 0 and not o["disable_inference_in_training"]:
+            if self.iters % o.preview_every == 0 and not o.disable_inference_in_training:
                 self.preview()
-        if self.iters > start and self.iters % o["checkpoint_every"] and self.iters % o["save_every_iters"]:
+        if self.iters > start and self.iters % o.checkpoint_every and self.iters % o.save_every_iters:
             self.save()
         if bar is not None:
             bar.close()
         final = None
-        if self.iters >= o["total_iters"] and self.dist.is_main:
+        if self.iters >= o.total_iters and self.dist.is_main:
             final = self.export_final()
-            self.log(f"[done] {o['total_iters']} iterations; inference weights: {final}")
+            self.log(f"[done] {o.total_iters} iterations; inference weights: {final}")
         if self.writer is not None:
             self.writer.close()
         if self.dist.world > 1:
@@ -728,7 +712,7 @@ class Trainer:
         if not self.dist.is_main:
             return None
         from interact.pipeline import InteractDiffusionPipeline, draw_layout, to_pil
-        n = min(self.opt["preview_count"], len(self.dataset))
+        n = min(self.options.preview_count, len(self.dataset))
         samples = [self.dataset.get(i, 0) for i in range(n)]
         size = samples[0].image.shape[-1]
         context = self.ema.swapped_in(self.trained) if self.ema is not None else contextlib.nullcontext()
