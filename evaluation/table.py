@@ -100,12 +100,14 @@ def train_row(row: ToyRow, runs: Path, data_root: Path, seed: int = 0, device: s
     if final.is_file():
         log(f"[table] {row.name} (seed {seed}): reusing {final}")
         return final
+    from dataset.hoi_dataset import build_training_inputs
     from interact.trainer import Trainer, load_training_config
     config = load_training_config(REPO_ROOT / row.config)
     config.data.root = str(data_root)
     config.train["seed"] = seed
     log(f"[table] {row.name} (seed {seed}): training {row.config} into {runs / row.run_name(seed)}")
-    Trainer(config, runs / row.run_name(seed), device=device or "auto").run()
+    dataset, role_types = build_training_inputs(config, progress=True)
+    Trainer(config, runs / row.run_name(seed), dataset, role_types=role_types, device=device or "auto").run()
     return final
 
 

@@ -37,12 +37,15 @@ TRAINING_KEYS = ("train", "data")
 def read_yaml(path: Path) -> DictConfig:
     """A YAML file as a config; a syntax error is a ValueError naming the file and the line."""
     try:
-        return OmegaConf.load(path)
+        config = OmegaConf.load(path)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "?"
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ValueError(f"{path}: not valid YAML at {where}: {problem}") from None
+    if not isinstance(config, DictConfig):
+        raise ValueError(f"{path}: expected a mapping of sections (model:, train:, ...), got a list")
+    return config
 
 
 def _named_config(path: Path, key: str, name) -> Path:

@@ -44,6 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from hoi.records import HOISample  # noqa: E402
 from hoi.records import Interaction  # noqa: E402
+from dataset.hoi_dataset import build_training_inputs  # noqa: E402
 from interact.trainer import Trainer, check_train_options, load_training_config  # noqa: E402
 from ldm.modules.attention import attention_backend  # noqa: E402
 
@@ -69,7 +70,9 @@ def toy_trainer(tmp: Path, data_root: Path) -> Trainer:
     options = OmegaConf.to_container(config.train, resolve=True)
     options.update(disable_inference_in_training=True, phrase_cache=str(tmp / "phrases.pt"))
     config.train = check_train_options(options)
-    trainer = Trainer(config, tmp / "run_toy", device="cpu", progress=False, log=lambda *a: None)
+    dataset, role_types = build_training_inputs(config)
+    trainer = Trainer(config, tmp / "run_toy", dataset, role_types=role_types, device="cpu", progress=False,
+                      log=lambda *a: None)
     trainer.model.model.train()
     return trainer
 
@@ -87,11 +90,11 @@ def part_real_path(tmp: Path, rounds: int, steps_per_round: int, naive: bool) ->
     data_root, data_note = toy_data_root(tmp)
     t0 = time.perf_counter()
     trainer = toy_trainer(tmp, data_root)
-    o = trainer.opt
+    o = trainer.options
     n_trained = sum(p.numel() for p in trainer.trained.values())
-    log(f"\n## Toy config as trained: {TOY_CONFIG.relative_to(REPO_ROOT)}, batch {o['batch_size']}, data {data_note}")
+    log(f"\n## Toy config as trained: {TOY_CONFIG.relative_to(REPO_ROOT)}, batch {o.batch_size}, data {data_note}")
     log(f"built (data decoded, caches opened) in {time.perf_counter() - t0:.1f} s; {n_trained / 1e6:.2f} M trained "
-        f"parameters; EMA {'on' if trainer.ema else 'off'}; caption cache {o['caption_cache_size']}")
+        f"parameters; EMA {'on' if trainer.ema else 'off'}; caption cache {o.caption_cache_size}")
     batches = trainer.batches()
     per_sample = flops_per_sample(trainer, next(batches))
     log(f"arithmetic: {per_sample / 1e9:.3f} GFLOP per training sample (forward + backward)")
@@ -119,7 +122,7 @@ def part_real_path(tmp: Path, rounds: int, steps_per_round: int, naive: bool) ->
 
     med = statistics.median
     step = med(times["SDPA"])
-    samples_s = o["batch_size"] / step
+    samples_s = o.batch_size / step
     achieved = per_sample * samples_s / 1e9
     rate = med(rates)
     log(f"\n| measure | value |\n|---|---|")
@@ -130,7 +133,7 @@ def part_real_path(tmp: Path, rounds: int, steps_per_round: int, naive: bool) ->
     log(f"| fp32 matmul {MATMUL_N}^2, {torch.get_num_threads()} threads (median of {len(rates)} samples) | "
         f"{rate:.1f} GFLOP/s |")
     log(f"| fraction of the machine's arithmetic | {achieved / rate:.0%} |")
-    per_round = [a / b for a, b in zip([per_sample * o["batch_size"] / t / 1e9 for t in times["SDPA"]], rates)]
+    per_round = [a / b for a, b in zip([per_sample * o.batch_size / t / 1e9 for t in times["SDPA"]], rates)]
     log(f"| fraction, per round (min-max) | {min(per_round):.0%}-{max(per_round):.0%} |")
     if naive:
         ratios = [n / s for n, s in zip(times["naive attention"], times["SDPA"])]

@@ -395,6 +395,37 @@ def test_config_errors_name_the_key(tmp_path):
         build_dataset(dict(cfg, categories="cats.json"), "train", 0)
 
 
+@pytest.mark.parametrize("values, message", [
+    ({"root": "."}, "data.format: missing; one of hico_mat, detector_json, torch_files"),
+    ({"format": "detector_json", "categories": 3}, "data.categories = 3: expected a file path"),
+    ({"format": "detector_json", "train": "annotations.json"},
+     "data.train = 'annotations.json': expected {annotations: ..., images: ...}"),
+    ({"format": "detector_json", "min_box_area": 1.5}, "data.min_box_area = 1.5: out of range (must be in [0, 1))"),
+    ({"format": "detector_json", "max_interactions": 0}, "data.max_interactions = 0: out of range (must be in [1, 30])"),
+    (["format"], "data: expected a mapping, got list"),
+])
+def test_data_options_name_the_key(values, message):
+    from dataset.options import check_data_options
+    with pytest.raises(ValueError) as err:
+        check_data_options(values)
+    assert str(err.value) == message
+
+
+def test_builder_and_dataset_share_the_schema_defaults(tmp_path):
+    """HOIDataset's keyword defaults are the `data:` section's (verify_images once disagreed)."""
+    import inspect
+    from dataset.options import DataOptions
+    defaults = DataOptions(format="detector_json")
+    params = inspect.signature(HOIDataset).parameters
+    assert params["verify_images"].default is defaults.verify_images is True
+    assert params["min_area"].default == defaults.min_box_area
+    assert params["max_skip_fraction"].default == defaults.max_skip_fraction
+    assert params["max_interactions"].default == defaults.max_interactions
+    assert params["random_flip"].default == defaults.random_flip
+    built = build_dataset(toy_config(tmp_path), "train", seed=0)
+    assert built.size == 16 and built.min_area == defaults.min_box_area
+
+
 def test_flip_is_deterministic_per_seed_epoch_index(tmp_path):
     flips = [flip_decision(0, 0, i) for i in range(400)]
     assert flips == [flip_decision(0, 0, i) for i in range(400)]

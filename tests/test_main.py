@@ -85,3 +85,41 @@ def test_bad_flag_and_bad_config_fail_naming_them(toy_setup, tmp_path):
     result = subprocess.run(main_command(yaml, tmp_path, "x") + ["--official_ckpt_name", "nope.ckpt"],
                             capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert result.returncode == 2 and "--official_ckpt_name nope.ckpt: no such file" in result.stderr
+
+
+def test_invalid_yaml_file_is_one_line_naming_file_and_line(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model_config: tiny_random.yaml\ntrain:\n  batch_size: [2\n  lr: 0.1\n")
+    result = subprocess.run(main_command(broken, tmp_path, "x"), capture_output=True, text=True, cwd=REPO_ROOT,
+                            timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {broken}: not valid YAML at line 4: did not find expected ',' or ']'"]
+
+
+@pytest.mark.parametrize("under", [False, True], ids=["is_a_file", "under_a_file"])
+def test_output_root_that_is_a_file_fails_before_any_work(tmp_path, capsys, under):
+    import main as train_main
+    blocker = tmp_path / "runs"
+    blocker.write_text("not a folder")
+    output_root = blocker / "deeper" if under else blocker
+    # the YAML does not exist: the output root is checked first, before anything is read
+    code = train_main.main(["--yaml_file", str(tmp_path / "absent.yaml"), "--OUTPUT_ROOT", str(output_root)])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --OUTPUT_ROOT {output_root}: {blocker} is a file, not a folder"]
+
+
+def test_train_flags_come_from_the_schema_with_the_reference_aliases():
+    import main as train_main
+    from hoi.schema import given_flags
+    args = train_main.parse_args(["--yaml_file", "x.yaml", "--gradient_accumulation_step", "2",
+                                  "--base_learning_rate", "0.25", "--amp", "--enable_ema", "false",
+                                  "--OUTPUT_ROOT", "out", "--DATA_ROOT", "data", "--official_ckpt_name", "none",
+                                  "--box_attention", "boxes"])
+    assert given_flags(args, args.train_flags) == {"grad_accumulation_step": 2, "lr": 0.25, "amp": True,
+                                                   "enable_ema": False}
+    assert given_flags(args, args.interaction_flags) == {"box_attention": "boxes"}
+    assert (args.output_root, args.data_root, args.official_ckpt_name) == ("out", "data", None)
+    with pytest.raises(SystemExit):
+        train_main.parse_args(["--yaml_file", "x.yaml", "--scheduler_type", "linear"])

@@ -93,7 +93,7 @@ def test_unknown_and_mistyped_train_options_name_the_key():
         check_train_options({"lr": "fast"})
     with pytest.raises(ValueError, match=r"train\.amp = 1: expected bool"):
         check_train_options({"amp": 1})
-    with pytest.raises(ValueError, match=r"train\.scheduler_type = 'linear': out of range"):
+    with pytest.raises(ValueError, match=r"train\.scheduler_type = 'linear': expected one of 'constant', 'cosine'"):
         check_train_options({"scheduler_type": "linear"})
     assert check_train_options({"lr": 1})["lr"] == 1.0
 
@@ -117,6 +117,73 @@ def test_shipped_training_configs_load():
     for name in ("toy_hoi.yaml", "hoi_hico_text.yaml"):
         config = load_training_config(REPO_ROOT / "configs" / name)
         assert "data" in config and config.train["total_iters"] > 0
+
+
+def test_model_config_holds_only_the_model_and_base_config_varies_a_training_config(tmp_path):
+    """A training config's train options come from itself, an explicit base_config, or
+    TrainOptions' defaults: a model_config that brought train or data options is refused."""
+    stage = tmp_path / "stage.yaml"
+    stage.write_text("model_config: hoi_hico_text.yaml\ntrain: {batch_size: 2}\n")
+    with pytest.raises(ValueError, match=r"stage\.yaml: model_config = 'hoi_hico_text\.yaml' has a 'train' section, "
+                                         r"but a model config holds only"):
+        load_training_config(stage)
+    variant = tmp_path / "variant.yaml"
+    variant.write_text("base_config: toy_hoi.yaml\ntrain: {lr: 0.002}\ninteraction: {fuser_type: gatedCA}\n")
+    config, toy = load_training_config(variant), load_training_config(REPO_ROOT / "configs" / "toy_hoi.yaml")
+    assert config.train["lr"] == 0.002 and config.train["batch_size"] == toy.train["batch_size"] == 32
+    assert config.interaction.fuser_type == "gatedCA" and config.data == toy.data
+    both = tmp_path / "both.yaml"
+    both.write_text("base_config: toy_hoi.yaml\nmodel_config: toy_model.yaml\n")
+    with pytest.raises(ValueError, match="give model_config or base_config, not both"):
+        load_training_config(both)
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("base_config: nowhere.yaml\n")
+    with pytest.raises(FileNotFoundError, match="base_config = 'nowhere.yaml': not found"):
+        load_training_config(missing)
+
+
+def config_chain(path: Path) -> list[Path]:
+    """The files a config is built from, itself first."""
+    own = OmegaConf.load(path)
+    base = own.get("base_config") or own.get("model_config")
+    return [path] + (config_chain(REPO_ROOT / "configs" / base) if base else [])
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs").glob("toy_*.yaml")), ids=lambda p: p.name)
+def test_toy_configs_take_unset_train_options_from_the_schema(path):
+    """No toy config is built on the fine-tune's (SD) files; every train option that no toy file
+    of its chain sets is TrainOptions' default."""
+    from interact.trainer import TrainOptions
+    chain = config_chain(path)
+    assert all(p.name.startswith("toy_") for p in chain), chain
+    if path.name == "toy_model.yaml":
+        assert not {"train", "data"} & set(OmegaConf.load(path))
+        return
+    config = load_training_config(path)
+    set_somewhere = {k for p in chain for k in OmegaConf.load(p).get("train", {})}
+    defaults = TrainOptions()
+    for key in config.train:
+        if key not in set_somewhere:
+            assert config.train[key] == getattr(defaults, key), key
+
+
+def test_invalid_yaml_names_the_file_and_line(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model_config: tiny_random.yaml\ntrain:\n  batch_size: [2\n  lr: 0.1\n")
+    with pytest.raises(ValueError, match=r"broken\.yaml: not valid YAML at line \d+"):
+        load_training_config(broken)
+
+
+def test_interaction_section_is_checked_against_its_schema():
+    from interact.model import InteractionOptions, interaction_options, interaction_switches, load_config
+    config = load_config(TINY_CONFIG)
+    assert interaction_options(config)["fuser_init"] == InteractionOptions().fuser_init == "zero_gates"
+    assert interaction_switches() == {"fuser_type": ("gatedSA", "gatedCA"), "role_embedding": ("fixed", "typed"),
+                                      "box_attention": ("none", "boxes")}
+    with pytest.raises(ValueError, match=r"interaction\.fuser: unknown option"):
+        load_config(OmegaConf.merge(config, {"interaction": {"fuser": "gatedCA"}}))
+    with pytest.raises(ValueError, match=r"interaction\.fuser_positions = 'yes': expected bool"):
+        load_config(OmegaConf.merge(config, {"interaction": {"fuser_positions": "yes"}}))
 
 
 @pytest.mark.parametrize("kind", ["constant", "cosine"])
@@ -156,6 +223,9 @@ def test_step_batches_split_the_global_stream_between_ranks():
 
 def test_only_interaction_parameters_train_by_default(tmp_path):
     t = make_trainer(tmp_path, total_iters=1)
+    from interact.trainer import TrainOptions
+    # `options` are the train options (typed); `optimizer` is the optimiser: no `opt` meaning either
+    assert isinstance(t.options, TrainOptions) and t.options.batch_size == 4 and not hasattr(t, "opt")
     assert t.trained and all(is_interaction_key(n) for n in t.trained)
     before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
     t.run()

@@ -300,10 +300,12 @@ def test_role_types_file_errors_name_the_entry(tmp_path):
 
 def variant_trainer(tmp_path, interaction: dict, run="run", **train):
     from test_trainer import Squares, tiny_train_config
+    from dataset.hoi_dataset import training_role_types
     from interact.trainer import Trainer
     config = tiny_train_config(tmp_path, **train)
     config.interaction.update(interaction)
-    return Trainer(config, tmp_path / run, dataset=Squares(), progress=False, log=lambda *a: None)
+    return Trainer(config, tmp_path / run, dataset=Squares(), role_types=training_role_types(config), progress=False,
+                   log=lambda *a: None)
 
 
 def test_typed_training_needs_labels_and_fits_the_classifiers(tmp_path):
