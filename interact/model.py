@@ -104,6 +104,8 @@ class InteractionOptions:
 
 
 SWITCHES = tuple(f.name for f in dataclasses.fields(InteractionOptions) if f.metadata["cli"])
+# Derived from the schema (not a second source): the defaults of everything but position_net.
+INTERACTION_DEFAULTS = {k: v for k, v in dataclasses.asdict(InteractionOptions()).items() if k != "position_net"}
 
 
 def interaction_options(config: DictConfig) -> dict:

@@ -78,7 +78,7 @@ class TrainOptions:
                                    check=lambda v: v >= 1, rule=">= 1")
     log_every: int = option(50, "TensorBoard scalars every this many steps", check=lambda v: v >= 1, rule=">= 1")
     preview_every: int = option(5000, "a preview grid every this many steps", check=lambda v: v >= 1, rule=">= 1")
-    preview_count: int = option(4, "layouts in a preview grid")
+    preview_count: int = option(4, "layouts in a preview grid", check=lambda v: v >= 1, rule=">= 1")
     disable_inference_in_training: bool = option(False, "no preview grids")
     workers: int = option(1, "DataLoader worker processes", check=lambda v: v >= 0, rule=">= 0")
     phrase_cache: str = option("", "\"\" = <data root>/phrase_embeddings_<encoder fingerprint>.pt")
