@@ -4,7 +4,11 @@
     torchrun --nproc_per_node=8 main.py --yaml_file configs/hoi_hico_text.yaml --name run1 \\
         --ckpt gligen-generation-text-box.pth --official_ckpt_name sd-v1-4.ckpt --batch_size 4 --amp true
 
-Command-line values override the YAML's `train` section. Restarting the same command
+A training YAML names its model with `model_config:` (a model-only YAML, e.g. configs/toy_model.yaml)
+or varies another training YAML with `base_config:`; its `train:` section is checked against
+interact.trainer.TrainOptions, `data:` against dataset.options.DataOptions, `interaction:` against
+interact.model.InteractionOptions. Every train option and interaction switch is also a flag
+(`--help` lists them with their defaults); flags override the YAML. Restarting the same command
 resumes from <OUTPUT_ROOT>/<name>/checkpoints/latest.pth.
 """
 from __future__ import annotations

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rebuilds the embedded default, assets/toy_interactdiffusion.pth, from nothing (seeds fixed):
 # the toy world's data, InteractDiffusion trained on it from scratch in one stage
-# (configs/toy_hoi.yaml: the whole UNet with the interaction control, box attention on), then
+# (configs/toy_hoi.yaml, training the model of configs/toy_model.yaml: the whole UNet with the
+# interaction control, box attention on), then
 # an fp16 pack. About 30 minutes alone on 2 CPU cores (50 at one thread beside another job); the run is also the table's InteractDiffusion
 # row (seed 0). A killed run resumes where it stopped when run again.
 set -euo pipefail
