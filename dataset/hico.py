@@ -30,14 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from dataset.hico_names import OBJECT_NAMES, VERB_NAMES, phrase
+from hoi.records import DataError
 from dataset.sample import HOIRecord, RawHOI
 
 DEFAULT_MAX_SKIP_FRACTION = 0.01
 TORCH_SUFFIXES = (".pth", ".pt")
-
-
-class DataError(ValueError):
-    """Training data that cannot be used; the message names the file (and the counts)."""
 
 
 class DataWarning(UserWarning):

@@ -68,7 +68,7 @@ def preprocess(record: HOIRecord, image: Image.Image, size: int = 512, flip: boo
     the pair covers, counting overlap twice: cheap and stable), largest first; ties keep
     the annotation order. The caption is the record's, or one built from the kept
     triplets in annotation order."""
-    from dataset.hico import DataError
+    from hoi.records import DataError
 
     if image.size != (record.width, record.height):
         raise DataError(f"{record.key}: image is {image.size[0]}x{image.size[1]} but its annotation says "

@@ -16,6 +16,10 @@ import torch
 MAX_INTERACTIONS = 30  # slots of the released tokenizer
 
 
+class DataError(ValueError):
+    """Training data that cannot be used; the message names the file (and the counts)."""
+
+
 class ConditionError(ValueError):
     """Bad user input for an interaction; the message names the field and value."""
 

@@ -229,7 +229,7 @@ class SampleStream(torch.utils.data.Dataset):
     def __getitem__(self, position: int):
         # A sample that cannot be read (a corrupt image found only now) is replaced by the next
         # position's: a pure function of the position, so a resumed run makes the same choice.
-        from dataset.hico import DataError
+        from hoi.records import DataError
         for offset in range(self.MAX_REPLACEMENTS):
             epoch, index = self.index(position + offset)
             try:

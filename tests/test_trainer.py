@@ -417,7 +417,7 @@ def test_ema_decay_warms_up_and_averages_as_the_closed_form():
 # ----------------------------------------------------------------------------- resume edge cases
 
 def test_an_unreadable_sample_is_replaced_by_the_next_position():
-    from dataset.hico import DataError
+    from hoi.records import DataError
 
     class OneBad(Squares):
         def get(self, index, epoch):
