@@ -101,7 +101,7 @@ def test_pack_halves_weights_and_loads_into_fp32_model(tmp_path):
     assert all(v.dtype == torch.float16 for v in packed["model"].values() if v.is_floating_point())
     assert (tmp_path / "packed.pth").stat().st_size < 0.6 * src.stat().st_size
     fresh = build_model(TINY_CONFIG, device="meta")
-    load_weights(fresh, tmp_path / "packed.pth")  # rebuilds the schedule, which the pack leaves out
+    load_weights(fresh, tmp_path / "packed.pth", purpose="generate")  # rebuilds the schedule, which the pack leaves out
     fresh = fresh.float()
     for name, value in model.model.state_dict().items():
         torch.testing.assert_close(fresh.model.state_dict()[name], value.half().float())
