@@ -411,6 +411,18 @@ def test_file_that_is_no_checkpoint_format_is_named_so(tmp_path, fresh, capsys, 
     assert rc == 2 and err_text.count("\n") == 1 and "not a torch (zip/pickle) or safetensors file" in err_text
 
 
+def test_module_cli_reports_a_text_file_in_one_line(tmp_path):
+    """`python -m interact.checkpoint` (the package's __main__) end to end."""
+    import subprocess
+    import sys
+    path = tmp_path / "notes.ckpt"
+    path.write_text("not weights\n")
+    proc = subprocess.run([sys.executable, "-m", "interact.checkpoint", "inspect", str(path)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == f"error: {path}: not a torch (zip/pickle) or safetensors file (it starts with b'not weig')\n"
+
+
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
 def test_blocked_global_is_named_and_needs_allow_pickle(tmp_path, fresh, legacy):
     """torch words this refusal "Trying to load unsupported GLOBAL posix.getcwd whose module ... is

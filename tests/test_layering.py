@@ -1,7 +1,7 @@
 """The import graph of the project's packages: every import (module-level and function-local,
 relative ones resolved) goes in an allowed direction, and no modules import each other in a cycle.
 
-Layers (docs: the README's layout section):
+Layers:
     hoi, ldm        import nothing of the project
     dataset         imports hoi
     interact        imports hoi, ldm

@@ -229,3 +229,12 @@ def test_pair_verbs_split_twin_scenes_and_count_found_pairs_and_right_verbs():
     assert result["twin"] == {"pairs": 2, "found": 1.0, "verb_right": 0.5}
     assert result["other"]["pairs"] == 1 and result["other"]["found"] == 0.0
     assert math.isnan(result["other"]["verb_right"])
+
+
+def test_comparison_table_shows_row_names_or_keys():
+    from evaluation.table_stats import comparison_table
+    results = {"_meta": {"comparisons": {"a - b": {"difference": 0.1, "se": 0.02, "se_layouts": 0.02, "se_seeds": 0.0,
+                                                   "z": 5.0}}}}
+    assert "| Alpha − b | +10.00 | 2.00 (2.00, 0.00) | 5.0 |" in comparison_table(results, {"a": "Alpha"})
+    assert "| a − b |" in comparison_table(results)
+    assert comparison_table({"_meta": {}}) == ""

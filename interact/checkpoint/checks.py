@@ -143,13 +143,14 @@ def matching_configs(raw: dict, config_dir: Path = CONFIG_DIR) -> list[Path]:
     """The configs under `config_dir` whose model every tensor of the file fits by name and shape;
     when the file stores its config, narrowed to those built the same way (when any are)."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
     if classify(raw) == "unknown":
         return []
     fits = []
     for path in sorted(config_dir.glob("*.yaml")):
         try:
             model = build_model(load_config(path), device="meta")
-        except (ValueError, OSError, KeyError):  # not a model config
+        except (ValueError, OSError, KeyError, OmegaConfBaseException):  # not a model config
             continue
         if all(report.ok for report in check_file(raw, model).values()):
             fits.append((path, (OmegaConf.to_container(model.config.model, resolve=True),

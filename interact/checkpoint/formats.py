@@ -150,7 +150,10 @@ def load_failure_reason(err: Exception) -> str:
     inner = re.search(r"WeightsUnpickler error:\s*(.*)", text, re.DOTALL)
     lines = [line.strip() for line in (inner.group(1) if inner else text).splitlines() if line.strip()]
     lines = [line for line in lines if "weights_only" not in line and not line.startswith("Check the documentation")]
-    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
+    if not lines:
+        return type(err).__name__
+    first_sentence = re.split(r"(?<=\.)\s", lines[0], maxsplit=1)[0]  # torch goes on with guesses and advice
+    return f"{type(err).__name__}: {first_sentence[:200]}"
 
 
 # ----------------------------------------------------------------------------- layouts
