@@ -93,7 +93,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
-    from evaluation.table import toy_test_layouts
+    from evaluation.toy_samples import toy_test_layouts
     from interact.pipeline import InteractDiffusionPipeline
     pipe = InteractDiffusionPipeline.from_checkpoint(args.ckpt, config=args.config, device=args.device)
     samples = toy_test_layouts(args.config, args.data, args.n)

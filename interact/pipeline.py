@@ -79,7 +79,8 @@ class InteractDiffusionPipeline:
             model.text_encoder = encoder
         else:
             model = build_model(config, tokenizer=load_clip_tokenizer(), device="meta")
-        load_weights(model, ckpt, sd_ckpt, allow_pickle, text_encoder_given=text_encoder is not None)
+        load_weights(model, ckpt, sd_ckpt, purpose="generate", allow_pickle=allow_pickle,
+                     text_encoder_given=text_encoder is not None)
         source = " + ".join(str(p) for p in (sd_ckpt, ckpt) if p is not None)
         return cls(model, device, resolve_dtype(device, half), source=source)
 

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from interact.checkpoint import export_sections, load_training_init, read_file, to_sections
+from interact.checkpoint import export_sections, load_weights, read_file, to_sections
 from hoi.grid import image_grid
 from hoi.io import atomic_save
 from hoi.schema import check_options, option
@@ -741,7 +741,7 @@ def build_training_model(config: DictConfig, ckpt=None, sd_ckpt=None,
     from ldm.modules.encoders.clip_tokenizer import load_clip_tokenizer
     torch.manual_seed(config.train["seed"])
     model = build_model(config, tokenizer=load_clip_tokenizer())
-    lines, backbone_from_file = load_training_init(model, ckpt, sd_ckpt, allow_pickle)
+    lines, backbone_from_file = load_weights(model, ckpt, sd_ckpt, purpose="train", allow_pickle=allow_pickle)
     return model, lines, backbone_from_file
 
 

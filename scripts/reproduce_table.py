@@ -1,4 +1,4 @@
-"""The paper's table in miniature (see evaluation/table.py for what each step does).
+"""The paper's table in miniature (see experiments/toy_table.py for what each step does).
 
     python scripts/reproduce_table.py --world toy            # trains (or reuses) every row, then the table
     python scripts/reproduce_table.py --world toy --rows interact,boxes   # only these rows now (a part)
@@ -57,7 +57,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from evaluation.table import comparison_table, markdown_table, run_hico, run_toy, select_rows, variant_table
+    from evaluation.table_stats import comparison_table, markdown_table, variant_table
+    from experiments.hico_table import run_hico
+    from experiments.toy_table import ROW_NAMES, run_toy, select_rows
     try:
         if args.world == "toy":
             results = run_toy(select_rows(args.rows), args.n, args.data, args.runs, args.out, args.device, args.gain_n,
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(markdown_table(results))
-    print(comparison_table(results))
+    print(comparison_table(results, ROW_NAMES))
     if any("layout_gain" in r for k, r in results.items() if not k.startswith("_")):
         print(variant_table(results))
     return 0

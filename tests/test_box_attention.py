@@ -161,10 +161,10 @@ def test_a_file_trained_with_box_attention_names_the_switch_when_the_config_lack
     boxed.interaction.box_attention = "boxes"
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "boxed.pth", build_model(boxed))
-    load_weights(build_model(boxed, device="meta"), tmp_path / "boxed.pth")        # the same switch: loads
+    load_weights(build_model(boxed, device="meta"), tmp_path / "boxed.pth", purpose="generate")  # the same switch: loads
     with pytest.raises(CheckpointError, match="box_attention = boxes"):
-        load_weights(build_model(TINY_CONFIG, device="meta"), tmp_path / "boxed.pth")
+        load_weights(build_model(TINY_CONFIG, device="meta"), tmp_path / "boxed.pth", purpose="generate")
     # and the other way: a plain file's stored config says it was off
     save_checkpoint(tmp_path / "plain.pth", build_model(TINY_CONFIG))
     with pytest.raises(CheckpointError, match="box_attention = none"):
-        load_weights(build_model(boxed, device="meta"), tmp_path / "plain.pth")
+        load_weights(build_model(boxed, device="meta"), tmp_path / "plain.pth", purpose="generate")

@@ -6,6 +6,7 @@ import contextlib
 import copy
 import io
 import os
+import random
 import re
 from collections import OrderedDict
 from pathlib import Path
@@ -214,7 +215,7 @@ def test_released_layout_loads_exactly(tmp_path, source, fresh, config_dict, old
         assert "iteration 1234" in describe_kind(loaded)
     else:
         assert "iteration" not in describe_kind(loaded)
-    load_weights(fresh, ckpt=path)
+    load_weights(fresh, ckpt=path, purpose="generate")
     assert_same_weights(fresh, source)
 
 
@@ -240,7 +241,7 @@ def test_sd_original_plus_interaction_weights_loads_exactly(tmp_path, source, fr
     assert set(sections) == set(SECTIONS)
     assert set(sections["diffusion"]) == set(DIFFUSION_BUFFERS)
 
-    load_weights(fresh, ckpt=interaction_file, sd_ckpt=sd_file)
+    load_weights(fresh, ckpt=interaction_file, sd_ckpt=sd_file, purpose="generate")
     assert_same_weights(fresh, source)
 
 
@@ -250,7 +251,7 @@ def test_own_export_round_trip(tmp_path, source, fresh, full_file):
     assert set(raw) == set(SECTIONS) | {"config_dict"}
     assert raw["config_dict"] == OmegaConf.to_container(source.config, resolve=True)
     assert {k: len(v) for k, v in to_sections(raw).items()} == {k: len(v) for k, v in weights(source).items()}
-    load_weights(fresh, ckpt=full_file)
+    load_weights(fresh, ckpt=full_file, purpose="generate")
     assert_same_weights(fresh, source)
 
     # extra keys (training state) travel along; the config in the file rebuilds the same model
@@ -259,7 +260,7 @@ def test_own_export_round_trip(tmp_path, source, fresh, full_file):
     raw = read_file(path)
     assert raw["iters"] == 7 and "iteration 7" in describe_kind(raw)
     rebuilt = build_model(raw["config_dict"], tokenizer=source.text_encoder.tokenizer)
-    load_weights(rebuilt, ckpt=path)
+    load_weights(rebuilt, ckpt=path, purpose="generate")
     assert_same_weights(rebuilt, source)
 
 
@@ -373,9 +374,10 @@ def test_truncated_pth_rejected(tmp_path, fresh, legacy, keep):
                _use_new_zipfile_serialization=not legacy)
     truncate(path, keep)
     with pytest.raises(CheckpointError, match="truncated") as err:
-        load_weights(fresh, ckpt=path)
+        load_weights(fresh, ckpt=path, purpose="generate")
     assert str(path) in str(err.value)
     assert "allow-pickle" not in str(err.value)
+    assert "weights_only" not in str(err.value)  # torch's advice to unpickle anything is not passed on
 
 
 def test_truncated_safetensors_rejected(tmp_path, fresh, interaction_file):
@@ -384,8 +386,96 @@ def test_truncated_safetensors_rejected(tmp_path, fresh, interaction_file):
     save_file({"model.diffusion_model.time_embed.0.bias": torch.randn(1000)}, str(path))
     truncate(path)
     with pytest.raises(CheckpointError, match="truncated") as err:
-        load_weights(fresh, ckpt=interaction_file, sd_ckpt=path)
+        load_weights(fresh, ckpt=interaction_file, sd_ckpt=path, purpose="generate")
     assert str(path) in str(err.value)
+
+
+class OpensAFile:
+    """Pickles as a call into a module torch's weights-only unpickler blocks (`os`)."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+@pytest.mark.parametrize("content", [bytes(random.Random(0).getrandbits(8) for _ in range(3000)),
+                                     b"model: not a checkpoint\nbut a text file\n"], ids=["random-bytes", "text"])
+def test_file_that_is_no_checkpoint_format_is_named_so(tmp_path, fresh, capsys, content):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
+        load_weights(fresh, ckpt=path, purpose="generate")
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: not a torch (zip/pickle) or safetensors file")
+    assert "\n" not in msg and "truncated" not in msg and "weights_only" not in msg
+    rc, out, err_text = run_inspect(capsys, path)
+    assert rc == 2 and err_text.count("\n") == 1 and "not a torch (zip/pickle) or safetensors file" in err_text
+
+
+def test_module_cli_reports_a_text_file_in_one_line(tmp_path):
+    """`python -m interact.checkpoint` (the package's __main__) end to end."""
+    import subprocess
+    import sys
+    path = tmp_path / "notes.ckpt"
+    path.write_text("not weights\n")
+    proc = subprocess.run([sys.executable, "-m", "interact.checkpoint", "inspect", str(path)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == f"error: {path}: not a torch (zip/pickle) or safetensors file (it starts with b'not weig')\n"
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_blocked_global_is_named_and_needs_allow_pickle(tmp_path, fresh, legacy):
+    """torch words this refusal "Trying to load unsupported GLOBAL posix.getcwd whose module ... is
+    blocked" (another case and wording than an unknown class): still a well-formed file that
+    needs --allow-pickle, not a truncated one."""
+    path = tmp_path / "blocked.pth"
+    torch.save({"model": {"w": torch.zeros(2)}, "hook": OpensAFile()}, path, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(CheckpointError) as err:
+        load_weights(fresh, ckpt=path, purpose="generate")
+    msg = str(err.value)
+    assert str(path) in msg and "--allow-pickle" in msg and f"{os.getcwd.__module__}.getcwd" in msg
+    assert "truncated" not in msg and "weights_only" not in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("message, named", [
+    ("Unsupported global: GLOBAL foo.Bar was not an allowed global by default.", "foo.Bar"),
+    ("Trying to load unsupported GLOBAL posix.system whose module posix is blocked.", "posix.system"),
+    ("unsupported global foo.Baz", "foo.Baz"),
+    ("Unsupported operand 101", None),        # a damaged pickle
+])
+def test_refused_global_is_read_whatever_the_wording(tmp_path, message, named):
+    import pickle
+    from interact.checkpoint.formats import refused_global
+    assert refused_global(tmp_path / "x.pth", pickle.UnpicklingError(message), "torch-pickle") == named
+    assert refused_global(tmp_path / "x.pth", RuntimeError(message), "torch-pickle") is None
+
+
+def test_file_for_another_config_names_the_config_it_fits(meta_sd, capsys):
+    """The shipped toy checkpoint with the default (SD v1.x) config: not "pass --sd_ckpt" (the
+    toy file has no autoencoder section because the toy first stage has no weights), but the
+    config it was built with."""
+    toy = REPO_ROOT / "assets" / "toy_interactdiffusion.pth"
+    with pytest.raises(CheckpointError) as err:
+        load_weights(meta_sd, ckpt=toy, purpose="generate")
+    first_line = str(err.value).splitlines()[0]
+    assert first_line.startswith(f"{toy}: does not match the model config")
+    assert "configs/toy_hoi.yaml" in first_line and "--config" in first_line
+    assert "--sd_ckpt" not in str(err.value)
+    rc, out, _ = run_inspect(capsys, toy, SD_CONFIG)
+    assert rc == 1 and any("NOT" in line and "configs/toy_hoi.yaml" in line for line in out.splitlines())
+
+
+def test_matching_configs_by_shapes(full_file, manifest):
+    from interact.checkpoint import matching_configs
+    assert matching_configs(read_file(full_file)) == [TINY_CONFIG]
+    released = released_layout(meta_sections(manifest))
+    assert SD_CONFIG in matching_configs(released)
+    assert matching_configs({"weights": {"w": torch.zeros(1)}}) == []
+
+
+def test_unknown_purpose_is_refused(fresh, full_file):
+    with pytest.raises(ValueError, match="purpose = 'eval': must be one of generate, train"):
+        load_weights(fresh, ckpt=full_file, purpose="eval")
 
 
 @pytest.mark.parametrize("payload", [[torch.zeros(2)], torch.zeros(2)], ids=["list", "tensor"])
@@ -400,7 +490,7 @@ def test_unknown_layout_names_its_keys(tmp_path, fresh):
     path = tmp_path / "unknown.pth"
     torch.save({"weights": {"conv.weight": torch.zeros(2)}, "step_count": 5}, path)
     with pytest.raises(CheckpointError, match="unrecognised checkpoint layout") as err:
-        load_weights(fresh, ckpt=path)
+        load_weights(fresh, ckpt=path, purpose="generate")
     assert "weights" in str(err.value) and "step_count" in str(err.value)
 
 
@@ -414,12 +504,12 @@ def test_arbitrary_pickle_needs_allow_pickle(tmp_path, source, fresh, full_file,
     path = tmp_path / "trusted.pth"
     torch.save(raw, path)
     with pytest.raises(CheckpointError, match="--allow-pickle") as err:
-        load_weights(fresh, ckpt=path)
+        load_weights(fresh, ckpt=path, purpose="generate")
     assert str(path) in str(err.value)
     assert len(differing(fresh, source)) == sum(len(s) for s in weights(source).values()), \
         "nothing may be loaded from a refused file"
 
-    load_weights(fresh, ckpt=path, allow_pickle=True)
+    load_weights(fresh, ckpt=path, allow_pickle=True, purpose="generate")
     assert_same_weights(fresh, source)
     if where == "extra-object":
         assert isinstance(read_file(path, allow_pickle=True)["args"], TrainingArgs)
@@ -427,7 +517,7 @@ def test_arbitrary_pickle_needs_allow_pickle(tmp_path, source, fresh, full_file,
 
 def test_tiny_file_into_full_size_model_lists_differences(meta_sd, full_file):
     with pytest.raises(CheckpointError, match="does not match the model config") as err:
-        load_weights(meta_sd, ckpt=full_file)
+        load_weights(meta_sd, ckpt=full_file, purpose="generate")
     msg = str(err.value)
     assert str(full_file) in msg and "inspect" in msg
     assert re.search(r"model: \d+ wrongly shaped: [\w.]+ file \[\d+(, \d+)*\] vs model \[", msg), msg
@@ -465,7 +555,7 @@ def test_wrong_tensor_rejected_by_name(tmp_path, source, fresh, full_file, secti
     path = tmp_path / "edited.pth"
     torch.save(raw, path)
     with pytest.raises(CheckpointError) as err:
-        load_weights(fresh, ckpt=path)
+        load_weights(fresh, ckpt=path, purpose="generate")
     msg = str(err.value)
     assert ("wrongly shaped" if change == "reshape" else "missing") in msg
     assert f"{section}: 1 " in msg
@@ -475,14 +565,14 @@ def test_wrong_tensor_rejected_by_name(tmp_path, source, fresh, full_file, secti
 
 def test_sd_ckpt_without_ckpt(fresh, sd_ckpt_file):
     with pytest.raises(CheckpointError, match="pass --ckpt"):
-        load_weights(fresh, sd_ckpt=sd_ckpt_file)
+        load_weights(fresh, sd_ckpt=sd_ckpt_file, purpose="generate")
     with pytest.raises(CheckpointError, match="--ckpt"):
-        load_weights(fresh)
+        load_weights(fresh, purpose="generate")
 
 
 def test_interaction_weights_alone_need_sd_ckpt(fresh, interaction_file):
     with pytest.raises(CheckpointError, match="--sd_ckpt"):
-        load_weights(fresh, ckpt=interaction_file)
+        load_weights(fresh, ckpt=interaction_file, purpose="generate")
 
 
 def test_missing_text_encoder_needs_text_encoder_flag(tmp_path, source, fresh, full_file):
@@ -491,19 +581,19 @@ def test_missing_text_encoder_needs_text_encoder_flag(tmp_path, source, fresh, f
     path = tmp_path / "no-text.pth"
     torch.save(raw, path)
     with pytest.raises(CheckpointError, match="--text_encoder"):
-        load_weights(fresh, ckpt=path)
+        load_weights(fresh, ckpt=path, purpose="generate")
 
     before = {k: v.clone() for k, v in fresh.text_encoder.state_dict().items()}
-    load_weights(fresh, ckpt=path, text_encoder_given=True)
+    load_weights(fresh, ckpt=path, text_encoder_given=True, purpose="generate")
     assert [d for d in differing(fresh, source) if not d.startswith("text_encoder/")] == []
     assert all(torch.equal(v, before[k]) for k, v in fresh.text_encoder.state_dict().items())
 
 
 def test_missing_path(tmp_path, fresh, full_file):
     with pytest.raises(FileNotFoundError):
-        load_weights(fresh, ckpt=tmp_path / "nope.pth")
+        load_weights(fresh, ckpt=tmp_path / "nope.pth", purpose="generate")
     with pytest.raises(FileNotFoundError):
-        load_weights(fresh, ckpt=full_file, sd_ckpt=tmp_path / "nope.safetensors")
+        load_weights(fresh, ckpt=full_file, sd_ckpt=tmp_path / "nope.safetensors", purpose="generate")
     with pytest.raises(FileNotFoundError):
         read_file(tmp_path)  # a folder is not a checkpoint file
 
@@ -578,7 +668,7 @@ def test_atomic_save_keeps_previous_file_on_failure(tmp_path, monkeypatch):
         f.write(b"PK\x03\x04 half a checkpoint")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(checkpoint.torch, "save", failing_save)
+    monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(OSError, match="No space left"):
         atomic_save({"model": {"w": torch.zeros(5)}}, path)
     monkeypatch.undo()
@@ -612,7 +702,7 @@ def test_meta_built_model_takes_every_tensor_from_the_files(tmp_path, source, cl
     sd_file = tmp_path / "sd.ckpt"
     torch.save({"state_dict": state}, sd_file)
     model = build_model(TINY_CONFIG, tokenizer=clip_tokenizer, device="meta")
-    load_weights(model, ckpt=interaction_file, sd_ckpt=sd_file)
+    load_weights(model, ckpt=interaction_file, sd_ckpt=sd_file, purpose="generate")
     assert not [n for n, t in model.state_dict().items() if t.is_meta]
     assert not model.text_encoder._embeddings().position_ids.is_meta
     for name in ("model", "autoencoder", "text_encoder"):
@@ -631,13 +721,13 @@ def differing_section(a, b, name) -> list[str]:
 
 def test_wrong_kind_of_file_as_ckpt_says_where_it_belongs(tmp_path, source, fresh, sd_ckpt_file):
     with pytest.raises(CheckpointError, match="pass it as --sd_ckpt"):
-        load_weights(fresh, ckpt=sd_ckpt_file)
+        load_weights(fresh, ckpt=sd_ckpt_file, purpose="generate")
     gligen = released_layout(cloned(weights(source)))
     gligen["model"] = {k: v for k, v in gligen["model"].items() if not k.startswith(GLIGEN_DROPPED)}
     path = tmp_path / "gligen.pth"
     torch.save(gligen, path)
     with pytest.raises(CheckpointError, match="GLIGEN checkpoint"):
-        load_weights(fresh, ckpt=path)
+        load_weights(fresh, ckpt=path, purpose="generate")
 
 
 def test_released_file_with_omegaconf_config_loads_without_allow_pickle(tmp_path, source, fresh):
@@ -649,20 +739,19 @@ def test_released_file_with_omegaconf_config_loads_without_allow_pickle(tmp_path
     torch.save(released_layout(cloned(weights(source)), config=config), path)
     raw = read_file(path)
     assert OmegaConf.to_container(raw["config_dict"]) == OmegaConf.to_container(config)
-    load_weights(fresh, ckpt=path)
+    load_weights(fresh, ckpt=path, purpose="generate")
     assert_same_weights(fresh, source)
 
 
 # ----------------------------------------------------------------------------- training initialisation
 
 def test_training_init_from_gligen_and_sd_files(tmp_path, source, fresh, sd_ckpt_file, config_dict):
-    from interact.checkpoint import load_training_init
     sections = cloned(weights(source))
     gligen_model = {k: v for k, v in sections["model"].items() if not k.startswith(GLIGEN_DROPPED)}
     torch.save(released_layout({**sections, "model": gligen_model}, config_dict), tmp_path / "gligen.pth")
     fresh_embeddings = {k: v.clone() for k, v in fresh.model.state_dict().items()
                         if k.startswith(("position_net.interaction_embedding.", "position_net.position_embedding."))}
-    lines, from_file = load_training_init(fresh, tmp_path / "gligen.pth", sd_ckpt_file)
+    lines, from_file = load_weights(fresh, tmp_path / "gligen.pth", sd_ckpt_file, purpose="train")
     assert from_file and any("GLIGEN" in line for line in lines)
     state, src = fresh.model.state_dict(), sections["model"]
     for key, value in src.items():
@@ -678,9 +767,8 @@ def test_training_init_from_gligen_and_sd_files(tmp_path, source, fresh, sd_ckpt
 
 
 def test_training_init_from_interaction_weights_keeps_a_random_backbone(fresh, source, interaction_file):
-    from interact.checkpoint import load_training_init
     backbone_before = {k: v.clone() for k, v in fresh.model.state_dict().items() if not is_interaction_key(k)}
-    lines, from_file = load_training_init(fresh, interaction_file)
+    lines, from_file = load_weights(fresh, interaction_file, purpose="train")
     assert not from_file and any("random" in line for line in lines)
     state = fresh.model.state_dict()
     for key, value in source.model.state_dict().items():
@@ -689,9 +777,8 @@ def test_training_init_from_interaction_weights_keeps_a_random_backbone(fresh, s
 
 
 def test_training_init_refuses_an_sd_file_as_ckpt(fresh, sd_ckpt_file):
-    from interact.checkpoint import load_training_init
     with pytest.raises(CheckpointError, match="--official_ckpt_name"):
-        load_training_init(fresh, sd_ckpt_file)
+        load_weights(fresh, sd_ckpt_file, purpose="train")
 
 
 def differing_sections(a, b, names) -> list[str]:

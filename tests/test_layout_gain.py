@@ -1,4 +1,4 @@
-"""The layout gain (evaluation/layout_gain.py) and the variant table built from it (evaluation/table.py)."""
+"""The layout gain (evaluation/layout_gain.py) and the variant table built from it (evaluation/table_stats.py)."""
 from __future__ import annotations
 
 import copy
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from evaluation.layout_gain import LayoutLosses, layout_losses
-from evaluation.table import (category_group_map, compare, mean_std, resampled, sample_groups, summarise_row,
-                              variant_table)
+from evaluation.table_stats import (category_group_map, compare, mean_std, resampled, sample_groups, summarise_row,
+                                    variant_table)
 from hoi.records import Interaction
 
 
@@ -171,7 +171,7 @@ def test_variant_table_rows():
 def test_layout_gains_are_kept_beside_the_checkpoint_and_redone_when_it_changes(tmp_path, tiny_model, monkeypatch):
     from conftest import TINY_CONFIG
     import evaluation.layout_gain as lg
-    from evaluation.table import ToyRow, layout_gains
+    from experiments.toy_table import ToyRow, layout_gains
     from interact.checkpoint import save_checkpoint
     ckpt = tmp_path / "run" / "model_final.pth"
     save_checkpoint(ckpt, with_open_gates(tiny_model))

@@ -1,4 +1,5 @@
-"""The toy score (layouts -> ground truth -> detector mAP), the table builder and checkpoint packing."""
+"""The toy score (layouts -> ground truth -> detector mAP), the table (evaluation/table_stats.py,
+experiments/) and checkpoint packing."""
 import json
 import math
 
@@ -7,7 +8,7 @@ import torch
 
 from dataset.toy import OBJECT_BY_ID, VERB_BY_ID, render_image
 from evaluation.hico_map import HOICategories, HOIEvalError
-from evaluation.table import markdown_table
+from evaluation.table_stats import markdown_table
 from evaluation.toy_score import layouts_to_ground_truth, main as toy_score_main, toy_score
 
 
@@ -101,7 +102,7 @@ def test_pack_halves_weights_and_loads_into_fp32_model(tmp_path):
     assert all(v.dtype == torch.float16 for v in packed["model"].values() if v.is_floating_point())
     assert (tmp_path / "packed.pth").stat().st_size < 0.6 * src.stat().st_size
     fresh = build_model(TINY_CONFIG, device="meta")
-    load_weights(fresh, tmp_path / "packed.pth")  # rebuilds the schedule, which the pack leaves out
+    load_weights(fresh, tmp_path / "packed.pth", purpose="generate")  # rebuilds the schedule, which the pack leaves out
     fresh = fresh.float()
     for name, value in model.model.state_dict().items():
         torch.testing.assert_close(fresh.model.state_dict()[name], value.half().float())
@@ -113,7 +114,7 @@ def test_hico_route_assembles_rows_from_folders_and_detection_files(tmp_path):
     """--world hico: FID/KID from image folders, mAP from detector files; exercised on toy
     scenes with a categories file (no HICO data here)."""
     from dataset.toy import categories_dict
-    from evaluation.table import run_hico
+    from experiments.hico_table import run_hico
     real, fake = tmp_path / "real", tmp_path / "fake"
     real.mkdir(), fake.mkdir()
     gt = []
@@ -143,7 +144,8 @@ def test_hico_route_assembles_rows_from_folders_and_detection_files(tmp_path):
 def test_toy_table_is_assembled_from_the_rows_scored_so_far(tmp_path):
     """Rows whose seeds all have scores (for this n) enter the table; the others are listed as
     missing; the comparisons use the paired bootstrap draws and the seeds."""
-    from evaluation.table import CEILING_ROW, ROW_BY_KEY, assemble_toy
+    from evaluation.table_stats import CEILING_ROW
+    from experiments.toy_table import ROW_BY_KEY, assemble_toy
 
     def scores(full, draws, n=4, fid=10.0, detector="def"):
         m = {"full": full, "rare": full, "non_rare": full}
@@ -195,7 +197,7 @@ def test_pair_verbs_split_twin_scenes_and_count_found_pairs_and_right_verbs():
     """Twin scene: two persons, one holding, one waving at a ball (same boxes geometry); the
     detector finds both pairs but gives one the wrong verb. Other scene: a kick that is missed."""
     from dataset.toy import VERB_BY_NAME, find_hoi
-    from evaluation.table import is_twin_scene, pair_verb_accuracy
+    from evaluation.table_stats import is_twin_scene, pair_verb_accuracy
 
     def hoi(s, o, verb, subject="person", obj="ball"):
         return {"subject_id": s, "object_id": o, "category_id": VERB_BY_NAME[verb].id,
@@ -227,3 +229,12 @@ def test_pair_verbs_split_twin_scenes_and_count_found_pairs_and_right_verbs():
     assert result["twin"] == {"pairs": 2, "found": 1.0, "verb_right": 0.5}
     assert result["other"]["pairs"] == 1 and result["other"]["found"] == 0.0
     assert math.isnan(result["other"]["verb_right"])
+
+
+def test_comparison_table_shows_row_names_or_keys():
+    from evaluation.table_stats import comparison_table
+    results = {"_meta": {"comparisons": {"a - b": {"difference": 0.1, "se": 0.02, "se_layouts": 0.02, "se_seeds": 0.0,
+                                                   "z": 5.0}}}}
+    assert "| Alpha − b | +10.00 | 2.00 (2.00, 0.00) | 5.0 |" in comparison_table(results, {"a": "Alpha"})
+    assert "| a − b |" in comparison_table(results)
+    assert comparison_table({"_meta": {}}) == ""

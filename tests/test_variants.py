@@ -369,7 +369,7 @@ def test_fusers_with_positions_train_and_the_file_says_what_it_needs(tmp_path, f
     other = "gatedSA" if fuser_type == "gatedCA" else "gatedCA"
     config = set_interaction_options(trainer.config, fuser_type=other)
     with pytest.raises(CheckpointError, match=f"interaction.fuser_type = {fuser_type}"):
-        load_weights(build_model(config, device="meta"), final)
+        load_weights(build_model(config, device="meta"), final, purpose="generate")
 
 
 def test_a_fixed_role_checkpoint_loads_into_a_typed_model_unchanged(tmp_path, tiny_model):
@@ -384,7 +384,7 @@ def test_a_fixed_role_checkpoint_loads_into_a_typed_model_unchanged(tmp_path, ti
     save_checkpoint(tmp_path / "fixed.pth", source)
     typed = build_model(set_interaction_options(source.config, role_embedding="typed"), device="meta",
                         tokenizer=source.text_encoder.tokenizer)
-    load_weights(typed, tmp_path / "fixed.pth")
+    load_weights(typed, tmp_path / "fixed.pth", purpose="generate")
     assert not typed.position_net.type_offsets.any()
     pn_fixed, pn_typed = source.position_net, typed.position_net
     box = (0.1, 0.2, 0.6, 0.9)

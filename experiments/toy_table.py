@@ -15,8 +15,8 @@ per command:
    (InteractDiffusion against box only and text only), each difference with its standard error
    from the layouts (paired bootstrap) and the seeds together.
 
-Real runs (`--world hico`): the same table from generated image folders and the detection files
-of a HOI detector (FGAHOI) run on them.
+The statistics and tables are evaluation/table_stats.py; real runs (`--world hico`) are
+experiments/hico_table.py.
 """
 from __future__ import annotations
 
@@ -29,12 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluation.hico_map import (HOICategories, box_iou, evaluate_hoi_map, read_detections, read_fgahoi,
-                                 read_ground_truth)
+from evaluation.hico_map import HOICategories, evaluate_hoi_map, read_ground_truth
+from evaluation.table_stats import (CEILING_ROW, bootstrap_indices, bootstrap_map, category_group_map, compare,
+                                    comparison_table, markdown_table, pair_verb_accuracy, pair_verb_table,
+                                    sample_groups, summarise_row, variant_table)
+from evaluation.toy_samples import toy_test_layouts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-METRIC_COLUMNS = (("default", "full"), ("default", "rare"), ("default", "non_rare"),
-                  ("known_object", "full"), ("known_object", "rare"), ("known_object", "non_rare"))
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,10 @@ TOY_ROWS = (
     ToyRow("boxes_plain", "box only, plain fuser (the paper's)", "configs/toy_boxes_only_plain.yaml", True),
     ToyRow("interact_plain", "InteractDiffusion, plain fuser (the paper's)", "configs/toy_hoi_plain.yaml", True),
 )
+
+
 ROW_BY_KEY = {r.key: r for r in TOY_ROWS}
-BASELINE_ROW = "InteractDiffusion"  # the variants are compared with it
-CEILING_ROW = "real images (detector ceiling)"
-# (row, compared with): the differences the paper's claim rests on
+ROW_NAMES = {r.key: r.name for r in TOY_ROWS}
 COMPARISONS = (("interact", "boxes"), ("interact", "text_only"), ("interact_plain", "boxes_plain"),
                ("interact", "interact_plain"))
 
@@ -80,7 +81,7 @@ def select_rows(keys: str | None) -> list[ToyRow]:
     return [ROW_BY_KEY[k] for k in wanted]
 
 
-# ----------------------------------------------------------------------------- toy world steps
+# ----------------------------------------------------------------------------- steps
 
 def ensure_toy_data(root: Path, log=print) -> None:
     from dataset.toy.generate import generate, is_complete, world_mismatch
@@ -109,19 +110,6 @@ def train_row(row: ToyRow, runs: Path, data_root: Path, seed: int = 0, device: s
     dataset, role_types = build_training_inputs(config, progress=True)
     Trainer(config, runs / row.run_name(seed), dataset, role_types=role_types, device=device or "auto").run()
     return final
-
-
-def toy_test_layouts(config_path, data_root: Path, n: int):
-    """The first `n` test samples of the toy world: (file name, caption, interactions, image)."""
-    from interact.trainer import load_training_config
-    from dataset.hoi_dataset import build_dataset
-    config = load_training_config(config_path)
-    config.data.root = str(data_root)
-    config.data.in_memory = False
-    dataset = build_dataset(config.data, "test", seed=0)
-    if n > len(dataset):
-        raise ValueError(f"n = {n}: the toy test split has only {len(dataset)} images")
-    return [dataset.get(i, 0) for i in range(n)]
 
 
 def generate_row(row: ToyRow, ckpt: Path, samples, out: Path, batch_size: int = 25, seed: int = 0,
@@ -155,29 +143,6 @@ def generate_row(row: ToyRow, ckpt: Path, samples, out: Path, batch_size: int = 
     return out, (time.perf_counter() - start) / len(todo)
 
 
-def category_group_map(per_category: list[dict], role_types) -> dict:
-    """Default-setting mAP over the categories with a non-human subject, and over those with a
-    non-contact verb (categories without ground truth left out, as in every mean)."""
-    from dataset.role_types import NON_CONTACT, NON_HUMAN
-    groups = {"non_human_subject": lambda r: role_types.entity(r["subject"]) == NON_HUMAN,
-              "non_contact": lambda r: role_types.action(r["verb"]) == NON_CONTACT}
-    out = {}
-    for name, member in groups.items():
-        aps = [r["ap_default"] for r in per_category if member(r) and not math.isnan(r["ap_default"])]
-        out[name] = sum(aps) / len(aps) if aps else float("nan")
-    return out
-
-
-def sample_groups(samples, role_types) -> dict[str, list[bool]]:
-    """Which samples have a non-human subject, and which a non-contact action."""
-    from dataset.role_types import NON_CONTACT, NON_HUMAN
-    return {"all": [True] * len(samples),
-            "non_human_subject": [any(role_types.entity(it.subject) == NON_HUMAN for it in s.interactions)
-                                  for s in samples],
-            "non_contact": [any(role_types.action(it.action) == NON_CONTACT for it in s.interactions)
-                            for s in samples]}
-
-
 def layout_gains(row: ToyRow, ckpt: Path, samples, groups: dict, device=None) -> dict[str, float]:
     """The layout gain of one trained run, overall and per sample group; kept beside the
     checkpoint (layout_gain_n<N>.json) and reused while the checkpoint is the same file."""
@@ -195,35 +160,6 @@ def layout_gains(row: ToyRow, ckpt: Path, samples, groups: dict, device=None) ->
     gains = {name: losses.gain(torch.tensor(mask)) for name, mask in groups.items()}
     atomic_write(cache, lambda tmp: Path(tmp).write_text(json.dumps({"checkpoint": digest, "gains": gains})))
     return gains
-
-
-def mean_std(values: list[float]) -> dict:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
-    return {"mean": mean, "std": std, "n": n, "values": values}
-
-
-# ----------------------------------------------------------------------------- scores and bootstrap
-
-def bootstrap_indices(n: int, reps: int, seed: int = 0) -> np.ndarray:
-    """[reps, n] resampled layout indices; the same draws serve every row, so differences are paired."""
-    return np.random.default_rng(seed).integers(0, n, size=(reps, n))
-
-
-def resampled(records: list[dict], index: np.ndarray) -> list[dict]:
-    """The records at `index` (with repeats), renamed so that each copy is its own image."""
-    return [dict(records[i], file_name=f"{k}:{records[i]['file_name']}") for k, i in enumerate(index)]
-
-
-def map_full(gt: list[dict], detections: list[dict], categories: HOICategories) -> float:
-    return evaluate_hoi_map(gt, detections, categories).summary["default"]["full"]
-
-
-def bootstrap_map(gt: list[dict], detections: list[dict], categories: HOICategories,
-                  draws: np.ndarray) -> np.ndarray:
-    """Default Full mAP of each bootstrap draw of the layouts."""
-    return np.array([map_full(resampled(gt, d), resampled(detections, d), categories) for d in draws])
 
 
 def score_run(folder: Path, gt: list[dict], categories: HOICategories, detector, role_types, extractor,
@@ -253,83 +189,6 @@ def score_run(folder: Path, gt: list[dict], categories: HOICategories, detector,
                                       progress=False))
     atomic_write(cache, lambda tmp: Path(tmp).write_text(json.dumps(scores)))
     return scores
-
-
-def is_twin_scene(record: dict) -> bool:
-    """A toy test image holding two interactions of group-partner categories (same subject and
-    object classes, the same box geometry, different verbs): the caption names both verbs and
-    cannot say which subject does which."""
-    from dataset.toy import group_partners
-    ids = [h["hoi_category_id"] for h in record["hoi_annotation"]]
-    return any(b in {p.id for p in group_partners(a)} for i, a in enumerate(ids) for b in ids[i + 1:])
-
-
-def pair_verb_accuracy(gt: list[dict], detections: list[dict], iou_threshold: float = 0.5) -> dict[str, dict]:
-    """Per scene kind ("twin" / "other", see is_twin_scene): of the ground-truth pairs, the share
-    the detector found (a detected pair with both boxes at IoU >= iou_threshold) and, of those,
-    the share whose highest-scoring detected verb is the right one. A model that places the
-    figures but not the verbs finds the pairs and guesses the verb of twins (chance 50%)."""
-    by_name = {d["file_name"]: d for d in detections}
-    counts = {kind: [0, 0, 0] for kind in ("twin", "other")}    # pairs, found, verb right
-    for record in gt:
-        c = counts["twin" if is_twin_scene(record) else "other"]
-        det = by_name.get(record["file_name"], {"predictions": [], "hoi_prediction": []})
-        boxes = np.array([p["bbox"] for p in det["predictions"]], dtype=np.float64).reshape(-1, 4)
-        for h in record["hoi_annotation"]:
-            c[0] += 1
-            if not len(boxes):
-                continue
-            sub_iou = box_iou(np.asarray(record["annotations"][h["subject_id"]]["bbox"]), boxes)[0]
-            obj_iou = box_iou(np.asarray(record["annotations"][h["object_id"]]["bbox"]), boxes)[0]
-            hits = [p for p in det["hoi_prediction"]
-                    if sub_iou[p["subject_id"]] >= iou_threshold and obj_iou[p["object_id"]] >= iou_threshold]
-            if hits:
-                c[1] += 1
-                c[2] += max(hits, key=lambda p: p["score"])["category_id"] == h["category_id"]
-    return {kind: {"pairs": n, "found": found / n if n else float("nan"),
-                   "verb_right": right / found if found else float("nan")}
-            for kind, (n, found, right) in counts.items()}
-
-
-def summarise_row(seeds: list[dict]) -> dict:
-    """A row of the table from its seeds' scores: means over seeds, the seeds' spread, the
-    bootstrap interval of the seed-mean Default Full mAP."""
-    mean = lambda values: sum(values) / len(values)  # noqa: E731
-    out = {"seeds": len(seeds), "map": {s: {g: mean([x["map"][s][g] for x in seeds]) for g in ("full", "rare", "non_rare")}
-                                       for s in ("default", "known_object")},
-           "map_groups": {g: mean([x["map_groups"][g] for x in seeds]) for g in seeds[0]["map_groups"]},
-           "map_full_seeds": [x["map"]["default"]["full"] for x in seeds]}
-    draws = np.mean([x["bootstrap"] for x in seeds], axis=0)
-    out["bootstrap"] = draws.tolist()
-    out["map_full_ci"] = [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
-    if "fid" in seeds[0]:
-        out["fid"] = mean([x["fid"] for x in seeds])
-        out["fid_seeds"] = [x["fid"] for x in seeds]
-        out["kid_mean"] = mean([x["kid_mean"] for x in seeds])
-        out["kid_std"] = math.sqrt(mean([x["kid_std"] ** 2 for x in seeds]) / len(seeds))
-    if all("pair_verbs" in x for x in seeds):
-        out["pair_verbs"] = {kind: {k: mean([x["pair_verbs"][kind][k] for x in seeds]) for k in ("found", "verb_right")}
-                             for kind in seeds[0]["pair_verbs"]}
-    for extra in ("layout_gain", "seconds_per_image"):
-        if extra in seeds[0]:
-            out[extra] = mean_std([x[extra] for x in seeds]) if extra == "layout_gain" else \
-                mean([x[extra] for x in seeds])
-    return out
-
-
-def compare(a: dict, b: dict) -> dict:
-    """Default Full mAP of row a minus row b, with its standard error: the paired bootstrap over
-    the layouts and, where both rows have several seeds, the spread between seeds."""
-    diff = a["map"]["default"]["full"] - b["map"]["default"]["full"]
-    se_layouts = float(np.std(np.array(a["bootstrap"]) - np.array(b["bootstrap"]), ddof=1))
-    se_seeds = 0.0
-    for row in (a, b):
-        values = row["map_full_seeds"]
-        if len(values) > 1:
-            se_seeds += float(np.var(values, ddof=1)) / len(values)
-    se = math.sqrt(se_layouts ** 2 + se_seeds)
-    z = diff / se if se > 0 else (float("nan") if diff == 0 else math.copysign(float("inf"), diff))
-    return {"difference": diff, "se": se, "se_layouts": se_layouts, "se_seeds": math.sqrt(se_seeds), "z": z}
 
 
 def run_toy(rows: list[ToyRow] | None = None, n: int = 250, data_root="data/toy", runs="runs", out="runs/table_toy",
@@ -430,122 +289,7 @@ def assemble_toy(out: Path, n: int, real: dict, seconds: float, detector_key: st
     out.mkdir(parents=True, exist_ok=True)
     from hoi.io import atomic_write
     atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
-    text = "\n".join([markdown_table(results), comparison_table(results), variant_table(results),
+    text = "\n".join([markdown_table(results), comparison_table(results, ROW_NAMES), variant_table(results),
                       pair_verb_table(results)])
     atomic_write(out / "table.md", lambda tmp: Path(tmp).write_text(text))
     return results
-
-
-# ----------------------------------------------------------------------------- real runs
-
-def run_hico(rows: list[tuple[str, str, str]], real: str, gt_path: str, train_path: str | None,
-             categories_path: str | None, extractor: str, weights: str | None, fmt: str = "json",
-             allow_pickle: bool = False, ceiling: str | None = None, device: str = "cpu") -> dict:
-    """`rows`: (name, generated image folder, detections file). `ceiling`: detections on the
-    real test images (the real-data row)."""
-    from evaluation.fid_kid import build_extractor, compute_fid_kid
-    gt = read_ground_truth(gt_path)
-    if categories_path:
-        categories = HOICategories.from_file(categories_path)
-    else:
-        if train_path is None:
-            raise ValueError("--train trainval_hico.json (for the rare categories) or --categories is needed")
-        categories = HOICategories.hico(train_records=read_ground_truth(train_path))
-    feature_net = build_extractor(extractor, weights, device)
-
-    def detections(path):
-        if fmt == "fgahoi":
-            return read_fgahoi(path, gt, categories, allow_pickle=allow_pickle)
-        return read_detections(path, gt, categories)
-
-    results = {}
-    for name, folder, dets in rows:
-        metrics = compute_fid_kid(real, folder, feature_net, device=device)
-        results[name] = {**metrics, "map": evaluate_hoi_map(gt, detections(dets), categories).summary}
-    if ceiling:
-        results["real images (detector ceiling)"] = {"map": evaluate_hoi_map(gt, detections(ceiling),
-                                                                             categories).summary}
-    return results
-
-
-# ----------------------------------------------------------------------------- the table
-
-def _fmt(value, digits: int) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-def _pm(stats: dict, scale: float = 100.0, digits: int = 3) -> str:
-    if stats["n"] < 2:
-        return _fmt(scale * stats["mean"], digits)
-    return f"{scale * stats['mean']:.{digits}f} ± {scale * stats['std']:.{digits}f}"
-
-
-def markdown_table(results: dict) -> str:
-    """Rows as the paper's table: FID, KID (mean ± std) and mAP (%) Full/Rare/Non-rare in the
-    Default and Known Object settings; with the toy table's extras (seeds, the 95% bootstrap
-    interval of Default Full over the layouts, seconds per image) when the rows have them."""
-    toy = any("map_full_ci" in r for k, r in results.items() if not k.startswith("_"))
-    head = ["model"] + (["seeds"] if toy else []) + ["FID", "KID", "Def Full"] + (["95% interval"] if toy else []) + \
-        ["Def Rare", "Def Non-rare", "KO Full", "KO Rare", "KO Non-rare"] + (["s / image"] if toy else [])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, r in results.items():
-        if name.startswith("_"):
-            continue
-        kid = "-" if "kid_mean" not in r else f"{r['kid_mean']:.4f} ± {r['kid_std']:.4f}"
-        fid = _fmt(r.get("fid"), 2)
-        if toy and len(r.get("fid_seeds", [])) > 1:
-            fid += " (" + ", ".join(f"{v:.2f}" for v in r["fid_seeds"]) + ")"
-        cells = [name] + ([str(r.get("seeds") or "-")] if toy else []) + [fid, kid]
-        values = [_fmt(100 * r["map"][setting][group], 2) for setting, group in METRIC_COLUMNS]
-        cells.append(values[0])
-        if toy:
-            ci = r.get("map_full_ci")
-            cells.append("-" if ci is None else f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}")
-        cells += values[1:]
-        if toy:
-            cells.append(_fmt(r.get("seconds_per_image"), 3))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def comparison_table(results: dict) -> str:
-    """The differences the claim rests on, in Default Full mAP points, with their standard errors."""
-    comparisons = results.get("_meta", {}).get("comparisons", {})
-    if not comparisons:
-        return ""
-    names = {r.key: r.name for r in TOY_ROWS}
-    lines = ["| comparison | difference | SE (layouts, seeds) | z |", "|---|---|---|---|"]
-    for key, c in comparisons.items():
-        a, b = key.split(" - ")
-        lines.append(f"| {names[a]} − {names[b]} | {100 * c['difference']:+.2f} | {100 * c['se']:.2f} "
-                     f"({100 * c['se_layouts']:.2f}, {100 * c['se_seeds']:.2f}) | {c['z']:.1f} |")
-    return "\n".join(lines) + "\n"
-
-
-def variant_table(results: dict, baseline: str = BASELINE_ROW) -> str:
-    """The rows that have a layout gain: the gain (%) (mean ± std over seeds), and the mAP over the
-    non-human-subject and non-contact categories."""
-    head = ["model", "seeds", "layout gain", "mAP non-human subj.", "mAP non-contact"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, r in results.items():
-        if name.startswith("_") or "layout_gain" not in r:
-            continue
-        groups = r.get("map_groups", {})
-        cells = [name, str(r["layout_gain"]["n"]), _pm(r["layout_gain"]),
-                 _fmt(100 * groups.get("non_human_subject", float("nan")), 2),
-                 _fmt(100 * groups.get("non_contact", float("nan")), 2)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def pair_verb_table(results: dict) -> str:
-    """Verbs of the pairs the detector found, in twin scenes and in the others (pair_verb_accuracy)."""
-    head = ["model", "pairs found, twin scenes", "verb right, twin scenes", "pairs found, other", "verb right, other"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, r in results.items():
-        if name.startswith("_") or "pair_verbs" not in r:
-            continue
-        v = r["pair_verbs"]
-        lines.append("| " + " | ".join([name] + [_fmt(100 * v[kind][k], 1) for kind in ("twin", "other")
-                                                 for k in ("found", "verb_right")]) + " |")
-    return "\n".join(lines) + "\n" if len(lines) > 2 else ""

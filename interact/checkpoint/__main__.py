@@ -1,0 +1,5 @@
+import sys
+
+from interact.checkpoint.cli import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+"""python -m interact.checkpoint inspect FILE [--config YAML] | pack FILE OUT [--fp32]"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import torch
+
+from interact.checkpoint.checks import check_file, config_hint
+from interact.checkpoint.formats import CheckpointError, classify, describe_kind, read_file, to_sections
+from interact.checkpoint.writing import pack
+from interact.model import SD_V1_CONFIG, SECTIONS, build_model, load_config
+
+
+def inspect(path: str | os.PathLike, config: str | os.PathLike | None = None, allow_pickle: bool = False,
+            out: TextIO | None = None) -> int:
+    """Say what a checkpoint file is and whether it loads strictly into `config`'s model (0 if so, 1 if not)."""
+    out = out or sys.stdout  # looked up at call time so redirected stdout is honoured
+    raw = read_file(path, allow_pickle)
+    print(f"{path}: {describe_kind(raw)}", file=out)
+    sections = to_sections(raw)
+    for name, state in sections.items():
+        params = sum(v.numel() for v in state.values())
+        dtypes = sorted({str(v.dtype).replace("torch.", "") for v in state.values()})
+        print(f"  {name:13s} {len(state):5d} tensors  {params / 1e6:9.2f} M values  {','.join(dtypes)}", file=out)
+    extras = sorted(str(k) for k in raw if k not in SECTIONS and not isinstance(raw[k], torch.Tensor))
+    if extras and classify(raw) != "sd_original":
+        print(f"  other keys: {', '.join(extras)}", file=out)
+    config = config or SD_V1_CONFIG
+    model = build_model(load_config(config), device="meta")
+    reports = check_file(raw, model)
+    problems = [line for name, r in reports.items() for line in r.lines(name)]
+    if problems:
+        print(f"does NOT load strictly into {config}{config_hint(raw)}:", file=out)
+        for line in problems:
+            print("  " + line, file=out)
+        return 1
+    print(f"loads strictly into {config} (sections: {', '.join(reports)})", file=out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m interact.checkpoint",
+                                     description="Reading, checking and writing checkpoints.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="say what a checkpoint file is and check it against a model config")
+    p.add_argument("file")
+    p.add_argument("--config", default=None, help=f"model YAML (default {SD_V1_CONFIG.relative_to(SD_V1_CONFIG.parents[1])})")
+    p.add_argument("--allow-pickle", action="store_true", help="unpickle arbitrary objects (trusted files only)")
+    p = sub.add_parser("pack", help="a training export -> a shippable file (model sections, fp16)")
+    p.add_argument("file")
+    p.add_argument("out")
+    p.add_argument("--fp32", action="store_true", help="keep fp32 weights")
+    p.add_argument("--allow-pickle", action="store_true", help="unpickle arbitrary objects (trusted files only)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "pack":
+            pack(args.file, args.out, half=not args.fp32, allow_pickle=args.allow_pickle)
+            print(f"wrote {args.out} ({Path(args.out).stat().st_size / 2**20:.2f} MiB)")
+            return 0
+        return inspect(args.file, args.config, args.allow_pickle)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,237 @@
+"""Checkpoint files: reading them safely, telling their layouts apart, and splitting them into
+the four sections (docs/reference.md §3).
+
+Layouts read:
+- released InteractDiffusion / GLIGEN files and this project's own: a torch dict
+  with sections `model`, `autoencoder`, `text_encoder`, `diffusion` (+ `config_dict`,
+  and for training files `opt`, `scheduler`, `iters`, ...);
+- Stable Diffusion v1.x originals (.ckpt or .safetensors): one `state_dict` with
+  prefixes `model.diffusion_model.`, `first_stage_model.`, `cond_stage_model.transformer.`;
+- interaction-only files (this project's export): `model` holding only
+  `position_net.*` and the fusers.
+
+Pickles load with `weights_only=True`; a file that needs arbitrary Python objects
+is refused unless the caller trusts it (`allow_pickle=True`, CLI `--allow-pickle`).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from interact.model import SECTIONS, is_interaction_key
+
+SD_PREFIXES = {
+    "model.diffusion_model.": "model",
+    "first_stage_model.": "autoencoder",
+    "cond_stage_model.": "text_encoder",  # keeps `transformer.` after the prefix
+}
+DIFFUSION_BUFFERS = (
+    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2")
+# Parts of the interaction control that a GLIGEN box checkpoint does not have; they start fresh.
+GLIGEN_FRESH_KEYS = ("position_net.interaction_embedding.", "position_net.position_embedding.")
+
+ZIP_MAGIC = b"PK\x03\x04"              # torch.save's default (zip) format
+PICKLE_PROTOCOLS = range(2, 6)          # legacy torch.save: a bare pickle, b"\x80" + protocol byte
+SAFETENSORS_MAX_HEADER = 100_000_000    # the safetensors format's own limit on its JSON header
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says what is wrong and what to pass."""
+
+
+# ----------------------------------------------------------------------------- reading
+
+def config_globals() -> list:
+    """Classes a weights-only load may rebuild besides tensors: released GLIGEN/InteractDiffusion
+    files store their training config as an OmegaConf object under `config_dict`. These are
+    plain data containers, so allowing them keeps `--allow-pickle` unnecessary for those files."""
+    import collections
+    import typing
+
+    from omegaconf import DictConfig, ListConfig
+    from omegaconf.base import ContainerMetadata, Metadata
+    from omegaconf.nodes import AnyNode
+    return [DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, typing.Any, collections.defaultdict, dict,
+            list, int, float, str, bool]
+
+
+def sniff_format(path: Path) -> str:
+    """From the first bytes: "torch-zip", "torch-pickle", "safetensors", "empty", "cut-magic" (a
+    prefix of a known header: a file cut short) or "other"."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if not head:
+        return "empty"
+    if head.startswith(ZIP_MAGIC):
+        return "torch-zip"
+    if head[0] == 0x80 and (len(head) == 1 or head[1] in PICKLE_PROTOCOLS):
+        return "torch-pickle"
+    if len(head) < len(ZIP_MAGIC) and ZIP_MAGIC.startswith(head):
+        return "cut-magic"
+    # safetensors: an 8-byte little-endian header length, then the JSON header
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= SAFETENSORS_MAX_HEADER:
+        return "safetensors"
+    return "other"
+
+
+def read_file(path: str | os.PathLike, allow_pickle: bool = False) -> dict:
+    """Load a .safetensors or torch file into a dict on the CPU (the format is told by the
+    content, not the suffix)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    kind = sniff_format(path)
+    if kind in ("empty", "cut-magic"):
+        raise CheckpointError(f"{path}: {'empty file' if kind == 'empty' else 'only a few bytes'} (truncated?)")
+    if kind == "other":
+        with open(path, "rb") as f:
+            head = f.read(8)
+        raise CheckpointError(f"{path}: not a torch (zip/pickle) or safetensors file (it starts with {head!r})")
+    if kind == "safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {err}") from None
+    try:
+        with torch.serialization.safe_globals(config_globals()):
+            raw = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as err:  # torch raises many types for a damaged file; all mean "unusable"
+        refused = None if allow_pickle else refused_global(path, err, kind)
+        if refused is not None:
+            raise CheckpointError(
+                f"{path}: holds a Python object beyond tensors ({refused}), which is not unpickled unless you "
+                f"trust the file: if you trust where it came from, pass --allow-pickle (allow_pickle=True)") from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): "
+                              f"{load_failure_reason(err)}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a dict of sections or tensors, found {type(raw).__name__}")
+    return raw
+
+
+# torch's weights-only unpickler names a refused class as "GLOBAL module.Name" (the wording and
+# its case vary between releases: "Unsupported global: GLOBAL x", "unsupported GLOBAL x whose
+# module is blocked"), or says it cannot build/call an object.
+_GLOBAL_IN_MESSAGE = re.compile(r"\bglobal\s+([\w.]+)", re.IGNORECASE)
+_OBJECT_IN_MESSAGE = re.compile(r"(?:can only (?:create|build)\b.*?\bbut got|reduce for unrecognized function)\s+(.+)",
+                                re.IGNORECASE)
+
+
+def refused_global(path: Path, err: Exception, kind: str) -> str | None:
+    """What a weights-only load refused in a well-formed pickle ("module.Name"), or None when
+    `err` means the file is damaged. Read from the file's own pickle where torch can list it
+    (zip files), else from the error message."""
+    if not isinstance(err, pickle.UnpicklingError):
+        return None
+    if kind == "torch-zip":
+        try:
+            with torch.serialization.safe_globals(config_globals()):
+                unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # a damaged archive: fall back to the message
+            unsafe = []
+        if unsafe:
+            return ", ".join(unsafe[:3]) + (" ..." if len(unsafe) > 3 else "")
+    text = str(err)
+    found = _GLOBAL_IN_MESSAGE.search(text) or _OBJECT_IN_MESSAGE.search(text)
+    return found.group(1).strip().rstrip(".") if found else None
+
+
+def load_failure_reason(err: Exception) -> str:
+    """torch's reason for a failed load, without its advice to load with weights_only=False
+    (the advice that matters here is --allow-pickle, and only for a trusted, intact file)."""
+    text = str(err)
+    inner = re.search(r"WeightsUnpickler error:\s*(.*)", text, re.DOTALL)
+    lines = [line.strip() for line in (inner.group(1) if inner else text).splitlines() if line.strip()]
+    lines = [line for line in lines if "weights_only" not in line and not line.startswith("Check the documentation")]
+    if not lines:
+        return type(err).__name__
+    first_sentence = re.split(r"(?<=\.)\s", lines[0], maxsplit=1)[0]  # torch goes on with guesses and advice
+    return f"{type(err).__name__}: {first_sentence[:200]}"
+
+
+# ----------------------------------------------------------------------------- layouts
+
+def _is_tensor_dict(value) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def classify(raw: dict) -> str:
+    """One of: interactdiffusion, gligen, interaction_weights, sd_original, unknown."""
+    model = raw.get("model")
+    if _is_tensor_dict(model):
+        has_backbone = any(not is_interaction_key(k) for k in model)
+        # GLIGEN's tokenizer has neither; a box-only InteractDiffusion ablation lacks linear_action.
+        if any(k.startswith(("position_net.linear_action.", "position_net.interaction_embedding.")) for k in model):
+            return "interactdiffusion" if has_backbone else "interaction_weights"
+        if any(k.startswith("position_net.") for k in model):
+            return "gligen"
+    state = raw.get("state_dict", raw)
+    if isinstance(state, dict) and any(isinstance(k, str) and k.startswith("model.diffusion_model.") for k in state):
+        return "sd_original"
+    return "unknown"
+
+
+def describe_kind(raw: dict) -> str:
+    kind = classify(raw)
+    names = {"interactdiffusion": "InteractDiffusion checkpoint (UNet + interaction tokenizer + fusers)",
+             "gligen": "GLIGEN checkpoint (box grounding tokenizer + fusers)",
+             "interaction_weights": "interaction weights only (position_net + fusers)",
+             "sd_original": "Stable Diffusion v1.x original checkpoint",
+             "unknown": "unrecognised layout"}
+    text = names[kind]
+    if "iters" in raw:
+        text += f", training checkpoint at iteration {int(raw['iters'])}"
+    return text
+
+
+def unknown_layout_message(raw: dict) -> str:
+    return ("unrecognised checkpoint layout: expected an InteractDiffusion/GLIGEN dict with a 'model' section, "
+            f"or an SD v1.x 'state_dict'; top-level keys are {sorted(map(str, raw))[:10]}")
+
+
+def to_sections(raw: dict) -> dict[str, dict[str, torch.Tensor]]:
+    """Split any supported layout into the four section dicts (absent sections left out)."""
+    kind = classify(raw)
+    if kind == "sd_original":
+        state = raw.get("state_dict", raw)
+        sections: dict[str, dict] = {}
+        for key, value in state.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            for prefix, section in SD_PREFIXES.items():
+                if key.startswith(prefix):
+                    sections.setdefault(section, {})[key[len(prefix):]] = value
+                    break
+            else:
+                if key in DIFFUSION_BUFFERS:
+                    sections.setdefault("diffusion", {})[key] = value
+        return sections
+    if kind == "unknown":
+        raise CheckpointError(unknown_layout_message(raw))
+    return {s: raw[s] for s in SECTIONS if _is_tensor_dict(raw.get(s))}
+
+
+def gligen_to_interaction(model_section: dict) -> dict:
+    """docs/reference.md §3: a GLIGEN box+text `model` section -> InteractDiffusion names. GLIGEN's
+    `linears` initialise both `linears` and `linear_action`, its null text feature both
+    null features; fusers and UNet copy as they are."""
+    out = {}
+    for key, value in model_section.items():
+        if key.startswith("position_net.linears."):
+            out[key] = value
+            out[key.replace("position_net.linears.", "position_net.linear_action.")] = value.clone()
+        elif key == "position_net.null_positive_feature":
+            out[key] = value
+            out["position_net.null_action_feature"] = value.clone()
+        elif key.startswith("position_net.") and key != "position_net.null_position_feature":
+            continue  # GLIGEN-only parts (e.g. image branches) have no counterpart here
+        else:
+            out[key] = value
+    return out

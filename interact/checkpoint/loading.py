@@ -1,0 +1,181 @@
+"""Filling a model from checkpoint files, for generation or to start training.
+
+One loader for both purposes: the same reading, layout and shape checks, every one done before
+any tensor is loaded (a refused file leaves the model as it was). What differs is policy:
+
+| purpose  | --ckpt            | GLIGEN --ckpt                  | backbone              | SD file flag          |
+|----------|-------------------|--------------------------------|-----------------------|-----------------------|
+| generate | required          | refused (no interaction verbs) | required from a file  | --sd_ckpt             |
+| train    | optional (random) | converted; new parts random    | random when no file   | --official_ckpt_name  |
+
+Generation builds its model on the meta device, so afterwards what no file holds is rebuilt
+from the config (InteractDiffusion.finish_meta_load); training builds a random model first.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+
+from interact.checkpoint.checks import (Ignore, as_interaction_names, check_variant, compare_normalized, config_hint,
+                                        fresh_in_file, normalize_section, with_typed_role_defaults)
+from interact.checkpoint.formats import CheckpointError, classify, describe_kind, read_file, to_sections, \
+    unknown_layout_message
+from interact.model import SECTIONS, InteractDiffusion, is_interaction_key
+
+Purpose = Literal["generate", "train"]
+PathLike = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class _Policy:
+    needs_ckpt: bool        # generation has no random weights to fall back on
+    needs_backbone: bool
+    takes_gligen: bool      # GLIGEN has no interaction (verb) weights: a start for training only
+    sd_flag: str            # the command-line flag that takes an SD v1.x file
+    ckpt_takes: str         # what --ckpt takes, for messages
+    finish_meta: bool       # the model was built on the meta device
+
+
+POLICIES: dict[str, _Policy] = {
+    "generate": _Policy(needs_ckpt=True, needs_backbone=True, takes_gligen=False, sd_flag="--sd_ckpt",
+                        ckpt_takes="the InteractDiffusion file", finish_meta=True),
+    "train": _Policy(needs_ckpt=False, needs_backbone=False, takes_gligen=True, sd_flag="--official_ckpt_name",
+                     ckpt_takes="a GLIGEN or InteractDiffusion file", finish_meta=False),
+}
+
+
+class WeightSources(NamedTuple):
+    """Where each part came from (one line per part), and whether the backbone came from a file."""
+    lines: list[str]
+    backbone_from_file: bool
+
+
+@dataclass
+class _Part:
+    """One section (or part of one) to load: the checked state, and the names it leaves alone."""
+    module: torch.nn.Module
+    section: str
+    state: dict
+    ignore: Ignore
+    source: PathLike
+    raw: dict  # the whole file, to say which config it fits when it does not fit this one
+
+
+def _keep_all(name: str) -> bool:
+    return False
+
+
+def _checked(part: _Part) -> _Part:
+    state = normalize_section(part.module, part.section, part.state)
+    report = compare_normalized(part.module, state, part.ignore)
+    if not report.ok:
+        detail = "\n  ".join(report.lines(part.section))
+        inspect = f"`python -m interact.checkpoint inspect {part.source}` lists every difference"
+        hint = config_hint(part.raw)
+        raise CheckpointError(f"{part.source}: does not match the model config{hint}:\n  {detail}\n"
+                              + (f"({inspect})" if hint else f"(is the --config right for this file? {inspect})"))
+    return _Part(part.module, part.section, {k: v for k, v in state.items() if not part.ignore(k)}, part.ignore,
+                 part.source, part.raw)
+
+
+def _load(part: _Part) -> None:
+    # A meta-built module has no storage: take the file's tensors themselves (no copy, no init);
+    # InteractDiffusion.finish_meta_load rebuilds what no file holds.
+    on_meta = any(t.is_meta for t in part.module.state_dict().values())
+    missing, unexpected = part.module.load_state_dict(part.state, strict=False, assign=on_meta)
+    assert not unexpected and all(part.ignore(k) for k in missing), (missing, unexpected)
+
+
+def _backbone_parts(model: InteractDiffusion, backbone: dict, source: PathLike, raw: dict, text_encoder_given: bool,
+                    hint: str) -> list[_Part]:
+    """The frozen parts (UNet without the interaction control, autoencoder, text encoder, and the
+    schedule when the file has it), checked. A parameter-free first stage needs no section."""
+    parts = []
+    if "model" in backbone:  # shapes first: a file for another config lacks sections for that reason
+        parts.append(_checked(_Part(model.model, "model", backbone["model"], is_interaction_key, source, raw)))
+    needed = ["model"] + (["autoencoder"] if model.autoencoder.state_dict() else [])
+    missing = [name for name in needed if name not in backbone]
+    if missing:
+        raise CheckpointError(f"{source}: has no {missing[0]!r} section" + (f"; {hint}" if hint else ""))
+    if "text_encoder" not in backbone and not text_encoder_given and not model.text_encoder_seeded:
+        raise CheckpointError(f"{source}: has no text encoder weights: pass --text_encoder DIR (a Hugging "
+                              f"Face CLIP ViT-L/14 text model folder, e.g. an SD v1.x repo's text_encoder/)")
+    for name in SECTIONS:
+        if name != "model" and name in backbone and not (name == "text_encoder" and text_encoder_given):
+            parts.append(_checked(_Part(model.section(name), name, backbone[name], _keep_all, source, raw)))
+    return parts
+
+
+def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt: PathLike | None = None, *,
+                 purpose: Purpose, allow_pickle: bool = False, text_encoder_given: bool = False) -> WeightSources:
+    """Fill `model` from files. `ckpt`: an InteractDiffusion file (full, or interaction weights
+    only), or for training also a GLIGEN file (converted as docs/reference.md §3; the instance
+    and role embeddings, which GLIGEN lacks, keep their initialisation). `sd_ckpt`: an SD v1.x
+    .ckpt/.safetensors giving the backbone; without it a full `ckpt` gives the backbone. Names and
+    shapes are strict. `text_encoder_given`: the caller loaded the text encoder from a folder,
+    so the file's is skipped. `allow_pickle`: unpickle arbitrary objects (trusted files only)."""
+    if purpose not in POLICIES:
+        raise ValueError(f"purpose = {purpose!r}: must be one of {', '.join(POLICIES)}")
+    policy = POLICIES[purpose]
+    if ckpt is None and policy.needs_ckpt:
+        if sd_ckpt is None:
+            raise CheckpointError("no weights given: pass --ckpt (an InteractDiffusion checkpoint) and optionally "
+                                  "--sd_ckpt (an SD v1.x .ckpt/.safetensors for the backbone)")
+        raise CheckpointError(f"--sd_ckpt {sd_ckpt} gives the backbone only: pass --ckpt with the interaction "
+                              f"weights (an InteractDiffusion checkpoint or an interaction-weights export)")
+    lines: list[str] = []
+    parts: list[_Part] = []
+    backbone = None
+    interaction = None  # (source, raw, kind, model section under this project's names)
+    if ckpt is not None:
+        raw = read_file(ckpt, allow_pickle)
+        kind = classify(raw)
+        if kind == "unknown":
+            raise CheckpointError(f"--ckpt {ckpt}: {unknown_layout_message(raw)}")
+        if kind == "sd_original":
+            raise CheckpointError(f"--ckpt {ckpt}: is a Stable Diffusion v1.x original checkpoint, which holds no "
+                                  f"interaction weights: pass it as {policy.sd_flag}, and {policy.ckpt_takes} "
+                                  f"as --ckpt")
+        if kind == "gligen" and not policy.takes_gligen:
+            raise CheckpointError(f"--ckpt {ckpt}: is a GLIGEN checkpoint (box grounding), not InteractDiffusion: it "
+                                  f"can initialise InteractDiffusion training but cannot generate interactions")
+        sections = to_sections(raw)
+        if "model" not in sections:
+            raise CheckpointError(f"--ckpt {ckpt}: has no 'model' section with interaction weights")
+        interaction = (ckpt, raw, kind, as_interaction_names(kind, sections["model"]))
+        lines.append(f"interaction control: {ckpt} ({describe_kind(raw)})"
+                     + ("; instance and role embeddings: random (GLIGEN has none)" if kind == "gligen" else ""))
+        if kind != "interaction_weights":
+            backbone = (ckpt, raw, sections)
+    else:
+        lines.append("interaction control: random initialisation")
+    if sd_ckpt is not None:
+        sd_raw = read_file(sd_ckpt, allow_pickle)
+        backbone = (sd_ckpt, sd_raw, to_sections(sd_raw))
+
+    if backbone is None:
+        if policy.needs_backbone:
+            raise CheckpointError(f"--ckpt {ckpt}: holds the interaction weights only: pass {policy.sd_flag} with "
+                                  f"an SD v1.x checkpoint for the backbone")
+        lines.append("backbone (UNet, autoencoder, text encoder): random initialisation")
+    else:
+        source, raw, sections = backbone
+        hint = "" if source == sd_ckpt else f"pass {policy.sd_flag} with an SD v1.x checkpoint for the backbone"
+        parts += _backbone_parts(model, sections, source, raw, text_encoder_given, hint)
+        lines.append(f"backbone: {source}")
+    if interaction is not None:
+        source, raw, kind, model_state = interaction
+        fresh = fresh_in_file(kind)
+        check_variant(model, {k: v for k, v in model_state.items() if is_interaction_key(k) and not fresh(k)},
+                      source, raw.get("config_dict"))
+        parts.append(_checked(_Part(model.model, "model", with_typed_role_defaults(model, model_state),
+                                    lambda k: not is_interaction_key(k) or fresh(k), source, raw)))
+
+    for part in parts:  # every check passed: now load
+        _load(part)
+    if policy.finish_meta:
+        model.finish_meta_load()
+    return WeightSources(lines, backbone is not None)
