@@ -34,17 +34,6 @@ ALLOWED: dict[str, frozenset[str]] = {
     "experiments": frozenset(PROJECT),
 }
 
-# Known forbidden edges that another change is removing, as (importer, imported). The test
-# fails as soon as one of them is gone: then delete its entry here.
-PENDING: set[tuple[str, str]] = {
-    # The trainer still builds its data set itself (Trainer.__init__ / _build_dataset); moving
-    # dataset building out of the trainer removes these three.
-    ("interact.trainer", "dataset.hico"),
-    ("interact.trainer", "dataset.hoi_dataset"),
-    ("interact.trainer", "dataset.role_types"),
-}
-
-
 @dataclass(frozen=True)
 class Edge:
     importer: str
@@ -237,14 +226,8 @@ def project_edges() -> list[Edge]:
 
 
 def test_imports_go_in_allowed_directions_only():
-    bad = [e for e in forbidden_edges(project_edges()) if (e.importer, e.imported) not in PENDING]
+    bad = forbidden_edges(project_edges())
     assert not bad, "imports against the layering:\n  " + "\n  ".join(map(str, bad))
-
-
-def test_pending_edges_are_still_there():
-    real = {(e.importer, e.imported) for e in forbidden_edges(project_edges())}
-    gone = sorted(PENDING - real)
-    assert not gone, f"fixed, so remove from PENDING in {Path(__file__).name}: {gone}"
 
 
 def test_no_import_cycles():
