@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -163,34 +163,51 @@ def _image_header(entry, n: int, source: str, f: _Fields) -> tuple[str, str]:
     return name, where
 
 
-def _parse_images(data: list, source: str, f: _Fields, cats: CategoryTable | None,
-                  check_ids: bool = True) -> _Batch:
-    """Validate a whole file at once (flat numpy checks); a failing check reruns the precise
-    item-by-item check on the image concerned, whose error names the file, image and field."""
-    names, seen = [], {}
-    box_items, label_items, rows, hoi_ids = [], [], [], []
-    n_boxes, n_pairs = [], []
-    width = 4 if f.scored else 3
+@dataclass
+class _Items:
+    """A file's entries gathered into flat Python lists, before any numeric check."""
+    names: list = field(default_factory=list)
+    boxes: list = field(default_factory=list)     # bbox values, all images one after the other
+    labels: list = field(default_factory=list)
+    rows: list = field(default_factory=list)      # (subject, object, verb[, score]) per pair
+    hoi_ids: list = field(default_factory=list)   # ground truth only
+    n_boxes: list = field(default_factory=list)   # per image
+    n_pairs: list = field(default_factory=list)
+
+
+def _gather(data: list, source: str, f: _Fields) -> _Items:
+    """Every image's file name (unique), boxes and pairs; an entry whose items are not the
+    expected dicts is diagnosed at once."""
+    items, seen = _Items(), {}
     for n, entry in enumerate(data):
         name, where = _image_header(entry, n, source, f)
         if name in seen:
             raise HOIEvalError(f"{where}: listed twice (entries {seen[name]} and {n})")
         seen[name] = n
-        names.append(name)
+        items.names.append(name)
         boxes_in, pairs_in = entry[f.boxes], entry[f.pairs]
         try:
-            box_items.extend([b["bbox"] for b in boxes_in])
-            label_items.extend([b["category_id"] for b in boxes_in])
+            items.boxes.extend([b["bbox"] for b in boxes_in])
+            items.labels.extend([b["category_id"] for b in boxes_in])
             if f.scored:
-                rows.extend([(h["subject_id"], h["object_id"], h["category_id"], h["score"]) for h in pairs_in])
+                items.rows.extend([(h["subject_id"], h["object_id"], h["category_id"], h["score"]) for h in pairs_in])
             else:
-                rows.extend([(h["subject_id"], h["object_id"], h["category_id"]) for h in pairs_in])
-                hoi_ids.extend([h.get("hoi_category_id") for h in pairs_in])
+                items.rows.extend([(h["subject_id"], h["object_id"], h["category_id"]) for h in pairs_in])
+                items.hoi_ids.extend([h.get("hoi_category_id") for h in pairs_in])
         except (KeyError, TypeError, AttributeError):
             _diagnose(entry, where, f)
             raise HOIEvalError(f"{where}: malformed {f.boxes} or {f.pairs}") from None
-        n_boxes.append(len(boxes_in))
-        n_pairs.append(len(pairs_in))
+        items.n_boxes.append(len(boxes_in))
+        items.n_pairs.append(len(pairs_in))
+    return items
+
+
+def _to_batch(data: list, source: str, f: _Fields, items: _Items) -> _Batch:
+    """The gathered items as flat arrays, checked all at once: numbers of the right kind and
+    shape, finite well-formed boxes, integral in-range box indices. A failing check reruns the
+    precise item-by-item check on the first image concerned."""
+    names, n_boxes, n_pairs = items.names, items.n_boxes, items.n_pairs
+    width = 4 if f.scored else 3
 
     def first_bad_image(bad_box=None, bad_pair=None):
         n = int(np.searchsorted(box_start, bad_box, side="right") - 1) if bad_box is not None \
@@ -202,11 +219,11 @@ def _parse_images(data: list, source: str, f: _Fields, cats: CategoryTable | Non
     pair_start = np.concatenate(([0], np.cumsum(n_pairs))).astype(np.int64)
     image = np.repeat(np.arange(len(names)), n_pairs)
     try:  # dtypes are inferred: a string, None or nested list shows as a wrong kind or shape
-        boxes = np.array(box_items) if box_items else np.zeros((0, 4))
-        labels = np.array(label_items) if label_items else np.zeros(0, np.int64)
-        pairs = np.array(rows) if rows else np.zeros((0, width))
+        boxes = np.array(items.boxes) if items.boxes else np.zeros((0, 4))
+        labels = np.array(items.labels) if items.labels else np.zeros(0, np.int64)
+        pairs = np.array(items.rows) if items.rows else np.zeros((0, width))
         ok = (boxes.dtype.kind in "iuf" and labels.dtype.kind in "iu" and pairs.dtype.kind in "iuf"
-              and boxes.shape == (len(box_items), 4) and pairs.shape == (len(rows), width))
+              and boxes.shape == (len(items.boxes), 4) and pairs.shape == (len(items.rows), width))
     except ValueError:
         ok = False
     if not ok:  # find the image: check them item by item
@@ -226,10 +243,15 @@ def _parse_images(data: list, source: str, f: _Fields, cats: CategoryTable | Non
     sub = pairs[:, 0].astype(np.int64) + box_start[image]
     obj = pairs[:, 1].astype(np.int64) + box_start[image]
     verb = pairs[:, 2].astype(np.int64)
-    batch = _Batch(source, names, boxes, labels, box_start, pair_start, image, sub, obj, verb,
-                   pairs[:, 3].copy() if f.scored else None, hoi_ids)
-    if cats is None:
-        return batch
+    return _Batch(source, names, boxes, labels, box_start, pair_start, image, sub, obj, verb,
+                  pairs[:, 3].copy() if f.scored else None, items.hoi_ids)
+
+
+def _attach_categories(batch: _Batch, f: _Fields, cats: CategoryTable, check_ids: bool) -> None:
+    """Check the object and verb ids against `cats`, set `batch.cat`, and (ground truth with a
+    table whose ids are defined) check every given hoi_category_id against its triplet."""
+    source, names, labels, verb = batch.source, batch.file_names, batch.labels, batch.verb
+    sub, obj, hoi_ids = batch.sub, batch.obj, batch.hoi_ids
     bad = np.nonzero(_index(cats.object_ids, labels) < 0)[0]
     if bad.size:
         n, i = batch.locate_box(int(bad[0]))
@@ -252,6 +274,16 @@ def _parse_images(data: list, source: str, f: _Fields, cats: CategoryTable | Non
                 raise HOIEvalError(f"{source}: image {names[n]!r}: {f.pairs}[{h}].hoi_category_id = {hid!r}, but "
                                    f"(subject, verb, object) {triplet} is "
                                    f"{'category ' + str(expected) if expected else 'not listed'} in {cats.source}")
+
+
+def _parse_images(data: list, source: str, f: _Fields, cats: CategoryTable | None,
+                  check_ids: bool = True) -> _Batch:
+    """Validate a whole file at once (flat numpy checks); a failing check reruns the precise
+    item-by-item check on the image concerned, whose error names the file, image and field.
+    With `cats`, also the ids, and `cat` (category positions) is set."""
+    batch = _to_batch(data, source, f, _gather(data, source, f))
+    if cats is not None:
+        _attach_categories(batch, f, cats, check_ids)
     return batch
 
 
