@@ -2,7 +2,11 @@
 
     python -m evaluation.fid_kid --real DIR --fake DIR [--extractor toy|inception|module.path:Class]
         [--weights PATH] [--batch-size 50] [--kid-subsets 100] [--kid-subset-size 1000] [--seed 2020]
-        [--device auto]
+        [--device auto] [--resize]
+
+The two folders must hold images of one size and colour mode, the same in both, unless --resize
+lets the extractor resize (and convert to RGB) every image: the paper's protocol compares real
+HICO-DET test images (of many sizes) with 512x512 samples through the Inception's 299x299 resize.
 
 FID (Heusel et al. 2017): the Frechet distance between Gaussians fitted to the two feature
 sets (mean, covariance with N-1),
@@ -34,6 +38,7 @@ import importlib
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -42,6 +47,8 @@ import torch
 from PIL import Image
 from scipy import linalg
 from tqdm import tqdm
+
+from evaluation.weights import WeightsError, load_state_dict_file, one_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 KID_SUBSETS = 100
@@ -67,11 +74,40 @@ def _inception(weights, device):
 
 
 def _toy(weights, device):
-    from evaluation.toy_features import load_toy_extractor
-    return load_toy_extractor(weights, device)
+    from evaluation.toy_features import DEFAULT_WEIGHTS, load_toy_extractor
+    path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    what = "a toy feature checkpoint"
+    if path.is_file():
+        load_state_dict_file(path, what)   # one line for a file that is no torch checkpoint at all
+    try:
+        return load_toy_extractor(weights, device)
+    except RuntimeError as err:   # load_state_dict's multi-line report of keys that do not fit
+        raise WeightsError(f"{path} is not {what}: {one_line(err)}") from None
 
 
 EXTRACTORS: dict[str, Callable] = {"inception": _inception, "toy": _toy}
+
+
+def _user_extractor(name: str, weights: str | Path | None):
+    """`module.path:ClassName` built as ClassName() or ClassName(weights=...); ValueError (one
+    line) when the module does not import or the name is not a class that builds."""
+    module_name, _, class_name = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:   # ImportError, or whatever the module raises while importing
+        raise ValueError(f"--extractor {name}: cannot import module {module_name!r}: "
+                         f"{type(e).__name__}: {e}") from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ValueError(f"--extractor {name}: module {module_name!r} has no {class_name!r}")
+    if not isinstance(cls, type):
+        raise ValueError(f"--extractor {name}: {module_name}.{class_name} is a {type(cls).__name__}, "
+                         "not a feature-extractor class")
+    try:
+        return cls(weights=weights) if weights is not None else cls()
+    except Exception as e:   # wrong constructor signature, or the class's own refusal
+        call = f"{class_name}(weights=...)" if weights is not None else f"{class_name}()"
+        raise ValueError(f"--extractor {name}: {call} failed: {type(e).__name__}: {e}") from None
 
 
 def build_extractor(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu"):
@@ -79,20 +115,13 @@ def build_extractor(name: str, weights: str | Path | None = None, device: str | 
     if name in EXTRACTORS:
         model = EXTRACTORS[name](weights, device)
     elif ":" in name:
-        module_name, _, class_name = name.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise ValueError(f"--extractor {name}: cannot import module {module_name!r}: {e}") from None
-        cls = getattr(module, class_name, None)
-        if cls is None:
-            raise ValueError(f"--extractor {name}: module {module_name!r} has no {class_name!r}")
-        model = cls(weights=weights) if weights is not None else cls()
+        model = _user_extractor(name, weights)
     else:
         raise ValueError(f"unknown --extractor {name!r}: use one of {sorted(EXTRACTORS)} "
                          "or module.path:ClassName")
-    if not callable(model):
-        raise TypeError(f"--extractor {name} did not give a callable module")
+    if not callable(model) or not isinstance(model, Extractor):
+        raise ValueError(f"--extractor {name}: built a {type(model).__name__}, which is not a feature extractor "
+                         "(needs forward(images [B, 3, H, W] in [0, 1]) -> [B, D] and feature_dim)")
     if isinstance(model, torch.nn.Module):
         model = model.eval().requires_grad_(False).to(device)
     return model
@@ -140,6 +169,53 @@ def _read_files(files: Sequence[Path], size: tuple[int, int] | None) -> tuple[to
     return torch.stack(images), size
 
 
+def _equal_size_runs(images: Sequence[torch.Tensor]):
+    """Stacked runs of consecutive images of one size: a batch the extractor can take at once."""
+    start = 0
+    for i in range(1, len(images) + 1):
+        if i == len(images) or images[i].shape != images[start].shape:
+            yield torch.stack(images[start:i])
+            start = i
+
+
+@dataclass(frozen=True)
+class FolderFormat:
+    """The distinct image sizes (W, H) and colour modes (PIL's: RGB, L, RGBA, ...) of a folder,
+    in the order first seen, read from the file headers."""
+    folder: Path
+    sizes: tuple[tuple[int, int], ...]
+    modes: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"{', '.join(f'{w}x{h}' for w, h in self.sizes)} {', '.join(self.modes)}"
+
+
+def folder_format(folder: str | Path) -> FolderFormat:
+    sizes, modes = {}, {}
+    for f in list_image_files(folder):
+        try:
+            with Image.open(f) as im:
+                sizes.setdefault(im.size, f)
+                modes.setdefault(im.mode, f)
+        except Exception as e:   # PIL raises several types for bad files
+            raise ImageFolderError(f"cannot read image {f}: {e}") from None
+    return FolderFormat(Path(folder), tuple(sizes), tuple(modes))
+
+
+def check_comparable(real: FolderFormat, fake: FolderFormat) -> None:
+    """Refuse two folders whose images differ in size or colour mode (or a folder of several
+    sizes): the extractor would resize or convert them silently, so the distance would also
+    measure that. The CLI's --resize skips this check."""
+    for flag, fmt in (("--real", real), ("--fake", fake)):
+        if len(fmt.sizes) > 1:
+            raise ImageFolderError(f"{flag} {fmt.folder} holds images of several sizes ({fmt.describe()}); "
+                                   "pass --resize to let the extractor resize each image")
+    if real.sizes != fake.sizes or real.modes != fake.modes:
+        raise ImageFolderError(f"--real {real.folder} holds {real.describe()} images but --fake {fake.folder} "
+                               f"holds {fake.describe()} images; pass --resize to let the extractor resize "
+                               "them (and convert them to RGB)")
+
+
 def load_image_folder(folder: str | Path) -> torch.Tensor:
     """All images of `folder` (sorted by name) as uint8 [N, 3, H, W]. Raises ImageFolderError for
     a missing or empty folder, an unreadable file or images of different sizes."""
@@ -163,9 +239,10 @@ def _as_float(batch: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_features(images, extractor, batch_size: int = 50, device: str | torch.device = "cpu",
-                     progress: bool = True, desc: str = "features") -> np.ndarray:
+                     progress: bool = True, desc: str = "features", mixed_sizes: bool = False) -> np.ndarray:
     """Features [N, D] (float64) of `images`: a uint8 tensor [N, 3, H, W] (0..255), a float tensor
-    in [0, 1], or a folder of images (read batch by batch)."""
+    in [0, 1], or a folder of images (read batch by batch; with `mixed_sizes` its images may differ
+    in size, each batch then split into runs of one size)."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if isinstance(images, (str, Path)):
@@ -176,6 +253,9 @@ def extract_features(images, extractor, batch_size: int = 50, device: str | torc
         def batches():
             nonlocal size
             for a in range(0, n, batch_size):
+                if mixed_sizes:
+                    yield from _equal_size_runs([read_image(f) for f in files[a:a + batch_size]])
+                    continue
                 batch, size = _read_files(files[a:a + batch_size], size)
                 yield batch
     else:
@@ -290,14 +370,16 @@ def kid_from_features(features1, features2, subsets: int = KID_SUBSETS, subset_s
 
 def compute_fid_kid(real_images, fake_images, extractor, batch_size: int = 50,
                     kid_subsets: int = KID_SUBSETS, kid_subset_size: int = KID_SUBSET_SIZE,
-                    seed: int = KID_SEED, device: str | torch.device = "cpu", progress: bool = True) -> dict:
+                    seed: int = KID_SEED, device: str | torch.device = "cpu", progress: bool = True,
+                    mixed_sizes: bool = False) -> dict:
     """FID and KID between two image sets (uint8 or [0, 1] float tensors [N, 3, H, W], or folders)
-    with `extractor` (an Extractor, or a name/spec for `build_extractor`).
+    with `extractor` (an Extractor, or a name/spec for `build_extractor`); `mixed_sizes`: folders
+    may hold images of several sizes (see `extract_features`).
     Returns dict(fid=, kid_mean=, kid_std=, n_real=, n_fake=)."""
     if isinstance(extractor, str):
         extractor = build_extractor(extractor, device=device)
-    real = extract_features(real_images, extractor, batch_size, device, progress, "real features")
-    fake = extract_features(fake_images, extractor, batch_size, device, progress, "fake features")
+    real = extract_features(real_images, extractor, batch_size, device, progress, "real features", mixed_sizes)
+    fake = extract_features(fake_images, extractor, batch_size, device, progress, "fake features", mixed_sizes)
     kid_mean, kid_std = kid_from_features(real, fake, kid_subsets, kid_subset_size, seed)
     return {"fid": fid_from_features(real, fake), "kid_mean": kid_mean, "kid_std": kid_std,
             "n_real": len(real), "n_fake": len(fake)}
@@ -324,6 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kid-subset-size", type=int, default=KID_SUBSET_SIZE)
     p.add_argument("--seed", type=int, default=KID_SEED, help="seed of the KID subsets")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--resize", action="store_true",
+                   help="allow folders whose images differ in size or colour mode (e.g. real HICO-DET images "
+                        "against 512x512 samples): each image is converted to RGB and the extractor resizes it "
+                        "to its input size; without it such folders are refused")
     return p
 
 
@@ -331,11 +417,13 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         device = resolve_device(args.device)
-        for folder in (args.real, args.fake):
-            list_image_files(folder)   # fail on a bad folder before loading a model
+        # fail on a bad folder, or two folders that do not compare, before loading a model
+        formats = [folder_format(folder) for folder in (args.real, args.fake)]
+        if not args.resize:
+            check_comparable(*formats)
         extractor = build_extractor(args.extractor, args.weights, device)
         r = compute_fid_kid(args.real, args.fake, extractor, args.batch_size, args.kid_subsets,
-                            args.kid_subset_size, args.seed, device)
+                            args.kid_subset_size, args.seed, device, mixed_sizes=args.resize)
     except (ImageFolderError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evaluation.weights import load_state_dict_file, load_strictly
+
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_NAME}"
 INPUT_SIZE = 299
@@ -225,16 +227,11 @@ def missing_weights_message(path) -> str:
 def load_fid_inception(weights: str | Path | None, device: str | torch.device = "cpu") -> FIDInceptionV3:
     """The FID Inception-v3 with the weights of `weights` (pytorch-fid's
     pt_inception-2015-12-05-6726825d.pth, or any state dict with its names), loaded strictly,
-    in eval mode, without gradients."""
+    in eval mode, without gradients. FileNotFoundError without the file (saying where to get
+    it); evaluation.weights.WeightsError (one line) when it is not that state dict."""
     if weights is None or not Path(weights).is_file():
         raise FileNotFoundError(missing_weights_message(weights))
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    what = f"a FID Inception-v3 state dict ({WEIGHTS_NAME} from {WEIGHTS_URL})"
     model = FIDInceptionV3()
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise RuntimeError(f"{weights} is not a FID Inception-v3 state dict ({WEIGHTS_NAME} "
-                           f"from {WEIGHTS_URL}):\n{e}") from None
+    load_strictly(model, load_state_dict_file(weights, what), weights, what)
     return model.eval().requires_grad_(False).to(device)

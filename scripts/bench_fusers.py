@@ -8,7 +8,7 @@ rounds (order rotating), as the median and min-max of the per-round ratio CA/SA.
 What it prints:
   1. One fuser of each type at every (tokens, dim) the UNet's transformer blocks see (SD v1.x,
      64x64 latents: 4096x320, 1024x640, 256x1280, 64x1280), with 90 interaction tokens
-     (30 slots): FLOPs (FlopCounterMode, CPU SDPA counted via bench_unet's flop_mapping),
+     (30 slots): FLOPs (FlopCounterMode, CPU SDPA counted via evaluation.benchmark's flop_mapping),
      attention's share of them, forward time, CA/SA time ratio, peak memory growth.
   2. The whole UNet forward (UNet + position_net + 16 fusers, no VAE or text encoder) with the
      gatedSA fusers vs the same backbone with gatedCA fusers (sharing every common weight),
@@ -25,19 +25,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import statistics
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_unet import (GATE, REPO_ROOT, TINY_CONFIG, PeakMemory, build_unet, count_flops,  # noqa: E402
-                        device_and_config, fmt_g, fmt_mem, fmt_t, log, make_inputs, synchronize)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:   # run as a file: the repository's packages, not an installed copy
+    sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from evaluation.benchmark import (GATE, TINY_CONFIG, PeakMemory, build_unet, count_flops,  # noqa: E402
+                                  device_and_config, fmt_g, fmt_mem, fmt_t, log, machine_line, make_inputs,
+                                  per_round_ratios, ratio_str, rotated, shown_path, timed_call)
 from interact.fuser import FUSER_TYPES  # noqa: E402
 
 KINDS = ("gatedSA", "gatedCA")
@@ -71,27 +76,6 @@ def fuser_shapes(meta_unet, inputs) -> Counter:
     return Counter(dict(sorted(seen.items(), key=lambda kv: (-kv[0][0], kv[0][1]))))
 
 
-def timed(fn, device, inner: int = 1, memory: PeakMemory | None = None):
-    """-> (seconds per call over `inner` calls, peak MiB growth or None)."""
-    def go():
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        synchronize(device)
-        return (time.perf_counter() - start) / inner
-    if memory is None or memory.method not in ("hwm", "cuda"):
-        return go(), None
-    with memory:
-        elapsed = go()
-    return elapsed, memory.peak_mib
-
-
-def ratio_str(xs, pct: bool = False) -> str:
-    f = "{:.1%}" if pct else "{:.3f}"
-    return f"{f.format(statistics.median(xs))} ({f.format(min(xs))}-{f.format(max(xs))})"
-
-
 def ms(row, kind) -> str:
     return fmt_t([t * 1e3 for t in row[kind]["times"]])
 
@@ -111,15 +95,16 @@ def bench_fusers(shapes, ctx_dim, n_tokens, args, device, memory) -> list[dict]:
         with torch.no_grad():
             for kind, f in fusers.items():
                 counts = count_flops(f, (x, objs), 1.0)
-                timed(lambda: f(x, objs, 1.0, grid), device)  # warm-up (CUDA: lazy init)
-                first, _ = timed(lambda: f(x, objs, 1.0, grid), device)  # calibration
+                timed_call(lambda: f(x, objs, 1.0, grid), device)  # warm-up (CUDA: lazy init)
+                first, _ = timed_call(lambda: f(x, objs, 1.0, grid), device)  # calibration
                 inner = max(1, min(1000, round(args.min_time / max(first, 1e-6))))
                 attn = sum(v for k, v in counts.items() if "scaled_dot_product" in k or k == "bmm")
                 row[kind] = dict(flops=counts["total"], attn_flops=attn, times=[], peak_mib=None, inner=inner)
             for r in range(args.fuser_rounds):
-                for kind in (KINDS if r % 2 == 0 else KINDS[::-1]):
+                for kind in rotated(KINDS, r):
                     f, res = fusers[kind], row[kind]
-                    t, peak = timed(lambda: f(x, objs, 1.0, grid), device, res["inner"], memory if r == 0 else None)
+                    t, peak = timed_call(lambda: f(x, objs, 1.0, grid), device, res["inner"],
+                                         memory if r == 0 else None)
                     res["times"].append(t)
                     res["peak_mib"] = peak if peak is not None else res["peak_mib"]
                 row["ratios"].append(row["gatedCA"]["times"][-1] / row["gatedSA"]["times"][-1])
@@ -175,17 +160,17 @@ def bench_unet_forward(cfg, size, args, device, memory, meta, meta_inputs, total
     times = {name: [] for name in variants}
     peaks = dict.fromkeys(variants)
     with torch.no_grad():
-        log(f"warm-up forward (gatedSA): {timed(forward('gatedSA'), device)[0]:.2f} s")
+        log(f"warm-up forward (gatedSA): {timed_call(forward('gatedSA'), device)[0]:.2f} s")
         names = list(variants)
         for r in range(args.rounds):
-            for name in names[r % 3:] + names[:r % 3]:
-                t, peak = timed(forward(name), device, 1, memory if r == 0 else None)
+            for name in rotated(names, r):
+                t, peak = timed_call(forward(name), device, 1, memory if r == 0 else None)
                 times[name].append(t)
                 peaks[name] = peak if peak is not None else peaks[name]
                 log(f"  round {r + 1}/{args.rounds} {name}: {t:.3f} s" + (f", peak +{peak:,.0f} MiB" if peak else ""))
     use(unet, "gatedSA", sets)
     none = "none (fuser_scale=0)"
-    per_round = lambda a, b: [x / y for x, y in zip(times[a], times[b])]  # noqa: E731
+    per_round = lambda a, b: per_round_ratios(times[a], times[b])  # noqa: E731
     shares = {k: [1 - r for r in per_round(none, k)] for k in KINDS}
     log("\n| variant | GFLOP | time s, median (min-max) | time / gatedSA per round | fusers' share of time "
         "| fusers' share of FLOPs | peak MiB |")
@@ -231,10 +216,8 @@ def main(argv=None) -> None:
     start = time.perf_counter()
 
     log("# Fuser benchmark: gatedSA vs gatedCA")
-    log(f"torch {torch.__version__}, python {platform.python_version()}, device {device}"
-        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
-           f", CPU capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"))
-    log(f"config {cfg_path.relative_to(REPO_ROOT) if cfg_path.is_relative_to(REPO_ROOT) else cfg_path}, "
+    log(machine_line(device))
+    log(f"config {shown_path(cfg_path)}, "
         f"latent {size}x{size}, batch {args.batch}, fuser gates tanh({GATE}), fp32, torch.no_grad")
     memory = PeakMemory(device)
     log(f"peak memory: {memory.describe()} (first round only)")

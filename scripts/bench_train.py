@@ -34,14 +34,18 @@ import time
 import warnings
 from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(SCRIPTS))
-from bench_unet import REPO_ROOT, PeakMemory, flop_mapping, fmt_mem, fmt_t, log, matmul_sample  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:   # run as a file: the repository's packages, not an installed copy
+    sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from evaluation.benchmark import (PeakMemory, flop_mapping, fmt_mem, fmt_t, log, matmul_sample,  # noqa: E402
+                                  median_range, per_round_ratios)
 from hoi.records import HOISample  # noqa: E402
 from hoi.records import Interaction  # noqa: E402
 from dataset.hoi_dataset import build_training_inputs  # noqa: E402
@@ -125,7 +129,7 @@ def part_real_path(tmp: Path, rounds: int, steps_per_round: int, naive: bool) ->
     samples_s = o.batch_size / step
     achieved = per_sample * samples_s / 1e9
     rate = med(rates)
-    log(f"\n| measure | value |\n|---|---|")
+    log("\n| measure | value |\n|---|---|")
     log(f"| step (median of {rounds} rounds x {steps_per_round} steps) | {step:.3f} s ({fmt_t(times['SDPA'])}) |")
     log(f"| samples/s, real path (data included) | {samples_s:.1f} |")
     log(f"| GFLOP per sample (forward + backward) | {per_sample / 1e9:.3f} |")
@@ -136,9 +140,8 @@ def part_real_path(tmp: Path, rounds: int, steps_per_round: int, naive: bool) ->
     per_round = [a / b for a, b in zip([per_sample * o.batch_size / t / 1e9 for t in times["SDPA"]], rates)]
     log(f"| fraction, per round (min-max) | {min(per_round):.0%}-{max(per_round):.0%} |")
     if naive:
-        ratios = [n / s for n, s in zip(times["naive attention"], times["SDPA"])]
-        log(f"| naive attention / SDPA step time (median, min-max) | {med(ratios):.2f} "
-            f"({min(ratios):.2f}-{max(ratios):.2f}) |")
+        ratios = per_round_ratios(times["naive attention"], times["SDPA"])
+        log(f"| naive attention / SDPA step time (median, min-max) | {median_range(ratios, '{:.2f}')} |")
     phases = {k: med([p.get(k, 0.0) for p in phase_rounds]) for k in PHASES}
     other = step - sum(phases.values())
     log("\nOne step, by phase (median over rounds):\n\n| phase | s | share |\n|---|---|---|")
@@ -215,7 +218,7 @@ def part_sd(tmp: Path, repeats: int) -> None:
                 f"{trainer.phase_times.get('first stage', 0) + trainer.phase_times.get('text', 0):.1f} s, "
                 f"backward {trainer.phase_times.get('backward', 0):.1f} s), peak +{fmt_mem(memory.peak_mib)} MiB")
     trainer.phase_times = None
-    ratios = [n / s for n, s in zip(times["naive"], times["sdpa"])]
+    ratios = per_round_ratios(times["naive"], times["sdpa"])
     log(f"SD v1.x step: SDPA {fmt_t(times['sdpa'])} s, naive {fmt_t(times['naive'])} s; naive/SDPA time "
         f"{statistics.median(ratios):.2f}, peak memory {fmt_mem(peaks['sdpa'])} vs {fmt_mem(peaks['naive'])} MiB")
 

@@ -262,6 +262,110 @@ def test_cli_module_entry_point_reports_missing_inception_weights(tmp_path):
     assert WEIGHTS_NAME in p.stderr and WEIGHTS_URL in p.stderr and "none.pth" in p.stderr
 
 
+# --- bad inputs: folders that do not compare, weights that are not weights, extractors that are not --
+
+
+def run_cli(capsys, *args) -> tuple[int, str]:
+    code = fid_kid.main(list(map(str, args)) + ["--kid-subsets", "2", "--kid-subset-size", "4", "--device", "cpu"])
+    return code, capsys.readouterr().err
+
+
+def one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("real features", "fake features"))]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_folders_of_other_sizes_or_modes_are_refused_unless_resize(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    real = write_images(tmp_path / "real", [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(6)])
+    small = write_images(tmp_path / "small", [rng.integers(0, 256, (48, 32, 3), dtype=np.uint8) for _ in range(6)])
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(grey / f"{i}.png")
+    user = f"{__name__}:ColourStats"
+    code, err = run_cli(capsys, "--real", real, "--fake", small, "--extractor", user)
+    line = one_error_line(err)
+    assert code == 1 and f"--real {real} holds 64x64 RGB" in line and f"--fake {small} holds 32x48 RGB" in line
+    assert "--resize" in line
+    code, err = run_cli(capsys, "--real", real, "--fake", grey, "--extractor", user)
+    line = one_error_line(err)
+    assert code == 1 and "64x64 RGB" in line and f"{grey} holds 64x64 L" in line
+    # asked for: the extractor resizes and converts
+    for fake in (small, grey):
+        code = fid_kid.main(["--real", str(real), "--fake", str(fake), "--extractor", user, "--resize",
+                             "--kid-subsets", "2", "--kid-subset-size", "4", "--device", "cpu"])
+        assert code == 0 and "FID: " in capsys.readouterr().out
+
+
+def test_resize_takes_a_folder_of_several_sizes_image_by_image(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    arrays = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((8, 8), (8, 8), (6, 10), (8, 8), (5, 5))]
+    mixed = write_images(tmp_path / "mixed", arrays)
+    same = write_images(tmp_path / "same", [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(5)])
+    code, err = run_cli(capsys, "--real", mixed, "--fake", same, "--extractor", f"{__name__}:ColourStats")
+    assert code == 1 and f"--real {mixed} holds images of several sizes (8x8, 10x6, 5x5 RGB)" in one_error_line(err)
+    feats = fid_kid.extract_features(mixed, ColourStats(), batch_size=4, progress=False, mixed_sizes=True)
+    one_by_one = np.concatenate([ColourStats()(torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255).double().numpy()
+                                 for a in arrays])
+    np.testing.assert_allclose(feats, one_by_one, rtol=1e-6)
+
+
+@pytest.mark.parametrize("content, reason", [
+    (bytes(range(256)) * 8, "not a torch weights file"),
+    (b"these are not weights\n", "not a torch weights file"),
+    ({"conv.weight": torch.zeros(1)}, "tensors missing (e.g. 'Conv2d_1a_3x3.conv.weight'); 1 unexpected"),
+    (torch.zeros(3), "it holds a Tensor, not a state dict"),
+], ids=["random-bytes", "text", "wrong-keys", "tensor"])
+def test_inception_weights_that_are_not_weights_get_one_line(tmp_path, capsys, content, reason):
+    path = tmp_path / "w.pth"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    images = write_images(tmp_path / "r", [np.zeros((8, 8, 3), np.uint8)] * 2)
+    code, err = run_cli(capsys, "--real", images, "--fake", images, "--extractor", "inception", "--weights", path)
+    line = one_error_line(err)
+    assert code == 1 and line.startswith(f"error: {path} is not a FID Inception-v3 state dict") and reason in line
+
+
+def test_toy_weights_that_are_not_toy_weights_get_one_line(tmp_path, capsys):
+    images = write_images(tmp_path / "r", [np.zeros((32, 32, 3), np.uint8)] * 2)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(range(256)))
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"state_dict": {"conv.weight": torch.zeros(1)}}, wrong)
+    for path, reason in ((junk, "not a torch weights file"), (wrong, "Missing key(s)")):
+        code, err = run_cli(capsys, "--real", images, "--fake", images, "--extractor", "toy", "--weights", path)
+        line = one_error_line(err)
+        assert code == 1 and f"{path} is not a toy feature checkpoint" in line and reason in line
+
+
+def not_a_class():
+    return ColourStats()
+
+
+class NeedsArguments(ColourStats):
+    def __init__(self, size):
+        super().__init__()
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    (f"{__name__}:not_a_class", f"{__name__}.not_a_class is a function, not a feature-extractor class"),
+    (f"{__name__}:Missing", f"module {__name__!r} has no 'Missing'"),
+    ("no_such_package.module:Thing", "cannot import module 'no_such_package.module': ModuleNotFoundError"),
+    (f"{__name__}.ColourStats:Thing", "cannot import module"),
+    (f"{__name__}:NeedsArguments", "NeedsArguments() failed: TypeError"),
+    ("collections:OrderedDict", "built a OrderedDict, which is not a feature extractor"),
+], ids=["function", "missing", "no-module", "class-as-module", "constructor", "not-an-extractor"])
+def test_extractors_that_are_not_feature_extractor_classes_get_one_line(tmp_path, capsys, spec, fragment):
+    images = write_images(tmp_path / "r", [np.zeros((8, 8, 3), np.uint8)] * 2)
+    code, err = run_cli(capsys, "--real", images, "--fake", images, "--extractor", spec)
+    line = one_error_line(err)
+    assert code == 1 and f"--extractor {spec}" in line and fragment in line
+
+
 # --- the FID Inception-v3 --------------------------------------------------------------------------
 
 

@@ -382,6 +382,39 @@ def test_cli_prints_table_and_writes_csv(tmp_path, capsys):
     assert "--train trainval_hico.json" in capsys.readouterr().err
 
 
+def test_cli_refuses_a_csv_directory_before_reading_anything(tmp_path, capsys):
+    """--csv naming a directory is refused at once: the ground truth given does not even exist."""
+    code = main(["--gt", str(tmp_path / "missing.json"), "--pred", str(tmp_path / "missing.json"),
+                 "--categories", str(tmp_path / "missing.json"), "--csv", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith(f"error: --csv {tmp_path}: is a directory") and "missing.json" not in err
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 4, pickle.dumps({"preds": []})], ids=["random", "pickle"])
+def test_cli_names_a_binary_detections_file(tmp_path, capsys, content):
+    paths, _, _ = write_world(tmp_path)
+    binary = tmp_path / "detections.bin"
+    binary.write_bytes(content)
+    for flag, value in (("--pred", binary), ("--gt", binary)):
+        args = {"--gt": str(paths["gt"]), "--pred": str(paths["pred"]), flag: str(value)}
+        code = main([a for kv in args.items() for a in kv] + ["--categories", str(paths["categories"])])
+        err = capsys.readouterr().err
+        what = "detections" if flag == "--pred" else "ground truth"
+        assert code == 1 and err == f"error: {binary}: not a JSON {what} file (binary content, not UTF-8 text)\n"
+
+
+def test_fgahoi_reader_names_a_binary_or_broken_dump(tmp_path):
+    as_json = tmp_path / "preds.json"
+    as_json.write_bytes(bytes(range(256)))
+    with pytest.raises(HOIEvalError, match=r"preds\.json: not a JSON FGAHOI output file \(binary content"):
+        read_fgahoi(as_json)
+    as_pickle = tmp_path / "preds_gts_1.pkl"
+    as_pickle.write_bytes(b"\x80\x04 this is not a pickle")
+    with pytest.raises(HOIEvalError, match=r"preds_gts_1\.pkl: not a pickled FGAHOI dump \("):
+        read_fgahoi(as_pickle, allow_pickle=True)
+
+
 def test_module_runs_as_a_script():
     done = subprocess.run([sys.executable, "-m", "evaluation.hico_map", "--help"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60)

@@ -16,7 +16,7 @@ from dataset import toy
 from dataset.toy import (HOI_CATEGORIES, OBJECT_BY_ID, RARE_SPAN, VERB_BY_NAME, count_hois, find_hoi, generate,
                          group_partners, plan_image, render_image, render_scene)
 from dataset.toy.__main__ import main as toy_main
-from dataset.toy.world import limb_width
+from dataset.toy.world import GROUP_HEIGHT, OBJECT_SHAPES, POSE_LIMB, limb_width, make_object, pose_points
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,6 +132,18 @@ def test_vocabulary_is_consistent():
         assert len(partners) == len(groups[toy.VERB_BY_ID[h.verb_id].group]) - 1
         assert all((p.subject_id, p.object_id) == (h.subject_id, h.object_id) and p.verb_id != h.verb_id
                    for p in partners)
+
+
+def test_drawing_tables_cover_the_vocabulary_and_refuse_unknown_names():
+    """Every verb has a pose, every geometry group a height, every object a shape; a name the
+    tables lack is refused by name rather than drawn as something else."""
+    assert set(POSE_LIMB) == {v.name for v in toy.VERBS}
+    assert set(GROUP_HEIGHT) == {v.group for v in toy.VERBS}
+    assert set(OBJECT_SHAPES) == {o.name for o in toy.OBJECTS if o.kind == "object"}
+    with pytest.raises(KeyError, match="'juggle'"):
+        pose_points("juggle", 20.0, 1)
+    with pytest.raises(KeyError, match="'hat'"):
+        make_object("hat", 20.0)
 
 
 def test_hoi_annotations_refer_to_listed_categories(small):

@@ -144,30 +144,49 @@ def _limb(a: Point, b: Point, width: int, fill: RGB) -> list[Shape]:
 # ---------------------------------------------------------------------------------------------
 # Subjects. Local frame: the feet on y = 0, y grows downward, d = +1 faces right, -1 left.
 
-POSES = ("hold", "wave at", "kick", "point at")
+def _at(u: float, d: int, x: float, y: float) -> Point:
+    """A point given in units of u, x toward the facing side, in pixels."""
+    return d * x * u, y * u
+
+
+# Each verb's pose moves one limb end away from the rest pose; the others hang or stand.
+# {verb: (which limb end, where it goes as a function of (u, d, limb width))}
+def _hold(u: float, d: int, w: int) -> Point:
+    return _at(u, d, REACH, SHOULDER_Y)    # front arm straight out at shoulder height
+
+
+def _wave_at(u: float, d: int, w: int) -> Point:
+    return d * REACH * u, -u + w / 2 + 0.02 * u   # raised to the top of the head
+
+
+def _kick(u: float, d: int, w: int) -> Point:
+    return _at(u, d, REACH, -0.17)         # front leg swung forward
+
+
+def _point_at(u: float, d: int, w: int) -> Point:
+    return _at(u, d, REACH, -0.30)         # front arm pointing down
+
+
+POSE_LIMB: dict[str, tuple[str, Callable[[float, int, int], Point]]] = {
+    "hold": ("hand", _hold),
+    "wave at": ("hand", _wave_at),
+    "kick": ("foot", _kick),
+    "point at": ("hand", _point_at),
+}
+POSES = tuple(POSE_LIMB)
 
 
 def pose_points(verb: str, u: float, d: int) -> dict[str, Point]:
     """The end points of the four limbs for a verb: front/back hand, front/back foot."""
+    if verb not in POSE_LIMB:
+        raise KeyError(f"no pose for verb {verb!r}")
     w = limb_width(u)
     ground = -w / 2    # a standing foot's stroke ends on the ground line
-
-    def at(x: float, y: float) -> Point:
-        return d * x * u, y * u
-
-    front_hand, back_hand = at(*REST_HAND), at(-REST_HAND[0], REST_HAND[1])
-    front_foot, back_foot = (d * FOOT_X * u, ground), (-d * FOOT_X * u, ground)
-    if verb == "hold":
-        front_hand = at(REACH, SHOULDER_Y)
-    elif verb == "wave at":
-        front_hand = (d * REACH * u, -u + w / 2 + 0.02 * u)   # raised to the top of the head
-    elif verb == "kick":
-        front_foot = at(REACH, -0.17)
-    elif verb == "point at":
-        front_hand = at(REACH, -0.30)
-    else:
-        raise KeyError(f"no pose for verb {verb!r}")
-    return {"hand": front_hand, "hand2": back_hand, "foot": front_foot, "foot2": back_foot}
+    points = {"hand": _at(u, d, *REST_HAND), "hand2": _at(u, d, -REST_HAND[0], REST_HAND[1]),
+              "foot": (d * FOOT_X * u, ground), "foot2": (-d * FOOT_X * u, ground)}
+    limb, place = POSE_LIMB[verb]
+    points[limb] = place(u, d, w)
+    return points
 
 
 def figure(kind: str, verb: str, u: float, d: int) -> Instance:
@@ -197,35 +216,54 @@ def figure(kind: str, verb: str, u: float, d: int) -> Instance:
 # Objects. Local frame: centred on the origin.
 
 
+def _ball(s: float) -> tuple[Shape, ...]:
+    return (Shape("disc", (0.0, 0.0, 0.135 * s), colour("ball")),)
+
+
+def _box(s: float) -> tuple[Shape, ...]:
+    h = 0.13 * s
+    return (Shape("rect", (-h, -h, h, h), colour("box")),)
+
+
+def _kite(s: float) -> tuple[Shape, ...]:
+    w, h = 0.13 * s, 0.17 * s
+    return (Shape("poly", (0.0, -h, w, 0.0, 0.0, h, -w, 0.0), colour("kite")),)
+
+
+# {object name: its shapes for a nominal size s}
+OBJECT_SHAPES: dict[str, Callable[[float], tuple[Shape, ...]]] = {"ball": _ball, "box": _box, "kite": _kite}
+
+
 def make_object(name: str, s: float) -> Instance:
     """An object of nominal size s (pixels, comparable to a subject's height u)."""
-    c = colour(name)
-    if name == "ball":
-        shapes = [Shape("disc", (0.0, 0.0, 0.135 * s), c)]
-    elif name == "box":
-        h = 0.13 * s
-        shapes = [Shape("rect", (-h, -h, h, h), c)]
-    elif name == "kite":
-        w, h = 0.13 * s, 0.17 * s
-        shapes = [Shape("poly", (0.0, -h, w, 0.0, 0.0, h, -w, 0.0), c)]
-    else:
+    if name not in OBJECT_SHAPES:
         raise KeyError(f"unknown toy object {name!r}")
-    return Instance(name, shapes, {"centre": (0.0, 0.0)})
+    return Instance(name, list(OBJECT_SHAPES[name](s)), {"centre": (0.0, 0.0)})
+
+
+def _hand_height(u: float, half_h: float, rng: np.random.Generator) -> float:
+    return SHOULDER_Y * u + rng.uniform(-0.04, 0.04) * u
+
+
+def _ground_height(u: float, half_h: float, rng: np.random.Generator) -> float:
+    return -half_h    # resting on the ground line
+
+
+# {geometry group: the object's centre height in the subject's frame}
+GROUP_HEIGHT: dict[str, Callable[[float, float, np.random.Generator], float]] = {
+    "hand": _hand_height, "ground": _ground_height}
 
 
 def place_object(o: Instance, group: str, u: float, d: int, rng: np.random.Generator) -> None:
     """Put the object where its verb's geometry group says, in the subject's frame. The draw
     depends on the group only, never on the verb."""
+    if group not in GROUP_HEIGHT:
+        raise KeyError(f"unknown geometry group {group!r}")
     b = o.bounds()
     half_w, half_h = (b[2] - b[0]) / 2, (b[3] - b[1]) / 2
     w = limb_width(u)
     near_edge = REACH * u + w / 2 + rng.uniform(-0.01, 0.05) * u   # just past the reaching limb
-    if group == "hand":
-        y = SHOULDER_Y * u + rng.uniform(-0.04, 0.04) * u
-    elif group == "ground":
-        y = -half_h
-    else:
-        raise KeyError(f"unknown geometry group {group!r}")
+    y = GROUP_HEIGHT[group](u, half_h, rng)
     o.translate(d * (near_edge + half_w), y)
 
 
