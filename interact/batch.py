@@ -315,6 +315,9 @@ def record_state(folder: Path, index: int, expected: Callable[[], dict]) -> str 
     return "done"
 
 
+MAX_REPORTED = 10  # records left by --no-overwrite named one by one; the rest are counted
+
+
 def plan_outputs(folder: Path, count: int, overwrite: bool, no_overwrite: bool,
                  expected: Callable[[int], dict]) -> list[int]:
     """Indices to generate under the overwrite policy of the module docstring."""
@@ -336,7 +339,10 @@ def plan_outputs(folder: Path, count: int, overwrite: bool, no_overwrite: bool,
             done += 1
         else:
             left += 1
-            warn(f"--no-overwrite: record {i} left as it is: {state}; pass --overwrite to redo it")
+            if left <= MAX_REPORTED:
+                warn(f"--no-overwrite: record {i} left as it is: {state}; pass --overwrite to redo it")
+    if left > MAX_REPORTED:
+        warn(f"--no-overwrite: {left - MAX_REPORTED} more record(s) left as they are")
     if done or left:
         print(f"--no-overwrite: {done} record(s) done, {left} left as they are, {len(todo)} to generate",
               file=sys.stderr)

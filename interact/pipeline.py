@@ -63,9 +63,6 @@ def sampling_defaults(config) -> dict:
 def resolve_sampling(defaults: dict, **given) -> SamplingOptions:
     """Call arguments (None = unset) over `defaults` (from sampling_defaults), checked against
     the schema; the model's own limits are checked by InteractDiffusionPipeline.resolve_options."""
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise TypeError(f"unknown sampling option(s) {unknown}; known: {sorted(defaults)}")
     values = {**defaults, **{k: v for k, v in given.items() if v is not None}}
     return OmegaConf.to_object(check_options(SamplingOptions, values, "sampling"))
 

@@ -363,3 +363,24 @@ def test_flags_keep_their_spellings_and_become_typed_options():
     assert options.uses_embedded_default and options.batch_size == 1 and options.device == "auto"
     with pytest.raises(SystemExit):
         inference_batch.parse_args(["--no_plms", "--sampler", "plms"])
+
+
+def test_interaction_override_flags_cover_every_switch():
+    import dataclasses
+    import typing
+    from interact.batch import InteractionOverrides
+    from interact.model import INTERACTION_DEFAULTS, interaction_switches
+    hints = typing.get_type_hints(InteractionOverrides)
+    assert {f.name: typing.get_args(hints[f.name]) for f in dataclasses.fields(InteractionOverrides)} == \
+        interaction_switches()
+    assert all(f.default == INTERACTION_DEFAULTS[f.name] for f in dataclasses.fields(InteractionOverrides))
+
+
+def test_library_options_are_checked_like_the_flags():
+    from interact.batch import batch_options
+    with pytest.raises(ValueError, match=r"^options.seed = '3': expected int$"):
+        batch_options({"seed": "3"})
+    with pytest.raises(ValueError, match="exclude each other"):
+        batch_options({"overwrite": True, "no_overwrite": True})
+    with pytest.raises(ValueError, match=r"^options.interaction.fuser_type = 'gatedXA': expected one of"):
+        batch_options({"interaction": {"fuser_type": "gatedXA"}})
