@@ -204,8 +204,8 @@ def test_box_coordinate_given_as_a_string_is_refused(tmp_path, capsys, no_model)
     (["--sampler", "ddim", "--eta", "-1"], "error: --eta = -1.0: out of range (must be >= 0)"),
     (["--steps", "0"], "error: --steps = 0: out of range (must be >= 1)"),
     (["--batch_size", "0"], "error: --batch_size = 0: out of range (must be >= 1)"),
-    (["--seed", str(2**64)], f"error: --seed = {2**64}: out of range (must be in [{-2**63}, {2**64 - 1}], what "
-                             f"torch.Generator.manual_seed accepts)"),
+    (["--seed", str(2**64)], (f"error: --seed = {2**64}: out of range (must be in [{-2**63}, {2**64 - 1}], what "
+                              f"torch.Generator.manual_seed accepts)")),
 ])
 def test_bad_option_values_name_the_flag(tmp_path, capsys, no_model, argv, message):
     layouts = write_json(tmp_path / "l.json", [record()])
@@ -240,7 +240,8 @@ def test_jsonl_parse_error_names_the_line_of_the_file(tmp_path, capsys, no_model
     broken = '{"prompt": "a person" "holding a cup"}'  # a missing comma, column 23 of line 3
     layouts.write_text(json.dumps(record()) + "\n\n" + broken + "\n")
     assert run(["--input", layouts, "--folder", tmp_path / "out", *FAST]) == 2
-    assert error_line(capsys) == f"error: --input {layouts}: line 3: cannot be parsed: Expecting ',' delimiter (column 23)"
+    assert error_line(capsys) == (f"error: --input {layouts}: line 3: cannot be parsed: Expecting ',' delimiter "
+                                  f"(column 23)")
 
 
 def test_output_folder_that_is_or_lies_under_a_file(tmp_path, capsys, no_model):
@@ -269,7 +270,8 @@ def test_output_folder_that_cannot_be_written_is_found_before_the_model_loads(tm
 def test_grid_that_is_a_folder_or_exists(tmp_path, capsys, no_model):
     layouts = write_json(tmp_path / "l.json", [record()])
     assert run(["--input", layouts, "--folder", tmp_path / "out", "--grid", tmp_path, *FAST]) == 2
-    assert error_line(capsys) == f"error: --grid {tmp_path}: is a folder; give a file name such as {tmp_path / 'grid.png'}"
+    assert error_line(capsys) == (f"error: --grid {tmp_path}: is a folder; give a file name such as "
+                                  f"{tmp_path / 'grid.png'}")
     grid = tmp_path / "grid.png"
     grid.write_bytes(b"precious")
     for policy in ([], ["--no-overwrite"]):
@@ -308,7 +310,7 @@ def test_unknown_record_keys_and_overlong_texts_are_reported(tmp_path, capsys):
     cut = "the text encoder reads 77 tokens (start and end included), the rest is cut"
     assert f"warning: {layouts}: record 1: prompt: 102 tokens; {cut}" in err
     assert f"warning: {layouts}: record 1: object_phrases[0]: 82 tokens; {cut}" in err
-    assert f"record 0: prompt" not in err
+    assert "record 0: prompt" not in err
 
 
 def test_no_overwrite_resumes_only_finished_matching_records(tmp_path, capsys):

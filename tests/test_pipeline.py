@@ -191,8 +191,8 @@ def test_schema_samplers_are_the_pipeline_samplers():
 
 
 @pytest.mark.parametrize("section, message", [
-    ({"stepz": 10}, "sampling.stepz: unknown option; known: eta, guidance_scale, height, negative_prompt, sampler, "
-                    "scheduled_sampling, steps, width"),
+    ({"stepz": 10}, ("sampling.stepz: unknown option; known: eta, guidance_scale, height, negative_prompt, "
+                     "sampler, scheduled_sampling, steps, width")),
     ({"steps": "10"}, "sampling.steps = '10': expected int"),
     ({"guidance_scale": "high"}, "sampling.guidance_scale = 'high': expected float"),
     ({"scheduled_sampling": 2.0}, "sampling.scheduled_sampling = 2.0: out of range (must be in [0, 1])"),
