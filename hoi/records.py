@@ -8,6 +8,7 @@ normalised xyxy in [0, 1]. The action gets the box "between" the two (docs/refer
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -29,13 +30,12 @@ Box = tuple[float, float, float, float]
 
 def check_box(box, field: str) -> Box:
     """Validate one normalised xyxy box; raise ConditionError naming `field` otherwise."""
-    # A string iterates per character and JSON booleans are ints: neither is a box.
-    if isinstance(box, (str, bytes)) or any(isinstance(v, bool) for v in _iter_or_empty(box)):
+    # Only numbers: a string iterates per character, "0.1" would pass float(), and JSON
+    # booleans are ints; none of them is a coordinate.
+    values = None if isinstance(box, (str, bytes)) else _iter_or_none(box)
+    if values is None or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
         raise ConditionError(f"{field} = {box!r}: expected 4 numbers x0, y0, x1, y1")
-    try:
-        values = tuple(float(v) for v in box)
-    except (TypeError, ValueError):
-        raise ConditionError(f"{field} = {box!r}: expected 4 numbers x0, y0, x1, y1") from None
+    values = tuple(float(v) for v in values)
     if len(values) != 4:
         raise ConditionError(f"{field} = {box!r}: expected 4 numbers x0, y0, x1, y1, got {len(values)}")
     if not all(math.isfinite(v) for v in values):
@@ -48,11 +48,11 @@ def check_box(box, field: str) -> Box:
     return values
 
 
-def _iter_or_empty(value):
+def _iter_or_none(value) -> list | None:
     try:
         return list(value)
     except TypeError:
-        return []
+        return None
 
 
 def check_phrase(phrase, field: str) -> str:
@@ -104,6 +104,14 @@ def check_interactions(interactions: Sequence[Interaction], max_interactions: in
 
 
 RECORD_LIST_FIELDS = ("subject_phrases", "action_phrases", "object_phrases", "subject_boxes", "object_boxes")
+# Every key a layout record may have: the prompt, the lists, and `source`, a free-text note of
+# where the layout comes from (the toy world's layout files carry one).
+RECORD_FIELDS = ("prompt", *RECORD_LIST_FIELDS, "source")
+
+
+def unknown_record_keys(record: dict) -> list[str]:
+    """Keys of a layout record that nothing reads (a per-record `seed` or `steps`, a typo)."""
+    return sorted(str(key) for key in record if key not in RECORD_FIELDS)
 
 
 def interactions_from_record(record: dict, where: str = "record",

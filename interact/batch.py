@@ -1,21 +1,37 @@
 """Batch generation from a layouts file: reading records, guarding the output folder,
 writing image + overlay + JSON sidecar per record. `inference_batch.py` is its CLI.
 
-Every record is validated and every output path checked before any model work, so
-a bad record or an existing file fails fast and nothing already written is lost.
+Everything that can be checked is checked before anything is written: every record (its
+fields before the model is loaded, its interaction count and text lengths against the loaded
+model), the seed range, the sampling options, the output folder and the grid file.
+
+Existing outputs (record i: 0000i.png, 0000i_layout.png, then 0000i.json, written last):
+- neither flag: any existing output stops the run before anything is written;
+- `overwrite`: every record is generated again;
+- `no_overwrite` (resume): no existing file is ever replaced. A record is done when its sidecar
+  exists, matches this run (prompt, interactions, seed, sampling options, checkpoint; not the
+  device) and its two images exist; done records are skipped. Records without outputs are
+  generated. Any other record with outputs (interrupted, made by another run, or not ours) is
+  left as it is and reported, one warning each: pass `overwrite` to redo them.
 """
 from __future__ import annotations
 
 import json
 import pickle
+import re
 import sys
+import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable, Literal
 
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from hoi.io import atomic_write
-from hoi.records import ConditionError, interactions_from_record
-from interact.model import CONFIG_DIR, REPO_ROOT
+from hoi.records import ConditionError, check_interactions, interactions_from_record, unknown_record_keys
+from hoi.schema import check_options, option
+from interact.model import CONFIG_DIR, INTERACTION_DEFAULTS, REPO_ROOT, SD_V1_CONFIG, interaction_switches
 
 DEFAULT_INPUT = REPO_ROOT / "examples" / "layouts.json"
 # The embedded default: the toy InteractDiffusion model (scripts/train_toy.sh), which draws
@@ -24,15 +40,82 @@ DEFAULT_CKPT = REPO_ROOT / "assets" / "toy_interactdiffusion.pth"
 DEFAULT_CONFIG = CONFIG_DIR / "toy_hoi.yaml"
 DEFAULT_TOY_INPUT = REPO_ROOT / "examples" / "toy_layouts.json"
 
-
-def uses_embedded_default(args) -> bool:
-    return args.ckpt is None and args.sd_ckpt is None
+# What torch.Generator.manual_seed accepts; record i uses seed + i, so all of them must fit.
+SEED_MIN, SEED_MAX = -2**63, 2**64 - 1
 
 
 class BatchError(Exception):
     """A user-facing error of a batch run: one line naming the file, record and field."""
 
 
+def is_device_name(value: str) -> bool:
+    return re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value) is not None
+
+
+@dataclass
+class BatchOptions:
+    """One batch run: the single source of its options' defaults, types, ranges and help
+    (the sampling options are SamplingOptions'). An empty path means "not given"."""
+    ckpt: str = option("", "InteractDiffusion checkpoint (all sections), or the interaction weights when "
+                           "--sd_ckpt is given; neither: the embedded toy model")
+    sd_ckpt: str = option("", "Stable Diffusion v1.x .ckpt/.safetensors for the backbone")
+    text_encoder: str = option("", "Hugging Face CLIP text model folder (config.json + weights, tokenizer "
+                                   "files beside or in ../tokenizer)")
+    config: str = option("", "model YAML with its sampling defaults (empty: configs/sd_v1_interact.yaml with a "
+                             "checkpoint; without one, the embedded toy model, or random weights of --config)")
+    allow_pickle: bool = option(False, "unpickle arbitrary objects (trusted files only)", flags=("--allow-pickle",))
+    input: str = option("", "layouts: .json (a list of records), .jsonl or .pkl (empty: examples/toy_layouts.json "
+                            "for the embedded toy model, else examples/layouts.json)")
+    folder: str = option("outputs/generated", "output folder")
+    grid: str = option("", "also write one PNG with every record's image and overlay (e.g. out/grid.png)")
+    overwrite: bool = option(False, "replace outputs (and the grid) that already exist")
+    no_overwrite: bool = option(False, "resume: skip records whose sidecar matches this run; never replace a "
+                                       "file (other existing outputs are reported and left)",
+                                flags=("--no-overwrite",))
+    batch_size: int = option(1, "records per forward pass; images do not depend on it",
+                             check=lambda v: v >= 1, rule=">= 1")
+    seed: int = option(0, "record i uses seed + i", check=lambda v: SEED_MIN <= v <= SEED_MAX,
+                       rule=f"in [{SEED_MIN}, {SEED_MAX}], what torch.Generator.manual_seed accepts")
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...", check=is_device_name,
+                         rule="auto, cpu, mps, cuda or cuda:N")
+    half: bool = option(False, "fp16 weights and activations (CUDA only)")
+    interaction: dict = option({}, "overrides of the config's interaction switches (InteractionOverrides)",
+                               cli=False)
+
+    @property
+    def uses_embedded_default(self) -> bool:
+        return not self.ckpt and not self.sd_ckpt
+
+
+_SWITCHES = interaction_switches()
+
+
+@dataclass
+class InteractionOverrides:
+    """The config's `interaction:` switches a run may override; only the ones given replace the
+    config's value (the defaults here are the model's built-in ones)."""
+    fuser_type: Literal[_SWITCHES["fuser_type"]] = option(INTERACTION_DEFAULTS["fuser_type"],
+                                                          "overrides interaction.fuser_type of the config")
+    role_embedding: Literal[_SWITCHES["role_embedding"]] = option(
+        INTERACTION_DEFAULTS["role_embedding"], "overrides interaction.role_embedding of the config")
+    box_attention: Literal[_SWITCHES["box_attention"]] = option(
+        INTERACTION_DEFAULTS["box_attention"], "overrides interaction.box_attention of the config")
+
+
+def batch_options(values: dict, where: str = "options") -> BatchOptions:
+    """`values` over BatchOptions' defaults, checked; ValueError naming `where.key` otherwise."""
+    options = OmegaConf.to_object(check_options(BatchOptions, values, where))
+    if options.overwrite and options.no_overwrite:
+        raise ValueError("--overwrite and --no-overwrite exclude each other")
+    check_options(InteractionOverrides, options.interaction, f"{where}.interaction")
+    return options
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- reading layouts
 class _LayoutUnpickler(pickle.Unpickler):
     """Layouts pickles hold plain containers and numbers (maybe numpy arrays): nothing else is
     allowed, so a hostile pickle cannot run code."""
@@ -56,21 +139,40 @@ def _plain(value):
     return value
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise BatchError(f"--input {path}: cannot be parsed: not UTF-8 text (byte {err.object[err.start]:#04x} at "
+                         f"offset {err.start}); expected .json, .jsonl or .pkl layouts") from None
+
+
 def read_layouts(path) -> list[dict]:
     """A .json list (or one record), a .jsonl file, or a pickle of such dicts."""
     path = Path(path)
     if not path.is_file():
         raise BatchError(f"--input {path}: no such file")
-    try:
-        if path.suffix in (".pkl", ".pickle"):
+    if path.suffix in (".pkl", ".pickle"):
+        try:
             with open(path, "rb") as f:
                 data = _LayoutUnpickler(f).load()
-        elif path.suffix == ".jsonl":
-            data = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        else:
-            data = json.loads(path.read_text())
-    except (json.JSONDecodeError, pickle.UnpicklingError, EOFError) as err:
-        raise BatchError(f"--input {path}: cannot be parsed: {err}") from None
+        except Exception as err:  # noqa: BLE001 - a broken pickle fails in many ways; all mean a bad file
+            raise BatchError(f"--input {path}: cannot be parsed: {err}") from None
+    elif path.suffix == ".jsonl":
+        data = []
+        for number, line in enumerate(_read_text(path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                data.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise BatchError(f"--input {path}: line {number}: cannot be parsed: {err.msg} "
+                                 f"(column {err.colno})") from None
+    else:
+        try:
+            data = json.loads(_read_text(path))
+        except json.JSONDecodeError as err:
+            raise BatchError(f"--input {path}: cannot be parsed: {err}") from None
     data = _plain(data)
     records = [data] if isinstance(data, dict) else data
     if not isinstance(records, list) or not records:
@@ -79,7 +181,8 @@ def read_layouts(path) -> list[dict]:
 
 
 def parse_records(records: list[dict], source: str) -> list[tuple[dict, list]]:
-    """Validate every record up front; returns (record, interactions) pairs."""
+    """Validate every record up front; returns (record, interactions) pairs. Keys nothing reads
+    (a per-record seed, a typo) are reported, not used."""
     parsed = []
     for i, record in enumerate(records):
         where = f"{source}: record {i}"
@@ -90,95 +193,261 @@ def parse_records(records: list[dict], source: str) -> list[tuple[dict, list]]:
         prompt = record.get("prompt")
         if not isinstance(prompt, str):
             raise BatchError(f"{where}: prompt = {prompt!r}: must be a string")
+        for key in unknown_record_keys(record):
+            warn(f"{where}: key {key!r} is ignored (a record has prompt, the phrase and box lists and source; "
+                 f"seed and sampling options are set for the whole run)")
         parsed.append((record, interactions))
     return parsed
 
 
+def check_seed_range(seed: int, count: int) -> None:
+    last = seed + count - 1
+    if last > SEED_MAX:
+        raise BatchError(f"--seed {seed}: record {count - 1} would use seed {last}, above {SEED_MAX} (the largest "
+                         f"seed torch.Generator accepts); use a seed <= {SEED_MAX - count + 1}")
+
+
+def check_against_model(parsed: list[tuple[dict, list]], model, source: str, negative_prompt: str) -> None:
+    """Every record against the loaded model, before anything is written: its interaction
+    count (an error) and texts longer than the text encoder reads (a warning: they are cut)."""
+    limit = model.position_net.max_interactions
+    for i, (_, interactions) in enumerate(parsed):
+        try:
+            check_interactions(interactions, limit, f"{source}: record {i}")
+        except ConditionError as err:
+            raise BatchError(f"{err} by this model") from None
+    encoder = model.text_encoder
+    tokenizer, max_tokens = encoder.tokenizer, encoder.max_length
+
+    def too_long(text: str) -> int | None:
+        count = len(tokenizer.tokenize(text)) + 2  # with BOS and EOS
+        return count if count > max_tokens else None
+
+    cut = f"the text encoder reads {max_tokens} tokens (start and end included), the rest is cut"
+    count = too_long(negative_prompt)
+    if count:
+        warn(f"negative_prompt: {count} tokens; {cut}")
+    for i, (record, _) in enumerate(parsed):
+        fields = [("prompt", record["prompt"])] + [
+            (f"{name}[{j}]", phrase) for name in ("subject_phrases", "action_phrases", "object_phrases")
+            for j, phrase in enumerate(record[name])]
+        for name, text in fields:
+            count = too_long(text)
+            if count:
+                warn(f"{source}: record {i}: {name}: {count} tokens; {cut}")
+
+
+# ----------------------------------------------------------------------------- outputs
 def output_paths(folder: Path, index: int) -> dict[str, Path]:
     stem = f"{index:05d}"
     return {"image": folder / f"{stem}.png", "layout": folder / f"{stem}_layout.png",
             "sidecar": folder / f"{stem}.json"}
 
 
-def plan_outputs(folder: Path, count: int, overwrite: bool, skip_existing: bool) -> list[int]:
-    """Indices to generate. Existing outputs are an error unless --overwrite or --no-overwrite."""
-    todo, existing = [], []
+def check_writable_folder(folder: Path, label: str) -> None:
+    """`folder` is, or can be made, a folder we can write in: found before any model work."""
+    if folder.exists() and not folder.is_dir():
+        raise BatchError(f"{label} {folder}: is a file, not a folder")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BatchError(f"{label} {folder}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise BatchError(f"{label} {folder}: cannot write in {existing} ({err.strerror})") from None
+
+
+def check_grid_path(grid: Path, overwrite: bool) -> None:
+    if grid.is_dir():
+        raise BatchError(f"--grid {grid}: is a folder; give a file name such as {grid / 'grid.png'}")
+    if grid.exists() and not overwrite:
+        raise BatchError(f"--grid {grid}: already exists; pass --overwrite to replace it")
+    check_writable_folder(grid.parent, f"--grid {grid}: folder")
+
+
+SIDECAR_UNCOMPARED = ("model", "device", "dtype")  # recorded; a resume does not require them equal
+
+
+def sidecar(index: int, prompt: str, interactions: list, seed: int, sampling: dict, checkpoint: dict,
+            model: str | None = None, device: str | None = None, dtype: str | None = None) -> dict:
+    """A record's JSON sidecar; without model/device/dtype, the part a resume compares."""
+    out = {"record": index, "prompt": prompt,
+           "interactions": [{"subject": it.subject, "action": it.action, "object": it.object,
+                             "subject_box": list(it.subject_box), "object_box": list(it.object_box),
+                             "action_box": list(it.action_box)} for it in interactions],
+           "seed": seed, **sampling}
+    if model is not None:
+        out["model"] = model
+    out["checkpoint"] = checkpoint
+    if device is not None:
+        out.update(device=device, dtype=dtype)
+    return out
+
+
+def record_state(folder: Path, index: int, expected: Callable[[], dict]) -> str | None:
+    """None: record `index` has no outputs; "done": its sidecar (written last) matches
+    `expected()` and its images exist; else why it is neither."""
+    paths = output_paths(folder, index)
+    present = [p for p in paths.values() if p.exists()]
+    if not present:
+        return None
+    if not paths["sidecar"].exists():
+        return f"has {', '.join(p.name for p in present)} but no {paths['sidecar'].name} (an interrupted run?)"
+    try:
+        written = json.loads(paths["sidecar"].read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return f"{paths['sidecar'].name} cannot be read"
+    if not isinstance(written, dict):
+        return f"{paths['sidecar'].name} is not a sidecar"
+    for key, value in expected().items():
+        if written.get(key) != value:
+            if key in ("record", "prompt", "interactions"):
+                return f"{paths['sidecar'].name} was made from another layout ({key} differs)"
+            if key == "checkpoint":
+                return f"{paths['sidecar'].name} was made by another model"
+            return f"{paths['sidecar'].name} was made with {key} = {written.get(key)!r}, this run uses {value!r}"
+    missing = [p.name for p in (paths["image"], paths["layout"]) if not p.exists()]
+    if missing:
+        return f"{', '.join(missing)} missing beside its sidecar"
+    return "done"
+
+
+MAX_REPORTED = 10  # records left by --no-overwrite named one by one; the rest are counted
+
+
+def plan_outputs(folder: Path, count: int, overwrite: bool, no_overwrite: bool,
+                 expected: Callable[[int], dict]) -> list[int]:
+    """Indices to generate under the overwrite policy of the module docstring."""
+    if overwrite:
+        return list(range(count))
+    if not no_overwrite:
+        existing = [i for i in range(count) if any(p.exists() for p in output_paths(folder, i).values())]
+        if existing:
+            first = next(p for p in output_paths(folder, existing[0]).values() if p.exists())
+            raise BatchError(f"--folder {folder}: {len(existing)} record(s) already have outputs (e.g. {first}); "
+                             f"pass --no-overwrite to skip them or --overwrite to replace them")
+        return list(range(count))
+    todo, done, left = [], 0, 0
     for i in range(count):
-        if any(p.exists() for p in output_paths(folder, i).values()):
-            existing.append(i)
-            if skip_existing:
-                continue
-        todo.append(i)
-    if existing and not (overwrite or skip_existing):
-        first = next(p for p in output_paths(folder, existing[0]).values() if p.exists())
-        raise BatchError(f"--folder {folder}: {len(existing)} record(s) already have outputs (e.g. {first}); "
-                         f"pass --no-overwrite to skip them or --overwrite to replace them")
+        state = record_state(folder, i, lambda: expected(i))
+        if state is None:
+            todo.append(i)
+        elif state == "done":
+            done += 1
+        else:
+            left += 1
+            if left <= MAX_REPORTED:
+                warn(f"--no-overwrite: record {i} left as it is: {state}; pass --overwrite to redo it")
+    if left > MAX_REPORTED:
+        warn(f"--no-overwrite: {left - MAX_REPORTED} more record(s) left as they are")
+    if done or left:
+        print(f"--no-overwrite: {done} record(s) done, {left} left as they are, {len(todo)} to generate",
+              file=sys.stderr)
     return todo
 
 
-def load_pipeline(args):
+# ----------------------------------------------------------------------------- the model
+def _path(value: str) -> Path | None:
+    return Path(value) if value else None
+
+
+def model_config_path(options: BatchOptions) -> Path:
+    """The config the model is built from (and whose sampling section gives the defaults)."""
+    if options.config:
+        return Path(options.config)
+    return DEFAULT_CONFIG if options.uses_embedded_default else SD_V1_CONFIG
+
+
+def load_pipeline(ckpt: Path | None = None, sd_ckpt: Path | None = None, config: Path | None = None,
+                  text_encoder: Path | None = None, device: str = "auto", half: bool = False,
+                  allow_pickle: bool = False, interaction: dict | None = None):
+    """The pipeline for these files. Neither `ckpt` nor `sd_ckpt`: the embedded toy model, or
+    with `config` random weights of that config. `interaction`: overrides of its switches."""
     from interact.pipeline import InteractDiffusionPipeline
-    from interact.model import interaction_switches
-    interaction = {key: getattr(args, key, None) for key in interaction_switches()}
-    if uses_embedded_default(args):
-        if args.config is not None:
-            print(f"No --ckpt given: a RANDOMLY INITIALISED model of {args.config} (noise-like images; for "
+    if ckpt is None and sd_ckpt is None:
+        if config is not None:
+            print(f"No --ckpt given: a RANDOMLY INITIALISED model of {config} (noise-like images; for "
                   f"tests and timing).", file=sys.stderr)
-            return InteractDiffusionPipeline.from_config(args.config, seed=0, device=args.device, half=args.half,
+            return InteractDiffusionPipeline.from_config(config, seed=0, device=device, half=half,
                                                          interaction=interaction)
         print(f"No --ckpt given: using the embedded default, the toy InteractDiffusion model ({DEFAULT_CKPT.name}, "
               f"trained on the toy HOI world: persons and robots with balls, boxes and kites, 32x32). Pass --ckpt "
               f"(and --sd_ckpt) for a Stable Diffusion model.", file=sys.stderr)
-        return InteractDiffusionPipeline.from_checkpoint(DEFAULT_CKPT, config=DEFAULT_CONFIG, device=args.device,
-                                                         half=args.half, interaction=interaction)
-    print(f"loading weights: {' + '.join(p for p in (args.sd_ckpt, args.ckpt) if p)}", file=sys.stderr)
-    return InteractDiffusionPipeline.from_checkpoint(args.ckpt, args.sd_ckpt, args.config, args.text_encoder,
-                                                     args.device, args.half, args.allow_pickle, interaction)
+        return InteractDiffusionPipeline.from_checkpoint(DEFAULT_CKPT, config=DEFAULT_CONFIG, device=device,
+                                                         half=half, interaction=interaction)
+    print(f"loading weights: {' + '.join(str(p) for p in (sd_ckpt, ckpt) if p)}", file=sys.stderr)
+    return InteractDiffusionPipeline.from_checkpoint(ckpt, sd_ckpt, config, text_encoder, device, half, allow_pickle,
+                                                     interaction)
 
 
-def checkpoint_ids(args) -> dict:
+def checkpoint_ids(ckpt: Path | None, sd_ckpt: Path | None, config: Path | None) -> dict:
+    """What identifies the weights in a sidecar (content digests of the files)."""
     from hoi.io import file_digest
-    if uses_embedded_default(args):
-        if args.config is not None:
-            return {"embedded_default": str(args.config), "weights": "random (seed 0)"}
+    if ckpt is None and sd_ckpt is None:
+        if config is not None:
+            return {"embedded_default": str(config), "weights": "random (seed 0)"}
         return {"embedded_default": str(DEFAULT_CKPT.relative_to(REPO_ROOT)), "sha256_12": file_digest(DEFAULT_CKPT)}
-    out = {}
-    for label in ("ckpt", "sd_ckpt"):
-        path = getattr(args, label)
-        if path is not None:
-            out[label] = {"path": str(path), "sha256_12": file_digest(path)}
-    return out
+    return {label: {"path": str(path), "sha256_12": file_digest(path)}
+            for label, path in (("ckpt", ckpt), ("sd_ckpt", sd_ckpt)) if path is not None}
 
 
-def run_batch(args) -> list[Path]:
-    """Generate every pending record; returns the image paths written."""
+# ----------------------------------------------------------------------------- the run
+def run_batch(options: BatchOptions, sampling: dict | None = None) -> list[Path]:
+    """Generate every pending record; returns the image paths written. `options`: from
+    batch_options (checked); `sampling`: SamplingOptions values given for this run (the
+    model config's sampling section, then SamplingOptions' defaults, fill the rest)."""
     from interact.checkpoint import CheckpointError
-    from interact.pipeline import draw_layout
+    from interact.model import load_config
+    from interact.pipeline import draw_layout, resolve_sampling, sampling_defaults
 
-    source = args.input or (DEFAULT_TOY_INPUT if uses_embedded_default(args) and args.config is None else DEFAULT_INPUT)
+    ckpt, sd_ckpt, config = _path(options.ckpt), _path(options.sd_ckpt), _path(options.config)
+    source = _path(options.input) or (DEFAULT_TOY_INPUT if options.uses_embedded_default and config is None
+                                      else DEFAULT_INPUT)
     parsed = parse_records(read_layouts(source), str(source))
-    folder = Path(args.folder)
-    todo = plan_outputs(folder, len(parsed), args.overwrite, args.no_overwrite)
+    check_seed_range(options.seed, len(parsed))
+    try:
+        requested = asdict(resolve_sampling(sampling_defaults(load_config(model_config_path(options))),
+                                            **(sampling or {})))
+    except (FileNotFoundError, ValueError) as err:
+        raise BatchError(str(err)) from None
+    folder = Path(options.folder)
+    check_writable_folder(folder, "--folder")
+    grid = _path(options.grid)
+    if grid is not None:
+        check_grid_path(grid, options.overwrite)
+
+    ids_cache: list[dict] = []
+
+    def ids() -> dict:  # digests of multi-GB files: only when a sidecar needs them
+        if not ids_cache:
+            ids_cache.append(checkpoint_ids(ckpt, sd_ckpt, config))
+        return ids_cache[0]
+
+    def expected(i: int) -> dict:
+        record, interactions = parsed[i]
+        return sidecar(i, record["prompt"], interactions, options.seed + i, requested, ids())
+
+    todo = plan_outputs(folder, len(parsed), options.overwrite, options.no_overwrite, expected)
     if not todo:
-        print(f"nothing to do: all {len(parsed)} records already have outputs in {folder}", file=sys.stderr)
+        print(f"nothing to do: no record of {len(parsed)} left to generate in {folder}", file=sys.stderr)
         return []
     try:
-        pipe = load_pipeline(args)
-        options = dict(guidance_scale=args.guidance_scale, steps=args.steps, sampler=args.sampler,
-                       scheduled_sampling=args.scheduled_sampling, negative_prompt=args.negative_prompt,
-                       height=args.height, width=args.width, eta=args.eta)
-        # Validated once on the real model, before the first batch.
-        resolved = pipe.check_call_options(**options)
+        pipe = load_pipeline(ckpt, sd_ckpt, config, _path(options.text_encoder), options.device, options.half,
+                             options.allow_pickle, options.interaction)
+        # Checked once against the real model, before the first batch.
+        resolved = pipe.check_call_options(**requested)
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         raise BatchError(str(err)) from None
-    ids = checkpoint_ids(args)
-    folder.mkdir(parents=True, exist_ok=True)
+    check_against_model(parsed, pipe.model, str(source), resolved["negative_prompt"])
     written = []
     bar = tqdm(total=len(todo), desc="records", unit="img")
-    for start in range(0, len(todo), args.batch_size):
-        chunk = todo[start:start + args.batch_size]
+    for start in range(0, len(todo), options.batch_size):
+        chunk = todo[start:start + options.batch_size]
         records = [parsed[i] for i in chunk]
-        seeds = [args.seed + i for i in chunk]
+        seeds = [options.seed + i for i in chunk]
         images = pipe([r["prompt"] for r, _ in records], interactions=[its for _, its in records], seed=seeds,
                       **resolved)
         for i, (record, interactions), image, seed in zip(chunk, records, images, seeds):
@@ -186,19 +455,16 @@ def run_batch(args) -> list[Path]:
             atomic_write(paths["image"], lambda p: image.save(p, format="PNG"))
             layout = draw_layout(image, interactions)
             atomic_write(paths["layout"], lambda p: layout.save(p, format="PNG"))
-            sidecar = {"record": i, "prompt": record["prompt"],
-                       "interactions": [{"subject": it.subject, "action": it.action, "object": it.object,
-                                         "subject_box": list(it.subject_box), "object_box": list(it.object_box),
-                                         "action_box": list(it.action_box)} for it in interactions],
-                       "seed": seed, **resolved, "model": pipe.source, "checkpoint": ids,
-                       "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", "")}
-            atomic_write(paths["sidecar"], lambda p: p.write_text(json.dumps(sidecar, indent=2) + "\n"))
+            content = sidecar(i, record["prompt"], interactions, seed, resolved, ids(), model=pipe.source,
+                              device=str(pipe.device), dtype=str(pipe.dtype).replace("torch.", ""))
+            # Written last: its presence marks the record as finished (see --no-overwrite).
+            atomic_write(paths["sidecar"], lambda p: p.write_text(json.dumps(content, indent=2) + "\n"))
             written.append(paths["image"])
         bar.update(len(chunk))
     bar.close()
     print(f"wrote {len(written)} image(s), overlays and sidecars to {folder}", file=sys.stderr)
-    if getattr(args, "grid", None):
-        grid = write_grid(folder, len(parsed), args.grid)
+    if grid is not None:
+        write_grid(folder, len(parsed), grid)
         print(f"wrote {grid}: image | layout overlay per record, three records to a row", file=sys.stderr)
     return written
 

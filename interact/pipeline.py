@@ -11,14 +11,19 @@ run for the first int(beta * steps) steps (the noisiest) and are skipped after.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from PIL import Image, ImageDraw
 
+from omegaconf import OmegaConf
+
 from hoi.device import resolve_device, resolve_dtype
+from hoi.schema import check_options, option
 from interact.checkpoint import CheckpointError, load_weights
 from interact.conditions import Grounding, build_grounding
 from hoi.records import ConditionError, Interaction, check_interactions
@@ -28,6 +33,38 @@ from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.plms import PLMSSampler
 
 SAMPLERS = {"plms": PLMSSampler, "ddim": DDIMSampler}
+
+
+@dataclass
+class SamplingOptions:
+    """How an image is sampled: the single source of these options' defaults, types, ranges
+    and help. A config's `sampling:` section is checked against it and overrides its defaults;
+    call arguments (and the command-line flags generated from it) override the config.
+    Field order is the order of the keys in the batch sidecars."""
+    guidance_scale: float = option(7.5, "classifier-free guidance (1 = off)", check=lambda v: v >= 0, rule=">= 0")
+    steps: int = option(50, "sampling steps", check=lambda v: v >= 1, rule=">= 1")
+    sampler: Literal["plms", "ddim"] = option("plms", "sampler")
+    scheduled_sampling: float = option(1.0, "beta: fusers on for the first int(beta*steps) steps, off after",
+                                       check=lambda v: 0 <= v <= 1, rule="in [0, 1]",
+                                       flags=("--scheduled-sampling",))
+    negative_prompt: str = option("", "prompt of the unconditional branch")
+    height: int = option(512, "image height in pixels", check=lambda v: v >= 1, rule=">= 1")
+    width: int = option(512, "image width in pixels", check=lambda v: v >= 1, rule=">= 1")
+    eta: float = option(0.0, "DDIM eta (0: deterministic; PLMS needs 0)", check=lambda v: v >= 0, rule=">= 0")
+
+
+def sampling_defaults(config) -> dict:
+    """A model config's `sampling:` section over SamplingOptions' defaults, checked (ValueError
+    naming `sampling.<key>`). Needs no model: a batch run resolves its options before loading."""
+    section = config.get("sampling") if config is not None else None
+    return OmegaConf.to_container(check_options(SamplingOptions, section, "sampling"))
+
+
+def resolve_sampling(defaults: dict, **given) -> SamplingOptions:
+    """Call arguments (None = unset) over `defaults` (from sampling_defaults), checked against
+    the schema; the model's own limits are checked by InteractDiffusionPipeline.resolve_options."""
+    values = {**defaults, **{k: v for k, v in given.items() if v is not None}}
+    return OmegaConf.to_object(check_options(SamplingOptions, values, "sampling"))
 
 
 def fuser_scale(step_index: int, steps: int, beta: float) -> float:
@@ -42,7 +79,7 @@ class InteractDiffusionPipeline:
         self.dtype = dtype
         self.model = model.to(self.device, dtype).eval()
         self.source = source
-        self.defaults = dict(model.config.get("sampling", {}))
+        self.sampling_defaults = sampling_defaults(model.config)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -95,18 +132,14 @@ class InteractDiffusionPipeline:
         channels = self.model.model.in_channels
         return channels, height // ae.downsample_factor, width // ae.downsample_factor
 
-    def _check_options(self, guidance_scale, steps, sampler, scheduled_sampling, eta):
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler = {sampler!r}: must be one of {', '.join(SAMPLERS)}")
+    def _check_options(self, options: SamplingOptions) -> None:
+        """The limits of this model (the schema has checked types and plain ranges)."""
         timesteps = self.model.diffusion.betas.shape[0]
-        if not isinstance(steps, int) or not 1 <= steps <= timesteps:
-            raise ValueError(f"steps = {steps!r}: must be an integer in [1, {timesteps}]")
-        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale = {guidance_scale!r}: must be a finite number >= 0")
-        if not isinstance(scheduled_sampling, (int, float)) or not 0 <= scheduled_sampling <= 1:
-            raise ValueError(f"scheduled_sampling = {scheduled_sampling!r}: must be in [0, 1]")
-        if sampler == "plms" and eta != 0:
-            raise ValueError(f"eta = {eta!r}: PLMS is deterministic (eta 0); use sampler='ddim' for eta > 0")
+        if options.steps > timesteps:
+            raise ValueError(f"steps = {options.steps!r}: must be an integer in [1, {timesteps}]")
+        if options.sampler == "plms" and options.eta != 0:
+            raise ValueError(f"eta = {options.eta!r}: PLMS is deterministic (eta 0); use sampler='ddim' for eta > 0")
+        self._latent_shape(options.height, options.width)
 
     @staticmethod
     def _batch(prompt, interactions, negative_prompt, seed, max_interactions):
@@ -132,26 +165,23 @@ class InteractDiffusionPipeline:
 
     # ------------------------------------------------------------------ generation
     def resolve_options(self, guidance_scale=None, steps=None, sampler=None, scheduled_sampling=None,
-                        negative_prompt=None, height=None, width=None, eta=0.0) -> dict:
-        """Fill unset options from the config's `sampling` section."""
-        given = dict(guidance_scale=guidance_scale, steps=steps, sampler=sampler,
-                     scheduled_sampling=scheduled_sampling, negative_prompt=negative_prompt, height=height,
-                     width=width, eta=eta)
-        fallback = dict(guidance_scale=7.5, steps=50, sampler="plms", scheduled_sampling=1.0, negative_prompt="",
-                        height=512, width=512, eta=0.0)
-        return {k: v if v is not None else self.defaults.get(k, fallback[k]) for k, v in given.items()}
+                        negative_prompt=None, height=None, width=None, eta=None) -> SamplingOptions:
+        """Unset (None) options from the config's `sampling` section, then SamplingOptions'
+        defaults; checked against the schema and this model. Raises ValueError naming the option."""
+        options = resolve_sampling(self.sampling_defaults, guidance_scale=guidance_scale, steps=steps,
+                                   sampler=sampler, scheduled_sampling=scheduled_sampling,
+                                   negative_prompt=negative_prompt, height=height, width=width, eta=eta)
+        self._check_options(options)
+        return options
 
     def check_call_options(self, **options) -> dict:
-        """Resolve and validate the sampling options; raises ValueError naming the bad one."""
-        o = self.resolve_options(**options)
-        self._check_options(o["guidance_scale"], o["steps"], o["sampler"], o["scheduled_sampling"], o["eta"])
-        self._latent_shape(o["height"], o["width"])
-        return o
+        """resolve_options as keyword arguments of __call__ (in SamplingOptions' field order)."""
+        return dataclasses.asdict(self.resolve_options(**options))
 
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str], interactions=None, negative_prompt=None,
                  guidance_scale=None, steps=None, sampler=None, scheduled_sampling=None, height=None,
-                 width=None, seed: int | Sequence[int] = 0, eta: float = 0.0, progress: bool = True,
+                 width=None, seed: int | Sequence[int] = 0, eta: float | None = None, progress: bool = True,
                  output_type: str = "pil"):
         """Returns a list of PIL images (output_type "pil") or a [B,3,H,W] tensor in [0,1] ("pt").
         `interactions`: a list of Interaction for a single prompt (or for every prompt), or one
@@ -227,4 +257,4 @@ def draw_layout(image: Image.Image, interactions: Sequence[Interaction], min_siz
 
 
 __all__ = ["InteractDiffusionPipeline", "Interaction", "ConditionError", "CheckpointError", "draw_layout",
-           "fuser_scale", "SAMPLERS"]
+           "fuser_scale", "SAMPLERS", "SamplingOptions", "sampling_defaults", "resolve_sampling"]

@@ -171,3 +171,218 @@ def test_checkpoint_round_trip_through_cli(tmp_path):
     sidecar = json.loads((tmp_path / "o/00000.json").read_text())
     assert len(sidecar["checkpoint"]["ckpt"]["sha256_12"]) == 12
     torch.manual_seed(0)
+
+
+# ----------------------------------------------------------------------------- every bad input: one line, exit 2
+def error_line(capsys) -> str:
+    """The CLI's stderr must end in exactly one `error: ...` line (no traceback)."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fails the test if the model is loaded: the checks under test come before it."""
+    import interact.batch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was found")
+    monkeypatch.setattr(interact.batch, "load_pipeline", refuse)
+
+
+def test_box_coordinate_given_as_a_string_is_refused(tmp_path, capsys, no_model):
+    layouts = write_json(tmp_path / "l.json", [record(), record(subject_boxes=[["0.1", 0.1, 0.5, 0.9]])])
+    assert run(["--input", layouts, "--folder", tmp_path / "out", *FAST]) == 2
+    assert error_line(capsys) == (f"error: {layouts}: record 1, interaction 0: subject_boxes = ['0.1', 0.1, 0.5, 0.9]: "
+                                  f"expected 4 numbers x0, y0, x1, y1")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "tpu"], "error: --device = 'tpu': out of range (must be auto, cpu, mps, cuda or cuda:N)"),
+    (["--sampler", "ddim", "--eta", "-1"], "error: --eta = -1.0: out of range (must be >= 0)"),
+    (["--steps", "0"], "error: --steps = 0: out of range (must be >= 1)"),
+    (["--batch_size", "0"], "error: --batch_size = 0: out of range (must be >= 1)"),
+    (["--seed", str(2**64)], (f"error: --seed = {2**64}: out of range (must be in [{-2**63}, {2**64 - 1}], what "
+                              f"torch.Generator.manual_seed accepts)")),
+])
+def test_bad_option_values_name_the_flag(tmp_path, capsys, no_model, argv, message):
+    layouts = write_json(tmp_path / "l.json", [record()])
+    assert run(["--input", layouts, "--folder", tmp_path / "out", *FAST, *argv]) == 2
+    assert error_line(capsys) == message
+    assert not (tmp_path / "out").exists()
+
+
+def test_seed_range_covers_every_record(tmp_path, capsys, no_model):
+    """The largest seed fits one record, not two: refused before the first is written."""
+    layouts = write_json(tmp_path / "l.json", [record(), record()])
+    assert run(["--input", layouts, "--folder", tmp_path / "out", "--seed", str(2**64 - 1), *FAST]) == 2
+    assert error_line(capsys) == (f"error: --seed {2**64 - 1}: record 1 would use seed {2**64}, above {2**64 - 1} "
+                                  f"(the largest seed torch.Generator accepts); use a seed <= {2**64 - 2}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_binary_layouts_file(tmp_path, capsys, no_model):
+    png = tmp_path / "layouts.json"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    assert run(["--input", png, "--folder", tmp_path / "out", *FAST]) == 2
+    assert error_line(capsys) == (f"error: --input {png}: cannot be parsed: not UTF-8 text (byte 0x89 at offset 0); "
+                                  f"expected .json, .jsonl or .pkl layouts")
+    garbage = tmp_path / "layouts.pkl"
+    garbage.write_bytes(b"\x00\x01garbage")
+    assert run(["--input", garbage, "--folder", tmp_path / "out", *FAST]) == 2
+    assert error_line(capsys).startswith(f"error: --input {garbage}: cannot be parsed: ")
+
+
+def test_jsonl_parse_error_names_the_line_of_the_file(tmp_path, capsys, no_model):
+    layouts = tmp_path / "l.jsonl"
+    broken = '{"prompt": "a person" "holding a cup"}'  # a missing comma, column 23 of line 3
+    layouts.write_text(json.dumps(record()) + "\n\n" + broken + "\n")
+    assert run(["--input", layouts, "--folder", tmp_path / "out", *FAST]) == 2
+    assert error_line(capsys) == (f"error: --input {layouts}: line 3: cannot be parsed: Expecting ',' delimiter "
+                                  f"(column 23)")
+
+
+def test_output_folder_that_is_or_lies_under_a_file(tmp_path, capsys, no_model):
+    layouts = write_json(tmp_path / "l.json", [record()])
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    assert run(["--input", layouts, "--folder", a_file, *FAST]) == 2
+    assert error_line(capsys) == f"error: --folder {a_file}: is a file, not a folder"
+    assert run(["--input", layouts, "--folder", a_file / "sub" / "out", *FAST]) == 2
+    assert error_line(capsys) == f"error: --folder {a_file / 'sub' / 'out'}: {a_file} is a file, not a folder"
+
+
+def test_output_folder_that_cannot_be_written_is_found_before_the_model_loads(tmp_path, capsys, no_model):
+    import tempfile
+    readonly = Path("/sys")
+    try:
+        with tempfile.TemporaryFile(dir=readonly):
+            pytest.skip("/sys is writable here")
+    except OSError:
+        pass
+    layouts = write_json(tmp_path / "l.json", [record()])
+    assert run(["--input", layouts, "--folder", readonly / "out", *FAST]) == 2
+    assert error_line(capsys).startswith(f"error: --folder {readonly / 'out'}: cannot write in {readonly} (")
+
+
+def test_grid_that_is_a_folder_or_exists(tmp_path, capsys, no_model):
+    layouts = write_json(tmp_path / "l.json", [record()])
+    assert run(["--input", layouts, "--folder", tmp_path / "out", "--grid", tmp_path, *FAST]) == 2
+    assert error_line(capsys) == (f"error: --grid {tmp_path}: is a folder; give a file name such as "
+                                  f"{tmp_path / 'grid.png'}")
+    grid = tmp_path / "grid.png"
+    grid.write_bytes(b"precious")
+    for policy in ([], ["--no-overwrite"]):
+        assert run(["--input", layouts, "--folder", tmp_path / "out", "--grid", grid, *policy, *FAST]) == 2
+        assert error_line(capsys) == f"error: --grid {grid}: already exists; pass --overwrite to replace it"
+    assert grid.read_bytes() == b"precious" and not (tmp_path / "out").exists()
+
+
+def test_grid_is_replaced_with_overwrite(tmp_path):
+    layouts = write_json(tmp_path / "l.json", [record()])
+    grid = tmp_path / "grid.png"
+    grid.write_bytes(b"old")
+    assert run(["--input", layouts, "--folder", tmp_path / "out", "--grid", grid, "--overwrite", *FAST]) == 0
+    assert Image.open(grid).size[0] > 0
+
+
+def test_too_many_interactions_for_the_loaded_model_before_anything_is_written(tmp_path, capsys):
+    """The embedded toy model takes at most 4 interactions: the 3rd record's 5 fail the run
+    before records 0 and 1 are generated, naming the record's number in the file."""
+    layouts = write_json(tmp_path / "l.json", [record(), record(n=2), record(n=5)])
+    assert run(["--input", layouts, "--folder", tmp_path / "out", *FAST]) == 2
+    assert error_line(capsys) == f"error: {layouts}: record 2: interactions: 5 given, at most 4 allowed by this model"
+    assert not list((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
+
+
+def test_unknown_record_keys_and_overlong_texts_are_reported(tmp_path, capsys):
+    long_prompt = " ".join(["a person holding a cup"] * 20)  # ~100 tokens; the encoder reads 77
+    layouts = write_json(tmp_path / "l.json", [
+        record(seed=5, steps=10, source="a note"),
+        record(long_prompt, object_phrases=["cup " * 80])])
+    assert run(["--input", layouts, "--folder", tmp_path / "out", *FAST]) == 0
+    err = capsys.readouterr().err
+    ignored = (f"warning: {layouts}: record 0: key {{!r}} is ignored (a record has prompt, the phrase and box lists "
+               f"and source; seed and sampling options are set for the whole run)")
+    assert ignored.format("seed") in err and ignored.format("steps") in err and "'source'" not in err
+    cut = "the text encoder reads 77 tokens (start and end included), the rest is cut"
+    assert f"warning: {layouts}: record 1: prompt: 102 tokens; {cut}" in err
+    assert f"warning: {layouts}: record 1: object_phrases[0]: 82 tokens; {cut}" in err
+    assert "record 0: prompt" not in err
+
+
+def test_no_overwrite_resumes_only_finished_matching_records(tmp_path, capsys):
+    """A record is done when its sidecar (written last) matches the run; an interrupted record
+    or one made by another run is reported and left, never replaced."""
+    layouts = write_json(tmp_path / "l.json", [record(), record("two", n=2), record("none", n=0)])
+    out = tmp_path / "out"
+    assert run(["--input", layouts, "--folder", out, *FAST]) == 0
+    (out / "00001.json").unlink()  # killed after record 1's images, before its sidecar
+    (out / "00002.png").unlink(), (out / "00002_layout.png").unlink(), (out / "00002.json").unlink()
+    done = (out / "00000.png").stat().st_mtime_ns
+    capsys.readouterr()
+    assert run(["--input", layouts, "--folder", out, "--no-overwrite", *FAST]) == 0
+    err = capsys.readouterr().err
+    assert ("warning: --no-overwrite: record 1 left as it is: has 00001.png, 00001_layout.png but no 00001.json "
+            "(an interrupted run?); pass --overwrite to redo it") in err
+    assert "--no-overwrite: 1 record(s) done, 1 left as they are, 1 to generate" in err
+    assert (out / "00002.json").exists() and (out / "00000.png").stat().st_mtime_ns == done
+    # Another seed, or other layouts: the outputs are not this run's.
+    assert run(["--input", layouts, "--folder", out, "--no-overwrite", "--seed", "5", *FAST]) == 0
+    err = capsys.readouterr().err
+    assert ("warning: --no-overwrite: record 0 left as it is: 00000.json was made with seed = 0, this run uses 5; "
+            "pass --overwrite to redo it") in err
+    other = write_json(tmp_path / "other.json", [record("something else"), record("two", n=2), record("none", n=0)])
+    assert run(["--input", other, "--folder", out, "--no-overwrite", *FAST]) == 0
+    assert ("record 0 left as it is: 00000.json was made from another layout (prompt differs)"
+            in capsys.readouterr().err)
+    assert run(["--input", layouts, "--folder", out, "--no-overwrite", "--guidance_scale", "2", *FAST]) == 0
+    assert "00000.json was made with guidance_scale = 3.0, this run uses 2.0" in capsys.readouterr().err
+    assert (out / "00000.png").stat().st_mtime_ns == done
+
+
+def test_config_sampling_section_is_checked(tmp_path, capsys, no_model):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"model_config: {TINY}\nsampling:\n  stepz: 10\n")
+    layouts = write_json(tmp_path / "l.json", [record()])
+    assert run(["--input", layouts, "--folder", tmp_path / "out", "--config", bad, *FAST]) == 2
+    assert error_line(capsys) == ("error: sampling.stepz: unknown option; known: eta, guidance_scale, height, "
+                                  "negative_prompt, sampler, scheduled_sampling, steps, width")
+    bad.write_text(f"model_config: {TINY}\nsampling:\n  steps: '10'\n")
+    assert run(["--input", layouts, "--folder", tmp_path / "out", "--config", bad, *FAST]) == 2
+    assert error_line(capsys) == "error: sampling.steps = '10': expected int"
+
+
+def test_flags_keep_their_spellings_and_become_typed_options():
+    options, sampling = inference_batch.options_from_args(inference_batch.parse_args([
+        "--no_plms", "--scheduled-sampling", "0.5", "--allow-pickle", "--no-overwrite", "--seed", "3",
+        "--fuser_type", "gatedCA", "--folder", "o"]))
+    assert sampling == {"sampler": "ddim", "scheduled_sampling": 0.5}
+    assert options.allow_pickle and options.no_overwrite and not options.overwrite
+    assert (options.seed, options.folder, options.interaction) == (3, "o", {"fuser_type": "gatedCA"})
+    assert options.uses_embedded_default and options.batch_size == 1 and options.device == "auto"
+    with pytest.raises(SystemExit):
+        inference_batch.parse_args(["--no_plms", "--sampler", "plms"])
+
+
+def test_interaction_override_flags_cover_every_switch():
+    import dataclasses
+    import typing
+    from interact.batch import InteractionOverrides
+    from interact.model import INTERACTION_DEFAULTS, interaction_switches
+    hints = typing.get_type_hints(InteractionOverrides)
+    assert {f.name: typing.get_args(hints[f.name]) for f in dataclasses.fields(InteractionOverrides)} == \
+        interaction_switches()
+    assert all(f.default == INTERACTION_DEFAULTS[f.name] for f in dataclasses.fields(InteractionOverrides))
+
+
+def test_library_options_are_checked_like_the_flags():
+    from interact.batch import batch_options
+    with pytest.raises(ValueError, match=r"^options.seed = '3': expected int$"):
+        batch_options({"seed": "3"})
+    with pytest.raises(ValueError, match="exclude each other"):
+        batch_options({"overwrite": True, "no_overwrite": True})
+    with pytest.raises(ValueError, match=r"^options.interaction.fuser_type = 'gatedXA': expected one of"):
+        batch_options({"interaction": {"fuser_type": "gatedXA"}})

@@ -169,3 +169,47 @@ def test_too_many_interactions_and_mismatched_lists(pipe):
         pipe("p", [person_touching_cat()] * 31, **FAST)
     with pytest.raises(ValueError, match="one list per prompt"):
         pipe(["p", "q"], [[person_touching_cat()]], **FAST)
+
+
+def test_unset_options_come_from_the_config_then_the_schema(pipe):
+    """SamplingOptions is the one source of defaults: the tiny config's sampling section sets
+    steps 20 and 32x32; eta, which it does not set, comes from the schema."""
+    import dataclasses
+    from hoi.schema import defaults
+    from interact.pipeline import SamplingOptions
+    options = pipe.resolve_options()
+    assert isinstance(options, SamplingOptions)
+    assert (options.steps, options.height, options.width, options.eta) == (20, 32, 32, defaults(SamplingOptions)["eta"])
+    assert pipe.resolve_options(steps=3, guidance_scale=2).guidance_scale == 2.0  # ints are floats here
+    assert list(pipe.check_call_options()) == [f.name for f in dataclasses.fields(SamplingOptions)]
+
+
+def test_schema_samplers_are_the_pipeline_samplers():
+    import typing
+    from interact.pipeline import SAMPLERS, SamplingOptions
+    assert set(typing.get_args(typing.get_type_hints(SamplingOptions)["sampler"])) == set(SAMPLERS)
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"stepz": 10}, ("sampling.stepz: unknown option; known: eta, guidance_scale, height, negative_prompt, "
+                     "sampler, scheduled_sampling, steps, width")),
+    ({"steps": "10"}, "sampling.steps = '10': expected int"),
+    ({"guidance_scale": "high"}, "sampling.guidance_scale = 'high': expected float"),
+    ({"scheduled_sampling": 2.0}, "sampling.scheduled_sampling = 2.0: out of range (must be in [0, 1])"),
+])
+def test_config_sampling_section_is_checked_against_the_schema(section, message):
+    from interact.model import load_config
+    from omegaconf import OmegaConf
+    config = OmegaConf.merge(load_config(TINY), {"sampling": section})
+    with pytest.raises(ValueError) as err:
+        InteractDiffusionPipeline.from_config(config, device="cpu")
+    assert str(err.value) == message
+
+
+def test_model_limits_of_the_options(pipe):
+    with pytest.raises(ValueError, match=r"^steps = 1001: must be an integer in \[1, 1000\]$"):
+        pipe.resolve_options(steps=1001)
+    with pytest.raises(ValueError, match=r"^eta = 0.5: PLMS is deterministic"):
+        pipe.resolve_options(sampler="plms", eta=0.5)
+    with pytest.raises(ValueError, match=r"^sampling.eta = -1.0: out of range \(must be >= 0\)$"):
+        pipe.resolve_options(sampler="ddim", eta=-1.0)
