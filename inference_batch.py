@@ -4,7 +4,7 @@
     python inference_batch.py --sd_ckpt v1-5-pruned-emaonly.safetensors --ckpt interaction.pth --input ...
 
 With no --ckpt the embedded default model is used. See README.md for the input format.
-Flags come from the option schemas: BatchOptions and InteractionOverrides (interact/batch.py),
+Flags come from the option schemas: BatchOptions (interact/batch.py), InteractionOptions (interact/model.py),
 SamplingOptions (interact/pipeline.py).
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ import dataclasses
 import sys
 
 from hoi.schema import add_flags, check_options, given_flags
-from interact.batch import BatchError, BatchOptions, InteractionOverrides, batch_options, run_batch
+from interact.batch import BatchError, BatchOptions, batch_options, run_batch
+from interact.model import SWITCHES, InteractionOptions
 from interact.pipeline import SamplingOptions
 
 # check_options names a bad value `<where>.<key>`; on the command line that is the flag --<key>.
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = p.add_argument_group("model")
     add_flags(model, BatchOptions, only=("ckpt", "sd_ckpt", "text_encoder", "config", "allow_pickle"))
-    add_flags(model, InteractionOverrides, default_note="without a config value")
+    add_flags(model, InteractionOptions, default_note="without a config value")
     io = p.add_argument_group("input and output")
     add_flags(io, BatchOptions, only=("input", "folder", "grid"))
     add_flags(io.add_mutually_exclusive_group(), BatchOptions, only=("no_overwrite", "overwrite"))
@@ -58,7 +59,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[BatchOptions, dict]:
         sampling = given_flags(args, _names(SamplingOptions))
         check_options(SamplingOptions, sampling, _FLAG_PREFIX)
         values = given_flags(args, _names(BatchOptions))
-        values["interaction"] = given_flags(args, _names(InteractionOverrides))
+        values["interaction"] = given_flags(args, list(SWITCHES))
         return batch_options(values, _FLAG_PREFIX), sampling
     except ValueError as err:
         message = str(err)

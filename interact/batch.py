@@ -23,7 +23,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 from omegaconf import OmegaConf
 from tqdm import tqdm
@@ -31,7 +31,7 @@ from tqdm import tqdm
 from hoi.io import atomic_write
 from hoi.records import ConditionError, check_interactions, interactions_from_record, unknown_record_keys
 from hoi.schema import check_options, option
-from interact.model import CONFIG_DIR, INTERACTION_DEFAULTS, REPO_ROOT, SD_V1_CONFIG, interaction_switches
+from interact.model import CONFIG_DIR, REPO_ROOT, SD_V1_CONFIG, InteractionOptions
 
 DEFAULT_INPUT = REPO_ROOT / "examples" / "layouts.json"
 # The embedded default: the toy InteractDiffusion model (scripts/train_toy.sh), which draws
@@ -79,7 +79,7 @@ class BatchOptions:
     device: str = option("auto", "auto, cpu, cuda, cuda:1, ...", check=is_device_name,
                          rule="auto, cpu, mps, cuda or cuda:N")
     half: bool = option(False, "fp16 weights and activations (CUDA only)")
-    interaction: dict = option({}, "overrides of the config's interaction switches (InteractionOverrides)",
+    interaction: dict = option({}, "overrides of the config's interaction section (InteractionOptions)",
                                cli=False)
 
     @property
@@ -87,27 +87,12 @@ class BatchOptions:
         return not self.ckpt and not self.sd_ckpt
 
 
-_SWITCHES = interaction_switches()
-
-
-@dataclass
-class InteractionOverrides:
-    """The config's `interaction:` switches a run may override; only the ones given replace the
-    config's value (the defaults here are the model's built-in ones)."""
-    fuser_type: Literal[_SWITCHES["fuser_type"]] = option(INTERACTION_DEFAULTS["fuser_type"],
-                                                          "overrides interaction.fuser_type of the config")
-    role_embedding: Literal[_SWITCHES["role_embedding"]] = option(
-        INTERACTION_DEFAULTS["role_embedding"], "overrides interaction.role_embedding of the config")
-    box_attention: Literal[_SWITCHES["box_attention"]] = option(
-        INTERACTION_DEFAULTS["box_attention"], "overrides interaction.box_attention of the config")
-
-
 def batch_options(values: dict, where: str = "options") -> BatchOptions:
     """`values` over BatchOptions' defaults, checked; ValueError naming `where.key` otherwise."""
     options = OmegaConf.to_object(check_options(BatchOptions, values, where))
     if options.overwrite and options.no_overwrite:
         raise ValueError("--overwrite and --no-overwrite exclude each other")
-    check_options(InteractionOverrides, options.interaction, f"{where}.interaction")
+    check_options(InteractionOptions, options.interaction, f"{where}.interaction")
     return options
 
 

@@ -367,15 +367,14 @@ def test_flags_keep_their_spellings_and_become_typed_options():
         inference_batch.parse_args(["--no_plms", "--sampler", "plms"])
 
 
-def test_interaction_override_flags_cover_every_switch():
-    import dataclasses
-    import typing
-    from interact.batch import InteractionOverrides
-    from interact.model import INTERACTION_DEFAULTS, interaction_switches
-    hints = typing.get_type_hints(InteractionOverrides)
-    assert {f.name: typing.get_args(hints[f.name]) for f in dataclasses.fields(InteractionOverrides)} == \
-        interaction_switches()
-    assert all(f.default == INTERACTION_DEFAULTS[f.name] for f in dataclasses.fields(InteractionOverrides))
+def test_interaction_flags_cover_every_switch():
+    from interact.model import interaction_switches
+    choices = {key: values[-1] for key, values in interaction_switches().items()}
+    argv = [arg for key, value in choices.items() for arg in (f"--{key}", value)]
+    options, _ = inference_batch.options_from_args(inference_batch.parse_args(argv))
+    assert options.interaction == choices
+    options, _ = inference_batch.options_from_args(inference_batch.parse_args([]))
+    assert options.interaction == {}  # nothing given: the config's values stand
 
 
 def test_library_options_are_checked_like_the_flags():
