@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from test_trainer import tiny_train_config
+from helpers import tiny_train_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
