@@ -152,13 +152,13 @@ def test_a_misspelt_key_in_a_copy_of_a_training_yaml_fails_naming_it(name, tmp_p
         OmegaConf.save(bad, path)
         return path
 
-    with pytest.raises(ValueError, match="unknown top-level key.*'trian'"):
+    with pytest.raises(ValueError, match=r"\btrian\b"):
         load_training_config(copy_with("trian"))
-    with pytest.raises(ValueError, match=r"train\.bach_size: unknown option"):
+    with pytest.raises(ValueError, match=r"train\.bach_size"):
         load_training_config(copy_with("train.bach_size"))
-    with pytest.raises(ValueError, match="model_channel"):
+    with pytest.raises(ValueError, match=r"\bmodel_channel\b"):
         build_model(load_training_config(copy_with("model.params.model_channel")), device="meta")
-    with pytest.raises(ValueError, match=r"data\.imagesize: unknown key"):
+    with pytest.raises(ValueError, match=r"data\.imagesize"):
         build_dataset(load_training_config(copy_with("data.imagesize")).data, "train", seed=0)
 
 
