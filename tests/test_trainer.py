@@ -290,6 +290,7 @@ def test_final_export_loads_for_inference(tmp_path):
 
 # ----------------------------------------------------------------------------- overfitting
 
+@pytest.mark.slow
 def test_tiny_model_overfits_eight_images(tmp_path):
     config = tiny_train_config(tmp_path, batch_size=8, total_iters=100, lr=3e-3, warmup_steps=10,
                                train_whole_unet=True, caption_drop_prob=0.0, null_grounding_prob=0.0,
@@ -328,6 +329,7 @@ def _ddp_worker(rank: int, world: int, port: int, tmp: str, out: str):
     assert not torch.distributed.is_initialized()  # run() tears its process group down
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ddp_equals_one_process_with_the_doubled_batch(tmp_path):
     import torch.multiprocessing as mp
     out = tmp_path / "ddp.pt"

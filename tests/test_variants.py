@@ -305,6 +305,7 @@ def variant_trainer(tmp_path, interaction: dict, run="run", **train):
     return Trainer(config, tmp_path / run, dataset=Squares(), progress=False, log=lambda *a: None)
 
 
+@pytest.mark.slow
 def test_typed_training_needs_labels_and_fits_the_classifiers(tmp_path):
     """The classifiers learn the toy labels of the phrases they are trained on (Squares uses
     person / robot / dog, hold / kick / look at / ride)."""
