@@ -1,4 +1,6 @@
-"""Shared test fixtures: the reference checkpoint-key manifest and one tiny model per session."""
+"""Shared test fixtures: the reference checkpoint-key manifest and one tiny model per session.
+Plain helpers (paths, tiny sizes, references, a tiny training setup) are in helpers.py: test
+files import from there, never from one another."""
 
 import json
 import os
@@ -9,16 +11,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the netwo
 # Set before torch is imported so subprocesses (the CLI test) inherit it too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from pathlib import Path
-
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO_ROOT / "configs" / "tiny_random.yaml"
-SD_CONFIG = REPO_ROOT / "configs" / "sd_v1_interact.yaml"
-# every tensor name and shape of the released SD v1.x InteractDiffusion file (docs/reference.md §3)
-MANIFEST = REPO_ROOT / "tests" / "data" / "interactdiffusion_v1_checkpoint_keys.tsv"
+from helpers import MANIFEST, TINY_CONFIG
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ import torch
 
 from interact.fuser import GatedCrossAttentionDense, GatedSelfAttentionDense, region_mask
 from interact.tokenizer import GroundedTokens, HOIPositionNet
-from test_interaction import (C, CTX, DHEAD, HEADS, IN, NMAX, OUT, attention_reference, dense_reference,
-                              layer_norm_reference, random_grounding_inputs, randomize_)
+from helpers import (C, CTX, DHEAD, HEADS, IN, NMAX, OUT, attention_reference, dense_reference, layer_norm_reference,
+                     random_grounding_inputs, randomize_)
 
 GRID = (3, 4)
 NV = GRID[0] * GRID[1]
@@ -154,9 +154,9 @@ def test_a_file_trained_with_box_attention_names_the_switch_when_the_config_lack
     """Box attention has no weights of its own: the file's stored config says it was on."""
     from omegaconf import OmegaConf
 
-    from conftest import TINY_CONFIG
     from interact.checkpoint import CheckpointError, load_weights, save_checkpoint
     from interact.model import build_model
+    from helpers import TINY_CONFIG
     boxed = OmegaConf.load(TINY_CONFIG)
     boxed.interaction.box_attention = "boxes"
     torch.manual_seed(0)

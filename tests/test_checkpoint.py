@@ -9,7 +9,6 @@ import os
 import random
 import re
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,10 +20,7 @@ from interact.checkpoint import (
     read_file, save_checkpoint, to_sections)
 from hoi.io import atomic_save, file_digest
 from interact.model import SECTIONS, build_model, is_interaction_key
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO_ROOT / "configs" / "tiny_random.yaml"
-SD_CONFIG = REPO_ROOT / "configs" / "sd_v1_interact.yaml"
+from helpers import SD_CONFIG, TINY_CONFIG
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

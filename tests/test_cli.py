@@ -42,6 +42,7 @@ def pixels(path) -> np.ndarray:
     return np.asarray(Image.open(path))
 
 
+@pytest.mark.slow
 def test_cli_subprocess_writes_image_overlay_and_sidecar(tmp_path):
     layouts = write_json(tmp_path / "layouts.json", [record(), record("a cat", n=0)])
     out = tmp_path / "out"

@@ -253,6 +253,7 @@ def test_compute_fid_kid_api_and_cli(tmp_path, capsys):
     assert code == 1 and "image folder not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_module_entry_point_reports_missing_inception_weights(tmp_path):
     rd = write_images(tmp_path / "r", [np.zeros((8, 8, 3), np.uint8)] * 2)
     p = subprocess.run([sys.executable, "-m", "evaluation.fid_kid", "--real", str(rd), "--fake", str(rd),
@@ -493,6 +494,7 @@ def test_toy_weights_file_is_small_fp16_with_metadata():
         assert key in ckpt["meta"]
 
 
+@pytest.mark.slow
 def test_toy_extractor_features_and_fid_separates_corruption(toy_extractor):
     x = toy_images(600)
     with torch.no_grad():

@@ -17,27 +17,11 @@ from hoi.records import (
 from interact.fuser import GatedSelfAttentionDense, attach_fusers
 from interact.tokenizer import HOIPositionNet, fourier_embed
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
-
-def randomize_(module: torch.nn.Module, seed: int, std: float = 0.5) -> None:
-    """Every parameter (nulls, LayerNorm affine, gates included) to random values."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+from helpers import (C, CTX, DHEAD, HEADS, HID, IN, NMAX, OUT, attention_reference, dense_reference,
+                     fourier_reference, fuser_inputs, layer_norm_reference, random_grounding_inputs, randomize_)
 
 
 # --------------------------------------------------------------------------- Fourier
-
-
-def fourier_reference(box: list[float]) -> list[float]:
-    out = []
-    for k in range(8):
-        f = 100.0 ** (k / 8)
-        for c in box:
-            out.append(math.sin(f * c))
-        for c in box:
-            out.append(math.cos(f * c))
-    return out
 
 
 def test_fourier_embed_closed_form():
@@ -108,9 +92,6 @@ def test_interaction_action_box_is_between():
 
 # --------------------------------------------------------------------------- HOIPositionNet
 
-IN, OUT, HID, NMAX = 8, 16, 32, 5
-
-
 def tiny_position_net(seed=0) -> HOIPositionNet:
     torch.manual_seed(seed)
     net = HOIPositionNet(in_dim=IN, out_dim=OUT, hidden_dim=HID, max_interactions=NMAX)
@@ -147,28 +128,6 @@ def position_net_reference(net, sb, ob, ab, masks, se, oe, ae):
                 tok = mlp_reference(mlp, torch.cat([text, pos])[None])[0]
                 out[i, offset + j] = tok + inst[j] + role[role_row]
     return out
-
-
-def random_grounding_inputs(b, n, seed, garbage_padding=True):
-    g = torch.Generator().manual_seed(seed)
-
-    def boxes():
-        lo = torch.rand(b, n, 2, generator=g, dtype=torch.float64) * 0.5
-        return torch.cat([lo, lo + 0.1 + 0.4 * torch.rand(b, n, 2, generator=g, dtype=torch.float64)], -1)
-
-    sb, ob = boxes(), boxes()
-    ab = between(sb, ob)
-    se, oe, ae = (torch.randn(b, n, IN, generator=g, dtype=torch.float64) for _ in range(3))
-    masks = torch.zeros(b, n, dtype=torch.float64)
-    masks[0, [0, 1, 3]] = 1  # non-contiguous on purpose
-    masks[1, 0] = 1
-    if garbage_padding:
-        pad = masks == 0
-        for t in (sb, ob, ab):
-            t[pad] = 7.5 + torch.rand(int(pad.sum()), 4, generator=g, dtype=torch.float64)
-        for t in (se, oe, ae):
-            t[pad] = 100.0 * torch.randn(int(pad.sum()), IN, generator=g, dtype=torch.float64)
-    return sb, ob, ab, masks, se, oe, ae
 
 
 @torch.no_grad()
@@ -472,9 +431,6 @@ def test_grounding_null_and_cat():
 
 # --------------------------------------------------------------------------- fuser
 
-C, CTX, HEADS, DHEAD, NV = 32, 12, 8, 4, 10
-
-
 def tiny_fuser(seed, alpha_attn, alpha_dense, dtype=torch.float64):
     torch.manual_seed(seed)
     f = GatedSelfAttentionDense(C, CTX, HEADS, DHEAD)
@@ -483,38 +439,6 @@ def tiny_fuser(seed, alpha_attn, alpha_dense, dtype=torch.float64):
         f.alpha_attn.fill_(alpha_attn)
         f.alpha_dense.fill_(alpha_dense)
     return f.to(dtype).eval()
-
-
-def layer_norm_reference(x, ln):
-    mu = x.mean(-1, keepdim=True)
-    var = ((x - mu) ** 2).mean(-1, keepdim=True)
-    return (x - mu) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
-
-
-def attention_reference(q, k, v, heads, mask=None):
-    """Explicit per-head softmax(q k^T / sqrt(d)) v; with `mask` [B, Nq, Nk] over the allowed keys only."""
-    d = q.shape[-1] // heads
-    out = torch.zeros_like(q)
-    for b in range(q.shape[0]):
-        for hd in range(heads):
-            sl = slice(hd * d, (hd + 1) * d)
-            sim = q[b, :, sl] @ k[b, :, sl].T * d ** -0.5
-            if mask is not None:
-                sim = sim.masked_fill(~mask[b], float("-inf"))
-            e = torch.exp(sim - sim.max(dim=-1, keepdim=True).values)
-            out[b, :, sl] = (e / e.sum(-1, keepdim=True)) @ v[b, :, sl]
-    return out
-
-
-def dense_reference(f, x, scale):
-    """The fuser's gated GEGLU feed-forward branch, written out."""
-    h = layer_norm_reference(x, f.norm2)
-    proj = f.ff.net[0].proj
-    hh = h @ proj.weight.T + proj.bias
-    a, gate = hh[..., : hh.shape[-1] // 2], hh[..., hh.shape[-1] // 2:]
-    gelu = 0.5 * gate * (1 + torch.erf(gate / math.sqrt(2.0)))
-    dense = (a * gelu) @ f.ff.net[2].weight.T + f.ff.net[2].bias
-    return x + scale * math.tanh(f.alpha_dense.item()) * dense
 
 
 def fuser_reference(f, x, objs, scale):
@@ -527,12 +451,6 @@ def fuser_reference(f, x, objs, scale):
     attn_out = out[:, :n_visual] @ f.attn.to_out[0].weight.T + f.attn.to_out[0].bias
     x = x + scale * math.tanh(f.alpha_attn.item()) * attn_out
     return dense_reference(f, x, scale)
-
-
-def fuser_inputs(dtype=torch.float64, n_objs=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(2, NV, C, generator=g, dtype=dtype),
-            torch.randn(2, n_objs, CTX, generator=g, dtype=dtype))
 
 
 @torch.no_grad()

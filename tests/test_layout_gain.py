@@ -169,7 +169,7 @@ def test_variant_table_rows():
 
 
 def test_layout_gains_are_kept_beside_the_checkpoint_and_redone_when_it_changes(tmp_path, tiny_model, monkeypatch):
-    from conftest import TINY_CONFIG
+    from helpers import TINY_CONFIG
     import evaluation.layout_gain as lg
     from experiments.toy_table import ToyRow, layout_gains
     from interact.checkpoint import save_checkpoint

@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from test_trainer import tiny_train_config
+from helpers import tiny_train_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,6 +46,7 @@ def run_main(yaml, out, name):
     return result
 
 
+@pytest.mark.slow
 def test_sigkill_and_restart_ends_with_the_uninterrupted_weights(toy_setup):
     tmp, yaml = toy_setup
     run_main(yaml, tmp / "runs", "straight")
@@ -72,6 +73,7 @@ def test_sigkill_and_restart_ends_with_the_uninterrupted_weights(toy_setup):
     assert any(not torch.equal(start[k], v) for k, v in resumed["model"].items())
 
 
+@pytest.mark.slow
 def test_bad_flag_and_bad_config_fail_naming_them(toy_setup, tmp_path):
     tmp, yaml = toy_setup
     result = subprocess.run(main_command(yaml, tmp_path, "x") + ["--lr", "-1"], capture_output=True, text=True,

@@ -321,9 +321,19 @@ def test_eta_noise_is_seeded(sched):
     assert (run(0.0, 1) - a).abs().max() > 1e-3
 
 
-def test_progress_bar_runs(sched, capsys):
-    out = PLMSSampler(sched, steps=3).sample(lambda x, t, i: 0.1 * x, torch.randn(1, 1, 2, 2), progress=True)
-    assert torch.isfinite(out).all()
+@pytest.mark.parametrize("cls", [DDIMSampler, PLMSSampler])
+def test_progress_bar_shows_the_sampler_and_its_steps_and_can_be_turned_off(sched, cls, capsys):
+    x_T = torch.randn(1, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+
+    def sample(progress: bool):
+        return cls(sched, steps=7).sample(lambda x, t, i: 0.1 * x, x_T, progress=progress)
+
+    shown = sample(progress=True)
+    bar = capsys.readouterr()
+    assert f"{cls.name}:" in bar.err and "0/7" in bar.err and bar.out == ""  # e.g. "PLMS:   0%|   | 0/7 [...]"
+    silent = sample(progress=False)
+    assert capsys.readouterr() == ("", "")
+    assert torch.isfinite(shown).all() and torch.equal(shown, silent)  # the bar changes nothing
 
 
 def test_v_parameterization_round_trip_and_closed_form():

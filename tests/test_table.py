@@ -90,7 +90,7 @@ def test_markdown_table_shape_and_formatting():
 
 
 def test_pack_halves_weights_and_loads_into_fp32_model(tmp_path):
-    from conftest import TINY_CONFIG
+    from helpers import TINY_CONFIG
     from interact.checkpoint import load_weights, pack, read_file, save_checkpoint
     from interact.model import build_model
     torch.manual_seed(0)

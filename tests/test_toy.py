@@ -283,6 +283,7 @@ def test_rare_categories_have_fixed_small_quotas():
 # --- CLI --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_non_empty_out_without_overwrite(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -3,6 +3,7 @@ accumulation, exact resume after a kill, two-process gloo DDP against one proces
 checkpoints, and that a tiny model overfits 8 images."""
 from __future__ import annotations
 
+import copy
 import os
 import socket
 from pathlib import Path
@@ -11,62 +12,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from hoi.records import HOISample
-from hoi.records import Interaction
-from interact.model import is_interaction_key
+from dataset.hoi_dataset import build_dataset
+from interact.model import INTERACTION_DEFAULTS, build_model, interaction_options, is_interaction_key
 from interact.trainer import SampleStream, StepBatches, Trainer, check_train_options, load_training_config, lr_lambda
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO_ROOT / "configs" / "tiny_random.yaml"
+from helpers import REPO_ROOT, Squares, tiny_train_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:training the interaction control on a randomly initialised")
-
-SHAPES = [("person", "hold", "ball"), ("robot", "kick", "box"), ("dog", "look at", "cup"), ("person", "ride", "box")]
-
-
-class Squares:
-    """n images of coloured rectangles at their interaction boxes; the flip depends on (index, epoch)
-    like the real dataset's, so the data stream is exercised."""
-
-    def __init__(self, n: int = 8, size: int = 16):
-        self.n, self.size = n, size
-
-    def __len__(self):
-        return self.n
-
-    def get(self, index: int, epoch: int) -> HOISample:
-        g = torch.Generator().manual_seed(index)
-        s = self.size
-        image = torch.full((3, s, s), -1.0)
-        subject, action, obj = SHAPES[index % len(SHAPES)]
-        x0 = int(torch.randint(0, s // 2, (), generator=g))
-        sub_box = (x0 / s, 0.25, (x0 + s // 4) / s, 1.0)
-        obj_box = ((x0 + s // 4) / s, 0.5, (x0 + s // 2) / s, 0.75)
-        for box, colour in ((sub_box, (1.0, -0.5, -0.5)), (obj_box, (-0.5, -0.5, 1.0))):
-            xa, ya, xb, yb = (round(v * s) for v in box)
-            image[:, ya:yb, xa:xb] = torch.tensor(colour)[:, None, None]
-        if (index + epoch) % 2:
-            image = image.flip(-1)
-            sub_box = (1 - sub_box[2], sub_box[1], 1 - sub_box[0], sub_box[3])
-            obj_box = (1 - obj_box[2], obj_box[1], 1 - obj_box[0], obj_box[3])
-        return HOISample(f"img{index}", image, f"a {subject} {action} a {obj}",
-                         [Interaction(subject, action, obj, sub_box, obj_box)])
-
-
-def tiny_train_config(tmp_path, **train) -> OmegaConf:
-    """configs/tiny_random.yaml with the toy world's parameter-free first stage (16x16 images ->
-    8x8x12), so a step takes milliseconds."""
-    config = OmegaConf.load(TINY_CONFIG)
-    config.autoencoder = {"target": "ldm.models.autoencoder.SpaceToDepthFirstStage", "params": {"factor": 2}}
-    config.model.params.in_channels = config.model.params.out_channels = 12
-    config.model.params.image_size = 8
-    config.scale_factor = 1.0
-    options = dict(seed=3, batch_size=4, total_iters=6, lr=1e-3, warmup_steps=2, checkpoint_every=2,
-                   save_every_iters=100, disable_inference_in_training=True, workers=0, log_every=1,
-                   phrase_cache=str(tmp_path / "phrases.pt"))
-    options.update(train)
-    config.train = check_train_options(options)
-    return config
 
 
 def make_trainer(tmp_path, run="run", dataset=None, device="auto", **train) -> Trainer:
@@ -113,10 +64,102 @@ def test_training_yaml_merges_model_config_and_rejects_unknown_sections(tmp_path
         load_training_config(bad)
 
 
-def test_shipped_training_configs_load():
-    for name in ("toy_hoi.yaml", "hoi_hico_text.yaml"):
-        config = load_training_config(REPO_ROOT / "configs" / name)
-        assert "data" in config and config.train["total_iters"] > 0
+# What the README and docs promise for each training YAML under configs/ (dotted paths into the
+# loaded config; train.* with TRAIN_DEFAULTS filled in, interaction.* with INTERACTION_DEFAULTS).
+# Every toy row trains on the embedded default's budget (README "The paper's table in miniature",
+# docs/toy_world.md "Recipe") and samples as the table does (PLMS 25 steps, guidance 3).
+TOY_RECIPE = {
+    "train.batch_size": 32, "train.total_iters": 5000, "train.lr": 1e-3, "train.warmup_steps": 200,
+    "train.scheduler_type": "cosine", "train.enable_ema": True, "train.ema_rate": 0.999, "train.grad_clip": 1.0,
+    "train.caption_drop_prob": 0.1, "train.train_whole_unet": True, "train.role_types": "toy",
+    "data.format": "detector_json", "data.root": "data/toy", "data.image_size": 32, "data.in_memory": True,
+    "model.params.model_channels": 48, "model.params.in_channels": 12, "model.params.context_dim": 64,
+    "interaction.position_net.params.max_interactions": 4, "diffusion.params.parameterization": "v",
+    "interaction.fuser_positions": True, "interaction.fuser_init": "zero_outputs",
+    "sampling.sampler": "plms", "sampling.steps": 25, "sampling.guidance_scale": 3.0,
+}
+# The box-aware InteractDiffusion (the embedded default): grounded on every batch but the 10% null
+# grounding guidance needs, subject, action and object tokens, fixed roles, the self-attention fuser.
+TOY_INTERACT = {**TOY_RECIPE, "train.train_interaction": True, "train.null_grounding_prob": 0.1,
+                "tokens_per_interaction": 3, "interaction.box_attention": "boxes",
+                "interaction.fuser_type": "gatedSA", "interaction.role_embedding": "fixed"}
+DOCUMENTED_TRAINING_YAMLS = {
+    "toy_hoi.yaml": TOY_INTERACT,
+    "toy_hoi_plain.yaml": {**TOY_INTERACT, "interaction.box_attention": "none"},
+    "toy_boxes_only.yaml": {**TOY_INTERACT, "tokens_per_interaction": 2},
+    "toy_boxes_only_plain.yaml": {**TOY_INTERACT, "tokens_per_interaction": 2, "interaction.box_attention": "none"},
+    "toy_cross_attention.yaml": {**TOY_INTERACT, "interaction.fuser_type": "gatedCA"},
+    "toy_typed.yaml": {**TOY_INTERACT, "interaction.role_embedding": "typed"},
+    "toy_typed_cross_attention.yaml": {**TOY_INTERACT, "interaction.role_embedding": "typed",
+                                       "interaction.fuser_type": "gatedCA"},
+    # captions alone: every batch gets the null grounding, the control never trains
+    "toy_text_only.yaml": {**TOY_RECIPE, "train.train_interaction": False, "train.null_grounding_prob": 1.0},
+    # README "Training" and docs/reference.md §1-§4: SD v1.x frozen, only the tokenizer and fusers train
+    "hoi_hico_text.yaml": {
+        "model.params.model_channels": 320, "model.params.context_dim": 768, "scale_factor": 0.18215,
+        "interaction.position_net.params.max_interactions": 30, "tokens_per_interaction": 3,
+        "interaction.fuser_type": "gatedSA", "interaction.role_embedding": "fixed", "interaction.box_attention": "none",
+        "train.train_whole_unet": False, "train.train_interaction": True, "train.batch_size": 4,
+        "train.total_iters": 500000, "train.lr": 5e-5, "train.null_grounding_prob": 0.1, "train.caption_drop_prob": 0.5,
+        "data.image_size": 512, "data.random_flip": True, "data.min_box_area": 0.001,
+        "sampling.sampler": "plms", "sampling.steps": 50, "sampling.guidance_scale": 7.5,
+    },
+}
+
+
+def shipped_training_yamls() -> list[str]:
+    """The YAMLs under configs/ that main.py trains from: those with a train section or a model_config base."""
+    return sorted(p.name for p in (REPO_ROOT / "configs").glob("*.yaml")
+                  if {"train", "model_config"} & set(OmegaConf.load(p)))
+
+
+def documented_value(config, model, dotted: str):
+    section, _, key = dotted.partition(".")
+    if dotted == "tokens_per_interaction":
+        return model.position_net.num_tokens // model.position_net.max_interactions
+    if section == "train":
+        return config.train[key]
+    if section == "interaction" and key in INTERACTION_DEFAULTS:
+        return interaction_options(config)[key]
+    return OmegaConf.select(config, dotted, throw_on_missing=True)
+
+
+def test_every_training_yaml_is_documented_here():
+    assert shipped_training_yamls() == sorted(DOCUMENTED_TRAINING_YAMLS)
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED_TRAINING_YAMLS))
+def test_shipped_training_yaml_validates_and_has_its_documented_values(name, tmp_path):
+    config = load_training_config(REPO_ROOT / "configs" / name)
+    model = build_model(config, device="meta")  # every model section's params are accepted
+    found = {dotted: documented_value(config, model, dotted) for dotted in DOCUMENTED_TRAINING_YAMLS[name]}
+    assert found == DOCUMENTED_TRAINING_YAMLS[name]
+    # the data section passes every key and type check: only the (absent) annotation file stops it
+    with pytest.raises(FileNotFoundError, match=r"data\.train\.annotations"):
+        build_dataset({**config.data, "root": str(tmp_path)}, "train", seed=0)
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED_TRAINING_YAMLS))
+def test_a_misspelt_key_in_a_copy_of_a_training_yaml_fails_naming_it(name, tmp_path):
+    """A copy in another folder (its model_config still found under configs/) with one bad key
+    per section: loading, building the model or reading the data stops naming that key."""
+    own = OmegaConf.load(REPO_ROOT / "configs" / name)
+
+    def copy_with(dotted: str):
+        bad = copy.deepcopy(own)
+        OmegaConf.update(bad, dotted, 1, force_add=True)
+        path = tmp_path / name
+        OmegaConf.save(bad, path)
+        return path
+
+    with pytest.raises(ValueError, match=r"\btrian\b"):
+        load_training_config(copy_with("trian"))
+    with pytest.raises(ValueError, match=r"train\.bach_size"):
+        load_training_config(copy_with("train.bach_size"))
+    with pytest.raises(ValueError, match=r"\bmodel_channel\b"):
+        build_model(load_training_config(copy_with("model.params.model_channel")), device="meta")
+    with pytest.raises(ValueError, match=r"data\.imagesize"):
+        build_dataset(load_training_config(copy_with("data.imagesize")).data, "train", seed=0)
 
 
 def test_model_config_holds_only_the_model_and_base_config_varies_a_training_config(tmp_path):
@@ -317,6 +360,7 @@ def test_final_export_loads_for_inference(tmp_path):
 
 # ----------------------------------------------------------------------------- overfitting
 
+@pytest.mark.slow
 def test_tiny_model_overfits_eight_images(tmp_path):
     config = tiny_train_config(tmp_path, batch_size=8, total_iters=100, lr=3e-3, warmup_steps=10,
                                train_whole_unet=True, caption_drop_prob=0.0, null_grounding_prob=0.0,
@@ -355,6 +399,7 @@ def _ddp_worker(rank: int, world: int, port: int, tmp: str, out: str):
     assert not torch.distributed.is_initialized()  # run() tears its process group down
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ddp_equals_one_process_with_the_doubled_batch(tmp_path):
     import torch.multiprocessing as mp
     out = tmp_path / "ddp.pt"

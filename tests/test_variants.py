@@ -14,9 +14,9 @@ from hoi.records import Interaction
 from interact.fuser import GatedCrossAttentionDense, GatedSelfAttentionDense, grid_positions
 from interact.tokenizer import ACTION, OBJECT, SUBJECT, HOIPositionNet, role_type_loss, typed_role_defaults
 from ldm.modules.attention import attention_backend
-from test_interaction import (C, CTX, DHEAD, HEADS, IN, NMAX, OUT, attention_reference, dense_reference,
-                              fourier_reference, fuser_inputs, layer_norm_reference, random_grounding_inputs,
-                              randomize_)
+from helpers import (C, CTX, DHEAD, HEADS, IN, NMAX, OUT, SHAPES, Squares, attention_reference, dense_reference,
+                     fourier_reference, fuser_inputs, layer_norm_reference, random_grounding_inputs, randomize_,
+                     tiny_train_config)
 
 pytestmark = pytest.mark.filterwarnings("ignore:training the interaction control on a randomly initialised")
 
@@ -299,7 +299,6 @@ def test_role_types_file_errors_name_the_entry(tmp_path):
 
 
 def variant_trainer(tmp_path, interaction: dict, run="run", **train):
-    from test_trainer import Squares, tiny_train_config
     from dataset.hoi_dataset import training_role_types
     from interact.trainer import Trainer
     config = tiny_train_config(tmp_path, **train)
@@ -308,13 +307,13 @@ def variant_trainer(tmp_path, interaction: dict, run="run", **train):
                    log=lambda *a: None)
 
 
+@pytest.mark.slow
 def test_typed_training_needs_labels_and_fits_the_classifiers(tmp_path):
     """The classifiers learn the toy labels of the phrases they are trained on (Squares uses
     person / robot / dog, hold / kick / look at / ride)."""
     with pytest.raises(ValueError, match="train.role_types"):
         variant_trainer(tmp_path, {"role_embedding": "typed"}, run="unlabelled")
     from dataset.role_types import toy_role_types
-    from test_trainer import SHAPES
     trainer = variant_trainer(tmp_path, {"role_embedding": "typed"}, role_types="toy", total_iters=40, lr=1e-2,
                               warmup_steps=0)
     pn = trainer.model.position_net
@@ -378,7 +377,6 @@ def test_a_fixed_role_checkpoint_loads_into_a_typed_model_unchanged(tmp_path, ti
     from interact.checkpoint import load_weights, save_checkpoint
     from interact.conditions import build_grounding
     from interact.model import build_model, set_interaction_options
-    from test_interaction import randomize_
     source = copy.deepcopy(tiny_model)
     randomize_(source.position_net, 0)  # role embeddings that differ from a fresh init
     save_checkpoint(tmp_path / "fixed.pth", source)
@@ -397,7 +395,7 @@ def test_a_fixed_role_checkpoint_loads_into_a_typed_model_unchanged(tmp_path, ti
 def test_interaction_switches_are_checked_by_name():
     from omegaconf import OmegaConf
     from interact.model import load_config, set_interaction_options
-    from conftest import TINY_CONFIG
+    from helpers import TINY_CONFIG
     config = load_config(TINY_CONFIG)
     with pytest.raises(ValueError, match="interaction.fuser_type = 'gatedXA'"):
         set_interaction_options(config, fuser_type="gatedXA")

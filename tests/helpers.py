@@ -1,0 +1,158 @@
+"""Plain helpers that several test files share: paths, the tiny sizes of the fuser and tokenizer
+tests with their loop-written references, and a tiny training setup. Test files import from
+here (never from one another); the pytest fixtures that build on these live in conftest.py."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from hoi.records import HOISample, Interaction, between
+from interact.trainer import check_train_options
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO_ROOT / "configs" / "tiny_random.yaml"
+SD_CONFIG = REPO_ROOT / "configs" / "sd_v1_interact.yaml"
+# every tensor name and shape of the released SD v1.x InteractDiffusion file (docs/reference.md §3)
+MANIFEST = REPO_ROOT / "tests" / "data" / "interactdiffusion_v1_checkpoint_keys.tsv"
+
+
+def randomize_(module: torch.nn.Module, seed: int, std: float = 0.5) -> None:
+    """Every parameter (nulls, LayerNorm affine, gates included) to random values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+
+
+# --------------------------------------------------------------------------- tokenizer (HOIPositionNet)
+
+IN, OUT, HID, NMAX = 8, 16, 32, 5
+
+
+def fourier_reference(box: list[float]) -> list[float]:
+    out = []
+    for k in range(8):
+        f = 100.0 ** (k / 8)
+        for c in box:
+            out.append(math.sin(f * c))
+        for c in box:
+            out.append(math.cos(f * c))
+    return out
+
+
+def random_grounding_inputs(b, n, seed, garbage_padding=True):
+    g = torch.Generator().manual_seed(seed)
+
+    def boxes():
+        lo = torch.rand(b, n, 2, generator=g, dtype=torch.float64) * 0.5
+        return torch.cat([lo, lo + 0.1 + 0.4 * torch.rand(b, n, 2, generator=g, dtype=torch.float64)], -1)
+
+    sb, ob = boxes(), boxes()
+    ab = between(sb, ob)
+    se, oe, ae = (torch.randn(b, n, IN, generator=g, dtype=torch.float64) for _ in range(3))
+    masks = torch.zeros(b, n, dtype=torch.float64)
+    masks[0, [0, 1, 3]] = 1  # non-contiguous on purpose
+    masks[1, 0] = 1
+    if garbage_padding:
+        pad = masks == 0
+        for t in (sb, ob, ab):
+            t[pad] = 7.5 + torch.rand(int(pad.sum()), 4, generator=g, dtype=torch.float64)
+        for t in (se, oe, ae):
+            t[pad] = 100.0 * torch.randn(int(pad.sum()), IN, generator=g, dtype=torch.float64)
+    return sb, ob, ab, masks, se, oe, ae
+
+
+# --------------------------------------------------------------------------- fuser
+
+C, CTX, HEADS, DHEAD, NV = 32, 12, 8, 4, 10
+
+
+def layer_norm_reference(x, ln):
+    mu = x.mean(-1, keepdim=True)
+    var = ((x - mu) ** 2).mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
+
+
+def attention_reference(q, k, v, heads, mask=None):
+    """Explicit per-head softmax(q k^T / sqrt(d)) v; with `mask` [B, Nq, Nk] over the allowed keys only."""
+    d = q.shape[-1] // heads
+    out = torch.zeros_like(q)
+    for b in range(q.shape[0]):
+        for hd in range(heads):
+            sl = slice(hd * d, (hd + 1) * d)
+            sim = q[b, :, sl] @ k[b, :, sl].T * d ** -0.5
+            if mask is not None:
+                sim = sim.masked_fill(~mask[b], float("-inf"))
+            e = torch.exp(sim - sim.max(dim=-1, keepdim=True).values)
+            out[b, :, sl] = (e / e.sum(-1, keepdim=True)) @ v[b, :, sl]
+    return out
+
+
+def dense_reference(f, x, scale):
+    """The fuser's gated GEGLU feed-forward branch, written out."""
+    h = layer_norm_reference(x, f.norm2)
+    proj = f.ff.net[0].proj
+    hh = h @ proj.weight.T + proj.bias
+    a, gate = hh[..., : hh.shape[-1] // 2], hh[..., hh.shape[-1] // 2:]
+    gelu = 0.5 * gate * (1 + torch.erf(gate / math.sqrt(2.0)))
+    dense = (a * gelu) @ f.ff.net[2].weight.T + f.ff.net[2].bias
+    return x + scale * math.tanh(f.alpha_dense.item()) * dense
+
+
+def fuser_inputs(dtype=torch.float64, n_objs=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(2, NV, C, generator=g, dtype=dtype),
+            torch.randn(2, n_objs, CTX, generator=g, dtype=dtype))
+
+
+# --------------------------------------------------------------------------- training
+
+SHAPES = [("person", "hold", "ball"), ("robot", "kick", "box"), ("dog", "look at", "cup"), ("person", "ride", "box")]
+
+
+class Squares:
+    """n images of coloured rectangles at their interaction boxes; the flip depends on (index, epoch)
+    like the real dataset's, so the data stream is exercised."""
+
+    def __init__(self, n: int = 8, size: int = 16):
+        self.n, self.size = n, size
+
+    def __len__(self):
+        return self.n
+
+    def get(self, index: int, epoch: int) -> HOISample:
+        g = torch.Generator().manual_seed(index)
+        s = self.size
+        image = torch.full((3, s, s), -1.0)
+        subject, action, obj = SHAPES[index % len(SHAPES)]
+        x0 = int(torch.randint(0, s // 2, (), generator=g))
+        sub_box = (x0 / s, 0.25, (x0 + s // 4) / s, 1.0)
+        obj_box = ((x0 + s // 4) / s, 0.5, (x0 + s // 2) / s, 0.75)
+        for box, colour in ((sub_box, (1.0, -0.5, -0.5)), (obj_box, (-0.5, -0.5, 1.0))):
+            xa, ya, xb, yb = (round(v * s) for v in box)
+            image[:, ya:yb, xa:xb] = torch.tensor(colour)[:, None, None]
+        if (index + epoch) % 2:
+            image = image.flip(-1)
+            sub_box = (1 - sub_box[2], sub_box[1], 1 - sub_box[0], sub_box[3])
+            obj_box = (1 - obj_box[2], obj_box[1], 1 - obj_box[0], obj_box[3])
+        return HOISample(f"img{index}", image, f"a {subject} {action} a {obj}",
+                         [Interaction(subject, action, obj, sub_box, obj_box)])
+
+
+def tiny_train_config(tmp_path, **train) -> DictConfig:
+    """configs/tiny_random.yaml with the toy world's parameter-free first stage (16x16 images ->
+    8x8x12), so a step takes milliseconds."""
+    config = OmegaConf.load(TINY_CONFIG)
+    config.autoencoder = {"target": "ldm.models.autoencoder.SpaceToDepthFirstStage", "params": {"factor": 2}}
+    config.model.params.in_channels = config.model.params.out_channels = 12
+    config.model.params.image_size = 8
+    config.scale_factor = 1.0
+    options = dict(seed=3, batch_size=4, total_iters=6, lr=1e-3, warmup_steps=2, checkpoint_every=2,
+                   save_every_iters=100, disable_inference_in_training=True, workers=0, log_every=1,
+                   phrase_cache=str(tmp_path / "phrases.pt"))
+    options.update(train)
+    config.train = check_train_options(options)
+    return config
