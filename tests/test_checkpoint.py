@@ -20,7 +20,7 @@ from interact.checkpoint import (
     read_file, save_checkpoint, to_sections)
 from hoi.io import atomic_save, file_digest
 from interact.model import SECTIONS, build_model, is_interaction_key
-from helpers import SD_CONFIG, TINY_CONFIG
+from helpers import REPO_ROOT, SD_CONFIG, TINY_CONFIG
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from dataset.hoi_dataset import build_dataset
 from interact.model import INTERACTION_DEFAULTS, build_model, interaction_options, is_interaction_key
 from interact.trainer import SampleStream, StepBatches, Trainer, check_train_options, load_training_config, lr_lambda
-from helpers import REPO_ROOT, Squares, tiny_train_config
+from helpers import REPO_ROOT, TINY_CONFIG, Squares, tiny_train_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:training the interaction control on a randomly initialised")
 
@@ -108,9 +108,10 @@ DOCUMENTED_TRAINING_YAMLS = {
 
 
 def shipped_training_yamls() -> list[str]:
-    """The YAMLs under configs/ that main.py trains from: those with a train section or a model_config base."""
+    """The YAMLs under configs/ that main.py trains from: those with a train section, a model_config or a
+    base_config (a training config they override)."""
     return sorted(p.name for p in (REPO_ROOT / "configs").glob("*.yaml")
-                  if {"train", "model_config"} & set(OmegaConf.load(p)))
+                  if {"train", "model_config", "base_config"} & set(OmegaConf.load(p)))
 
 
 def documented_value(config, model, dotted: str):
