@@ -1,4 +1,4 @@
-"""Training InteractDiffusion: only `position_net` and the fusers learn (optionally the whole
+"""Training InteractDiffusion: only the interaction tokenizer and the fusers learn (optionally the whole
 UNet, e.g. for the toy world trained from scratch); the autoencoder and text encoder are frozen.
 
 One process or torchrun (NCCL on CUDA, gloo on CPU). Exact resume: every random draw of
@@ -32,7 +32,7 @@ from torch import nn
 from interact.checkpoint import export_sections, load_training_init, read_file, to_sections
 from hoi.grid import image_grid
 from hoi.io import atomic_save
-from interact.conditions import build_grounding
+from interact.conditions import Cond
 from interact.model import (CONFIG_DIR, InteractDiffusion, SECTIONS, build_model, is_interaction_key, load_config,
                             read_config_file)
 from interact.phrase_cache import CaptionContextCache, PhraseEmbeddingCache, encoder_fingerprint
@@ -265,18 +265,21 @@ class StepBatches(torch.utils.data.Sampler):
 # ----------------------------------------------------------------------------- pieces of a step
 
 class Denoiser(nn.Module):
-    """The trained forward: tokenizer + UNet, one module so DDP sees every trained parameter.
-    With `types` = (phrase embeddings [3,B,N,D], labels [3,B,N]) it also returns the typed
-    tokenizer's classification loss, else None."""
+    """The trained forward, `model.denoise`, as the module DDP wraps. It registers only the UNet
+    (which holds the interaction tokenizer and the fusers): every weight `denoise` uses, so DDP
+    syncs their gradients, while the frozen autoencoder and text encoder stay out of its
+    broadcasts. With `types` = (phrase embeddings [3,B,N,D], labels [3,B,N]) it also returns the
+    typed tokenizer's classification loss (inside the forward, for DDP too), else None."""
 
-    def __init__(self, unet: nn.Module):
+    def __init__(self, model: InteractDiffusion):
         super().__init__()
-        self.unet = unet
+        self.unet = model.unet
+        self.denoise = model.denoise   # a bound method: not registered, it uses only self.unet's weights
 
-    def forward(self, x, t, context, grounding: dict, types=None):
-        pn = self.unet.position_net
-        output = self.unet(x, t, context, pn(**grounding))
-        return output, (None if types is None else role_type_loss(pn, *types))
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond, types=None):
+        output = self.denoise(x_t, t, cond)
+        tokenizer = self.unet.position_net   # released name (the model's interaction_tokenizer)
+        return output, (None if types is None else role_type_loss(tokenizer, *types))
 
 
 class EMA:
@@ -375,14 +378,14 @@ class Trainer:
     def __init__(self, config: DictConfig, run_dir, ckpt=None, sd_ckpt=None, dataset=None, device: str = "auto",
                  allow_pickle: bool = False, progress: bool = True, log=print):
         self.config = config
-        self.opt: dict = dict(config.train)
+        self.options: dict = dict(config.train)
         self.paths = RunPaths(Path(run_dir))
         if config.train["deterministic"]:
             make_deterministic()
         self.dist = init_distributed(device)
         self.log = log if self.dist.is_main else (lambda *a, **k: None)
         self.progress = progress and self.dist.is_main
-        o = self.opt
+        o = self.options
         self.amp_dtype = resolve_amp(self.dist.device, o["amp"], o["amp_dtype"])
 
         self.dataset = dataset if dataset is not None else self._build_dataset()  # fails before the model is built
@@ -401,7 +404,7 @@ class Trainer:
         self.captions = CaptionContextCache(self.model.text_encoder, o["caption_cache_size"])
         self.role_types = self._role_types()
 
-        self.denoiser = Denoiser(self.model.model)
+        self.denoiser = Denoiser(self.model)
         self.ddp = None
         if self.dist.world > 1:
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
@@ -420,10 +423,10 @@ class Trainer:
 
     # -------------------------------------------------------------- set-up helpers
     def _select_trained(self) -> dict[str, nn.Parameter]:
-        o = self.opt
+        o = self.options
         self.model.requires_grad_(False)
         trained = {}
-        for name, p in self.model.model.named_parameters():
+        for name, p in self.model.unet.named_parameters():
             if not (o["train_whole_unet"] or is_interaction_key(name)):
                 continue
             if not o["train_interaction"] and is_interaction_key(name):
@@ -439,7 +442,7 @@ class Trainer:
             raise ValueError("the training config has no 'data' section")
         from dataset.hoi_dataset import build_dataset
         try:
-            return build_dataset(self.config.data, "train", seed=self.opt["seed"], progress=self.progress)
+            return build_dataset(self.config.data, "train", seed=self.options["seed"], progress=self.progress)
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{err} (point data.root or --DATA_ROOT at the data set; the toy world is "
                                     f"made by `python -m dataset.toy generate --out {self.config.data.root}`)") from None
@@ -447,24 +450,24 @@ class Trainer:
     def _param_groups(self) -> list[dict]:
         """One group, or with interaction_lr_scale != 1 two: the backbone's and the interaction
         control's (each with its `lr_scale`)."""
-        scale = self.opt["interaction_lr_scale"]
+        scale = self.options["interaction_lr_scale"]
         if scale == 1.0:
             return [{"params": list(self.trained.values()), "lr_scale": 1.0}]
         groups = [{"params": [p for n, p in self.trained.items() if not is_interaction_key(n)], "lr_scale": 1.0},
                   {"params": [p for n, p in self.trained.items() if is_interaction_key(n)], "lr_scale": scale}]
         for group in groups:
-            group["lr"] = self.opt["lr"] * group["lr_scale"]
+            group["lr"] = self.options["lr"] * group["lr_scale"]
         return [g for g in groups if g["params"]]
 
     def _role_types(self):
         """The type labels a typed tokenizer's classifiers are fitted to (None when fixed)."""
-        if getattr(self.model.position_net, "role_embedding", "fixed") != "typed":
+        if getattr(self.model.interaction_tokenizer, "role_embedding", "fixed") != "typed":
             return None
-        if not self.opt["role_types"]:
+        if not self.options["role_types"]:
             raise ValueError("train.role_types: required with interaction.role_embedding = typed "
                              "(\"toy\", \"hico\" or a JSON file; see dataset/role_types.py)")
         from dataset.role_types import load_role_types
-        return load_role_types(self.opt["role_types"])
+        return load_role_types(self.options["role_types"])
 
     def _phrase_cache(self) -> PhraseEmbeddingCache:
         cache = open_phrase_cache(self.config, self.model.text_encoder, self.paths.root)
@@ -479,16 +482,16 @@ class Trainer:
     def interaction_only(self) -> bool:
         """Checkpoints hold only the trained interaction weights when the frozen backbone comes
         from a file the restart reads again; otherwise (trained or random backbone) everything."""
-        return self.backbone_from_file and not self.opt["train_whole_unet"]
+        return self.backbone_from_file and not self.options["train_whole_unet"]
 
     def state(self) -> dict:
         state = export_sections(self.model, interaction_only=self.interaction_only)
         state.update(opt=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                      scaler=self.scaler.state_dict(), iters=self.iters, rng=rng_states(),
-                     data={"seed": self.opt["seed"], "samples_per_step": self._samples_per_step(),
+                     data={"seed": self.options["seed"], "samples_per_step": self._samples_per_step(),
                            "position": self.iters * self._samples_per_step(),  # in the global sample stream
                            "dataset_size": len(self.dataset)},
-                     train=dict(self.opt), backbone_from_file=self.backbone_from_file)
+                     train=dict(self.options), backbone_from_file=self.backbone_from_file)
         if self.ema is not None:
             state["ema"] = {n: t.clone() for n, t in self.ema.shadow.items()}
             state["ema_updates"] = self.ema.updates
@@ -500,7 +503,7 @@ class Trainer:
             return
         state = self.state()
         atomic_save(state, self.paths.latest)
-        if self.iters % self.opt["save_every_iters"] == 0:
+        if self.iters % self.options["save_every_iters"] == 0:
             atomic_save(state, self.paths.kept(self.iters))
 
     def resume(self) -> bool:
@@ -546,7 +549,7 @@ class Trainer:
 
     def _apply_lr_options(self, saved: dict) -> None:
         """The optimiser state restores the saved lr and weight decay: the command line's win."""
-        o = self.opt
+        o = self.options
         changed = [k for k in ("lr", "weight_decay") if k in saved and saved[k] != o[k]]
         if changed:
             self.log(f"[resume] {', '.join(f'{k} {saved[k]} -> {o[k]}' for k in changed)}")
@@ -568,11 +571,11 @@ class Trainer:
 
     # -------------------------------------------------------------- one step
     def _samples_per_step(self) -> int:
-        return self.opt["batch_size"] * self.dist.world * self.opt["grad_accumulation_step"]
+        return self.options["batch_size"] * self.dist.world * self.options["grad_accumulation_step"]
 
     def loss(self, batch: dict, micro: int) -> torch.Tensor:
         """MSE to the schedule's target (the noise, or v) for this rank's micro-batch."""
-        o, m, dev = self.opt, self.model, self.dist.device
+        o, m, dev = self.options, self.model, self.dist.device
         # Draws for the step's whole global batch, then this micro-batch's rows: the same
         # numbers whatever the split into processes and accumulation micro-steps.
         b = len(batch["captions"])
@@ -593,20 +596,20 @@ class Trainer:
             x_t = m.diffusion.q_sample(z, t, noise)
         with torch.no_grad(), self.phase("text"):
             captions = ["" if d else c for c, d in zip(batch["captions"], drop_caption.tolist())]
-            context = self.captions(captions).to(dev)
-            pn = m.position_net
-            grounding = build_grounding(batch["interactions"], self.phrases, pn.in_dim, pn.max_interactions)
+            cond = m.condition(captions, batch["interactions"], encode_captions=self.captions,
+                               encode_phrases=self.phrases)
             types = None
             if self.role_types is not None:  # the real phrases, even on a null-grounding step
-                embeddings = torch.stack([grounding.subject_embeddings, grounding.object_embeddings,
-                                          grounding.action_embeddings]).to(dev)
-                types = (embeddings, self.role_types.labels(batch["interactions"], pn.max_interactions).to(dev))
+                g = cond.grounding   # rows in the role-embedding order the classifiers' loss takes
+                embeddings = torch.stack([g.subject_embeddings, g.object_embeddings, g.action_embeddings])
+                slots = m.interaction_tokenizer.max_interactions
+                types = (embeddings, self.role_types.labels(batch["interactions"], slots).to(dev))
             if null_grounding:
-                grounding = grounding.null()
+                cond = cond.null()   # the caption stays (its own drop is per sample, above)
         forward = self.ddp if self.ddp is not None else self.denoiser
         with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None), \
                 deterministic_attention(o["deterministic"] and dev.type == "cuda"), self.phase("forward"):
-            output, type_loss = forward(x_t, t, context, grounding.to(dev).as_kwargs(), types)
+            output, type_loss = forward(x_t, t, cond, types)
             loss = nn.functional.mse_loss(output.float(), m.diffusion.training_target(z, t, noise))
         return loss if type_loss is None else loss + o["role_type_loss_weight"] * type_loss.float()
 
@@ -628,7 +631,7 @@ class Trainer:
 
     def step(self, batches) -> dict:
         """One optimiser step over grad_accumulation_step micro-batches."""
-        o = self.opt
+        o = self.options
         accum = o["grad_accumulation_step"]
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
@@ -660,7 +663,7 @@ class Trainer:
         return {"loss": total, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0]}
 
     def batches(self):
-        o = self.opt
+        o = self.options
         stream = SampleStream(self.dataset, o["seed"])
         sampler = StepBatches(self.iters, o["batch_size"], self.dist.world, self.dist.rank,
                               o["grad_accumulation_step"])
@@ -672,14 +675,14 @@ class Trainer:
     # -------------------------------------------------------------- the loop
     def run(self) -> Path | None:
         """Train to total_iters (resuming when possible); returns the final export (rank 0)."""
-        o = self.opt
+        o = self.options
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self.resume()
         if self.dist.is_main:
             OmegaConf.save(self.config, self.paths.root / "config.yaml")
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(self.paths.root / "tensorboard"))
-        self.model.model.train()
+        self.model.unet.train()
         start = self.iters
         stop = o["total_iters"] if not o["max_steps_per_run"] else min(o["total_iters"], start + o["max_steps_per_run"])
         batches = self.batches() if start < stop else None
@@ -728,7 +731,7 @@ class Trainer:
         if not self.dist.is_main:
             return None
         from interact.pipeline import InteractDiffusionPipeline, draw_layout, to_pil
-        n = min(self.opt["preview_count"], len(self.dataset))
+        n = min(self.options["preview_count"], len(self.dataset))
         samples = [self.dataset.get(i, 0) for i in range(n)]
         size = samples[0].image.shape[-1]
         context = self.ema.swapped_in(self.trained) if self.ema is not None else contextlib.nullcontext()
@@ -736,7 +739,7 @@ class Trainer:
             pipe = InteractDiffusionPipeline(self.model, self.dist.device)
             images = pipe([s.caption for s in samples], [s.interactions for s in samples], height=size, width=size,
                           seed=0, progress=False)
-        self.model.model.train()
+        self.model.unet.train()
         tiles = []
         for s, image in zip(samples, images):
             tiles += [draw_layout(image, s.interactions), draw_layout(to_pil((s.image + 1) / 2), s.interactions)]

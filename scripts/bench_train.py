@@ -87,7 +87,7 @@ def part_real_path(tmp: Path, rounds: int, steps_per_round: int, naive: bool) ->
     data_root, data_note = toy_data_root(tmp)
     t0 = time.perf_counter()
     trainer = toy_trainer(tmp, data_root)
-    o = trainer.opt
+    o = trainer.options
     n_trained = sum(p.numel() for p in trainer.trained.values())
     log(f"\n## Toy config as trained: {TOY_CONFIG.relative_to(REPO_ROOT)}, batch {o['batch_size']}, data {data_note}")
     log(f"built (data decoded, caches opened) in {time.perf_counter() - t0:.1f} s; {n_trained / 1e6:.2f} M trained "

@@ -20,7 +20,7 @@ def person_touching_cat(shift=0.0):
 def pipe():
     p = InteractDiffusionPipeline.from_config(TINY, seed=0, device="cpu")
     # Random fusers start with zero gates (identity); open them so interactions matter.
-    for _, block in p.model.model.transformer_blocks():
+    for _, block in p.model.unet.transformer_blocks():
         block.fuser.alpha_attn.data.fill_(1.0)
         block.fuser.alpha_dense.data.fill_(1.0)
     return p
@@ -73,10 +73,10 @@ def test_scheduled_sampling_zero_equals_no_fusers(pipe):
 
 def test_scheduled_sampling_runs_fusers_on_the_first_steps_only(pipe):
     calls = []
-    fuser = pipe.model.model.transformer_blocks()[0][1].fuser
+    fuser = pipe.model.unet.transformer_blocks()[0][1].fuser
     handle = fuser.register_forward_hook(lambda *a: calls.append(1))
     step_calls = []
-    unet = pipe.model.model
+    unet = pipe.model.unet
     original = unet.forward
 
     def counting_forward(*args, **kwargs):
@@ -97,12 +97,12 @@ def test_scheduled_sampling_runs_fusers_on_the_first_steps_only(pipe):
 
 def test_guidance_unconditional_branch_gets_null_grounding_and_negative_prompt(pipe):
     seen = []
-    unet = pipe.model.model
+    unet = pipe.model.unet
     original = unet.forward
 
-    def spy(x, t, context, objs=None, fuser_scale=1.0):
-        seen.append((context.clone(), objs.clone()))
-        return original(x, t, context, objs, fuser_scale)
+    def spy(x, t, context, tokens=None, fuser_scale=1.0):
+        seen.append((context.clone(), tokens.clone()))
+        return original(x, t, context, tokens, fuser_scale)
 
     unet.forward = spy
     try:
@@ -110,28 +110,28 @@ def test_guidance_unconditional_branch_gets_null_grounding_and_negative_prompt(p
              guidance_scale=7.5, sampler="ddim", **{**FAST, "steps": 1})
     finally:
         unet.forward = original
-    context, objs = seen[0]
+    context, tokens = seen[0]
     model = pipe.model
     cond_ctx = model.text_encoder.encode(["a person touching a cat"])
     neg_ctx = model.text_encoder.encode(["blurry"])
     torch.testing.assert_close(context, torch.cat([cond_ctx, neg_ctx]))
-    pn = model.position_net
+    pn = model.interaction_tokenizer
     n, d = pn.max_interactions, pn.in_dim
     null_tokens = pn(torch.zeros(1, n, 4), torch.zeros(1, n, 4), torch.zeros(1, n, 4), torch.zeros(1, n),
                      torch.zeros(1, n, d), torch.zeros(1, n, d), torch.zeros(1, n, d))
-    torch.testing.assert_close(objs[1:], null_tokens)
-    assert (objs[:1] - null_tokens).abs().max() > 1e-3
+    torch.testing.assert_close(tokens[1:], null_tokens)
+    assert (tokens[:1] - null_tokens).abs().max() > 1e-3
 
 
 def test_guidance_combines_branches(pipe):
     """One DDIM step: the guided eps is e_u + g (e_c - e_u), recomputed here from the UNet."""
     seen = []
-    unet = pipe.model.model
+    unet = pipe.model.unet
     original = unet.forward
 
-    def spy(x, t, context, objs=None, fuser_scale=1.0):
-        out = original(x, t, context, objs, fuser_scale)
-        seen.append((x, t, context, objs, fuser_scale, out))
+    def spy(x, t, context, tokens=None, fuser_scale=1.0):
+        out = original(x, t, context, tokens, fuser_scale)
+        seen.append((x, t, context, tokens, fuser_scale, out))
         return out
 
     unet.forward = spy
@@ -140,7 +140,7 @@ def test_guidance_combines_branches(pipe):
                       **{**FAST, "steps": 1, "output_type": "pt"})
     finally:
         unet.forward = original
-    x, t, context, objs, scale, out = seen[0]
+    x, t, context, tokens, scale, out = seen[0]
     e_c, e_u = out.chunk(2)
     eps = e_u + 3.0 * (e_c - e_u)
     sched = pipe.model.diffusion
