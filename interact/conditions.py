@@ -66,14 +66,14 @@ class Cond:
         return self.context.shape[0]
 
     def to(self, device=None, dtype=None) -> "Cond":
-        return Cond(self.context.to(device=device, dtype=dtype),
-                    **{k: v.to(device=device, dtype=dtype) for k, v in self._controls().items()})
+        return type(self)(self.context.to(device=device, dtype=dtype),
+                          **{k: v.to(device=device, dtype=dtype) for k, v in self._controls().items()})
 
     def null(self, context: torch.Tensor | None = None) -> "Cond":
         """The unconditional branch: every control nulled (the interactions: every slot masked
         out); the text context kept, or replaced by `context` (e.g. a negative prompt's)."""
-        return Cond(self.context if context is None else context,
-                    **{k: v.null() for k, v in self._controls().items()})
+        return type(self)(self.context if context is None else context,
+                          **{k: v.null() for k, v in self._controls().items()})
 
     @classmethod
     def cat(cls, conds: Sequence["Cond"]) -> "Cond":

@@ -141,7 +141,7 @@ class GatedCrossAttentionDense(_GatedFuser):
     def __init__(self, query_dim: int, context_dim: int, n_heads: int, d_head: int, init: str = "zero_gates",
                  visual_positions: bool = False, box_attention: bool = False):
         super().__init__(query_dim, context_dim, n_heads, d_head, init, visual_positions, box_attention)
-        self.norm_objs = nn.LayerNorm(query_dim)
+        self.norm_objs = nn.LayerNorm(query_dim)   # the name trained gatedCA files carry
 
     def attend(self, x, tokens, grid, token_mask):
         visual = self.norm1(x)

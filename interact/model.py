@@ -159,7 +159,10 @@ class InteractDiffusion(nn.Module):
         captions = list(captions)
         if not isinstance(interactions, Grounding):
             tokenizer = self.interaction_tokenizer
-            interactions = [[] for _ in captions] if interactions is None else interactions
+            interactions = [[] for _ in captions] if interactions is None else list(interactions)
+            if len(interactions) != len(captions):
+                raise ValueError(f"interactions: {len(interactions)} lists for {len(captions)} captions; "
+                                 f"give one list per caption")
             interactions = build_grounding(interactions, encode_phrases, tokenizer.in_dim, tokenizer.max_interactions)
         placed = next(self.unet.parameters())
         return Cond(encode_captions(captions), interactions).to(placed.device, placed.dtype)
@@ -167,7 +170,9 @@ class InteractDiffusion(nn.Module):
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond, fuser_scale: float = 1.0) -> torch.Tensor:
         """The UNet's prediction for x_t at timesteps t (eps or v, as diffusion.parameterization
         says). The interaction tokenizer runs here, so the training forward covers every trained
-        weight. `fuser_scale` multiplies every fuser (scheduled sampling sets it per step).
+        weight; it is a small MLP over at most 3 x 30 slots, cheap next to the UNet, so sampling
+        recomputes it at every step. `fuser_scale` multiplies every fuser (scheduled sampling sets
+        it per step).
         A new control's hook goes here (see Cond)."""
         tokens = self.interaction_tokenizer(**cond.grounding.as_kwargs())
         return self.unet(x_t, t, cond.context, tokens, fuser_scale)

@@ -169,3 +169,99 @@ def test_too_many_interactions_and_mismatched_lists(pipe):
         pipe("p", [person_touching_cat()] * 31, **FAST)
     with pytest.raises(ValueError, match="one list per prompt"):
         pipe(["p", "q"], [[person_touching_cat()]], **FAST)
+
+
+# --------------------------------------------------------------------------- condition / denoise
+
+
+def test_cond_null_cat_and_to(tiny_model):
+    from interact.conditions import Cond
+    cond = tiny_model.condition(["a person touching a cat", "a cat"], [[person_touching_cat()], []])
+    assert len(cond) == 2 and cond.grounding.masks.sum() == 1
+    null = cond.null()
+    assert torch.equal(null.context, cond.context)   # the caption stays (the trainer's null-grounding step)
+    assert all(not t.any() for t in null.grounding.as_kwargs().values())
+    negative = torch.zeros_like(cond.context)
+    assert torch.equal(cond.null(context=negative).context, negative)
+    both = Cond.cat([cond, null])
+    assert len(both) == 4 and torch.equal(both.context[2:], cond.context)
+    assert torch.equal(both.grounding.subject_boxes[:2], cond.grounding.subject_boxes)
+    assert not both.grounding.masks[2:].any()
+    wide = cond.to(dtype=torch.float64)
+    assert wide.context.dtype == wide.grounding.masks.dtype == torch.float64
+
+
+def test_a_new_control_is_a_field_and_no_caller_changes(tiny_model):
+    """Cond's docstring: a field with to/null/cat is carried through null, cat and to."""
+    from dataclasses import dataclass
+    from interact.conditions import Cond
+
+    @dataclass
+    class Depth:
+        maps: torch.Tensor
+
+        def to(self, device=None, dtype=None):
+            return Depth(self.maps.to(device=device, dtype=dtype))
+
+        def null(self):
+            return Depth(torch.zeros_like(self.maps))
+
+        @classmethod
+        def cat(cls, items):
+            return cls(torch.cat([d.maps for d in items]))
+
+    @dataclass
+    class DepthCond(Cond):
+        depth: Depth = None
+
+    base = tiny_model.condition(["p"], [[person_touching_cat()]])
+    cond = DepthCond(base.context, base.grounding, Depth(torch.ones(1, 4, 4)))
+    guided = DepthCond.cat([cond, cond.null()]).to(dtype=torch.float64)
+    assert isinstance(guided, DepthCond) and guided.depth.maps.dtype == torch.float64
+    assert guided.depth.maps[0].eq(1).all() and not guided.depth.maps[1].any()
+
+
+def test_condition_defaults_caches_and_a_ready_grounding(tiny_model):
+    items = [[person_touching_cat()], []]
+    cond = tiny_model.condition(["p", "q"], items)
+    # no interactions: every slot empty, the null grounding
+    plain = tiny_model.condition(["p", "q"])
+    for name, t in plain.grounding.as_kwargs().items():
+        assert torch.equal(t, getattr(cond.grounding.null(), name)), name
+    # caches plug in as the encoders and give the same tensors
+    calls = {"captions": 0, "phrases": 0}
+
+    def captions(texts):
+        calls["captions"] += 1
+        return tiny_model.text_encoder.encode(texts)
+
+    def phrases(texts):
+        calls["phrases"] += 1
+        return tiny_model.text_encoder.encode_pooled(texts)
+
+    cached = tiny_model.condition(["p", "q"], items, encode_captions=captions, encode_phrases=phrases)
+    assert calls == {"captions": 1, "phrases": 1}
+    assert torch.equal(cached.context, cond.context)
+    assert torch.equal(cached.grounding.subject_embeddings, cond.grounding.subject_embeddings)
+    # a ready Grounding is taken as it is: no phrase encoding
+    ready = tiny_model.condition(["p", "q"], cond.grounding, encode_phrases=phrases)
+    assert calls["phrases"] == 1 and torch.equal(ready.grounding.action_boxes, cond.grounding.action_boxes)
+
+
+def test_condition_wants_one_interaction_list_per_caption(tiny_model):
+    with pytest.raises(ValueError, match="interactions: 1 lists for 2 captions"):
+        tiny_model.condition(["p", "q"], [[person_touching_cat()]])
+
+
+@torch.no_grad()
+def test_denoise_is_the_tokenizer_then_the_unet(pipe):
+    model = pipe.model
+    cond = model.condition(["a person touching a cat"], [[person_touching_cat()]])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, model.unet.in_channels, 8, 8, generator=g)
+    t = torch.tensor([500])
+    tokens = model.interaction_tokenizer(**cond.grounding.as_kwargs())
+    for scale in (1.0, 0.5):
+        want = model.unet(x, t, cond.context, tokens, scale)
+        assert torch.equal(model.denoise(x, t, cond, scale), want)
+    assert (model.denoise(x, t, cond) - model.denoise(x, t, cond.null())).abs().max() > 1e-4
