@@ -22,8 +22,6 @@ from dataclasses import dataclass
 
 import torch
 
-from interact.conditions import build_grounding
-
 DEFAULT_TIMESTEPS = (100, 300, 500, 700, 900)
 
 
@@ -56,7 +54,6 @@ def layout_losses(model, samples, timesteps=DEFAULT_TIMESTEPS, batch_size: int =
         raise ValueError(f"timesteps {bad}: outside [0, {model.diffusion.num_timesteps})")
     device = torch.device(device or "cpu")
     model = model.to(device).eval()
-    pn = model.position_net
     layout_out = torch.zeros(len(samples), len(timesteps))
     null_out = torch.zeros_like(layout_out)
     starts = range(0, len(samples), batch_size)
@@ -67,10 +64,8 @@ def layout_losses(model, samples, timesteps=DEFAULT_TIMESTEPS, batch_size: int =
         chunk = samples[start:start + batch_size]
         images = torch.stack([s.image for s in chunk]).to(device)
         z = model.autoencoder.encode(images).mean * model.scale_factor
-        context = model.text_encoder.encode([s.caption for s in chunk]).to(device)
-        grounding = build_grounding([s.interactions for s in chunk], model.text_encoder.encode_pooled, pn.in_dim,
-                                    pn.max_interactions).to(device)
-        objs = {"layout": pn(**grounding.as_kwargs()), "null": pn(**grounding.null().as_kwargs())}
+        cond = model.condition([s.caption for s in chunk], [s.interactions for s in chunk])
+        conds = {"layout": cond, "null": cond.null()}   # the same caption in both
         for j, t in enumerate(timesteps):
             noise = torch.stack([torch.randn(z.shape[1:], generator=torch.Generator().manual_seed(
                 seed * 1_000_003 + (start + i) * 1009 + t)) for i in range(len(chunk))]).to(device)
@@ -78,7 +73,7 @@ def layout_losses(model, samples, timesteps=DEFAULT_TIMESTEPS, batch_size: int =
             x_t = model.diffusion.q_sample(z, tt, noise)
             target = model.diffusion.training_target(z, tt, noise)
             for name, out in (("layout", layout_out), ("null", null_out)):
-                pred = model.model(x_t, tt, context, objs[name])
+                pred = model.denoise(x_t, tt, conds[name])
                 out[start:start + len(chunk), j] = (pred.float() - target.float()).pow(2).flatten(1).mean(1).cpu()
     return LayoutLosses(tuple(timesteps), layout_out, null_out)
 

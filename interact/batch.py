@@ -195,7 +195,7 @@ def check_seed_range(seed: int, count: int) -> None:
 def check_against_model(parsed: list[tuple[dict, list]], model, source: str, negative_prompt: str) -> None:
     """Every record against the loaded model, before anything is written: its interaction
     count (an error) and texts longer than the text encoder reads (a warning: they are cut)."""
-    limit = model.position_net.max_interactions
+    limit = model.interaction_tokenizer.max_interactions
     for i, (_, interactions) in enumerate(parsed):
         try:
             check_interactions(interactions, limit, f"{source}: record {i}")

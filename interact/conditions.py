@@ -1,4 +1,5 @@
-"""Interaction records -> padded, masked grounding tensors for the interaction tokenizer.
+"""What the UNet is conditioned on: interaction records -> padded, masked grounding tensors for
+the interaction tokenizer, and `Cond`, everything one batch is conditioned on.
 
 Every batch is padded to `max_interactions` slots (30 in the released model): padded slots
 carry mask 0 and take the tokenizer's learned null features, which is also the
@@ -16,14 +17,15 @@ from hoi.records import MAX_INTERACTIONS, Interaction, between, check_interactio
 
 @dataclass
 class Grounding:
-    """Padded grounding tensors for a batch; the keyword arguments of HOIPositionNet.forward."""
+    """Padded grounding tensors for a batch; the keyword arguments of the interaction tokenizer
+    (HOIPositionNet.forward), in the order subject, action, object."""
     subject_boxes: torch.Tensor        # [B, N, 4]
-    object_boxes: torch.Tensor         # [B, N, 4]
     action_boxes: torch.Tensor         # [B, N, 4]
+    object_boxes: torch.Tensor         # [B, N, 4]
     masks: torch.Tensor                # [B, N], 1 = real interaction
     subject_embeddings: torch.Tensor   # [B, N, D]
-    object_embeddings: torch.Tensor    # [B, N, D]
     action_embeddings: torch.Tensor    # [B, N, D]
+    object_embeddings: torch.Tensor    # [B, N, D]
 
     def as_kwargs(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -38,6 +40,46 @@ class Grounding:
     @classmethod
     def cat(cls, groundings: Sequence["Grounding"]) -> "Grounding":
         return cls(**{f.name: torch.cat([getattr(g, f.name) for g in groundings]) for f in fields(cls)})
+
+
+@dataclass
+class Cond:
+    """Everything a batch of B images is conditioned on: made by `InteractDiffusion.condition`,
+    read by `InteractDiffusion.denoise`.
+
+    `context` is the captions' text-encoder output, for cross-attention. `grounding` holds the
+    interaction slots; `denoise` turns them into the fusers' tokens (the interaction tokenizer
+    runs inside the denoising forward, so in training its gradients flow and sync with the UNet's).
+
+    Adding a control (a depth map, say): a field here whose value has `.to(device, dtype)`,
+    `.null()` and a classmethod `cat` (as Grounding has), an optional argument of `condition`
+    that fills it, and a hook in `denoise` that feeds it to the UNet. `to`, `null` and `cat`
+    below go over every field, so the pipeline, the trainer and the evaluation do not change."""
+    context: torch.Tensor     # [B, L, D]
+    grounding: Grounding
+
+    def _controls(self) -> dict:
+        """Every field but the text context."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "context"}
+
+    def __len__(self) -> int:
+        return self.context.shape[0]
+
+    def to(self, device=None, dtype=None) -> "Cond":
+        return type(self)(self.context.to(device=device, dtype=dtype),
+                          **{k: v.to(device=device, dtype=dtype) for k, v in self._controls().items()})
+
+    def null(self, context: torch.Tensor | None = None) -> "Cond":
+        """The unconditional branch: every control nulled (the interactions: every slot masked
+        out); the text context kept, or replaced by `context` (e.g. a negative prompt's)."""
+        return type(self)(self.context if context is None else context,
+                          **{k: v.null() for k, v in self._controls().items()})
+
+    @classmethod
+    def cat(cls, conds: Sequence["Cond"]) -> "Cond":
+        """One batch of several (classifier-free guidance: conditional rows, then unconditional)."""
+        controls = {k: type(v).cat([c._controls()[k] for c in conds]) for k, v in conds[0]._controls().items()}
+        return cls(torch.cat([c.context for c in conds]), **controls)
 
 
 def build_grounding(batch: Sequence[Sequence[Interaction]], encode_phrases: Callable[[list[str]], torch.Tensor],
@@ -63,5 +105,6 @@ def build_grounding(batch: Sequence[Sequence[Interaction]], encode_phrases: Call
     table = table.float().cpu()
     embeddings = table[ids] if len(phrases) else torch.zeros(3, b, n, embed_dim)
     embeddings = embeddings * masks[None, ..., None]  # padded slots hold zeros (the tokenizer swaps in nulls)
-    return Grounding(boxes[0], boxes[1], between(boxes[0], boxes[1]) * masks[..., None], masks,
-                     embeddings[0], embeddings[2], embeddings[1])
+    return Grounding(subject_boxes=boxes[0], action_boxes=between(boxes[0], boxes[1]) * masks[..., None],
+                     object_boxes=boxes[1], masks=masks, subject_embeddings=embeddings[0],
+                     action_embeddings=embeddings[1], object_embeddings=embeddings[2])

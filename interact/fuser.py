@@ -1,20 +1,21 @@
 """The fusers: one per transformer block, after its self-attention (docs/reference.md §2).
 
+`tokens` are the interaction tokenizer's output (the released code calls them `objs`).
 gatedSA (the paper's, identical in names and maths to GLIGEN's):
-    x += scale * tanh(alpha_attn) * attn(norm1(cat[x, linear(objs)]))[:, :N_visual]
+    x += scale * tanh(alpha_attn) * attn(norm1(cat[x, linear(tokens)]))[:, :N_visual]
     x += scale * tanh(alpha_dense) * ff(norm2(x))
 gatedCA (the reproduction study's variant): the visual tokens attend to the interaction
-tokens only (queries from x, keys and values from linear(objs)), same gates and scale:
-    x += scale * tanh(alpha_attn) * attn(norm1(x), norm_objs(linear(objs)))
+tokens only (queries from x, keys and values from linear(tokens)), same gates and scale:
+    x += scale * tanh(alpha_attn) * attn(norm1(x), norm_objs(linear(tokens)))
     x += scale * tanh(alpha_dense) * ff(norm2(x))
-Its attention matrix is N_visual x N_objs instead of N_visual x (N_visual + N_objs).
+Its attention matrix is N_visual x N_tokens instead of N_visual x (N_visual + N_tokens).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from interact.tokenizer import POSITION_DIM, GroundedTokens, fourier_embed
+from interact.tokenizer import POSITION_DIM, GroundedTokens, fourier_embed, token_tensor
 from ldm.modules.attention import CrossAttention, FeedForward, multihead_attention
 
 FUSER_INITS = ("zero_gates", "zero_outputs")
@@ -63,7 +64,7 @@ class _GatedFuser(nn.Module):
     `box_attention`: a visual token attends to an interaction token only where the token's
     region (GroundedTokens.regions: its box; the whole image for a padded slot) overlaps the
     token's grid cell, as IFAdapter's instance maps and MIGC restrict instance attention. Needs
-    a position_net built with box_attention. Off for released checkpoints."""
+    an interaction tokenizer built with box_attention. Off for released checkpoints."""
 
     def __init__(self, query_dim: int, context_dim: int, n_heads: int, d_head: int, init: str = "zero_gates",
                  visual_positions: bool = False, box_attention: bool = False):
@@ -97,29 +98,30 @@ class _GatedFuser(nn.Module):
         cells = cells.to(visual.dtype)
         return visual + self.visual_position(cells)
 
-    def _token_mask(self, objs, grid) -> torch.Tensor | None:
+    def _token_mask(self, tokens, grid) -> torch.Tensor | None:
         """bool [B, n_visual, T] for box attention, else None."""
         if not self.box_attention:
             return None
-        if not isinstance(objs, GroundedTokens) or grid is None:
-            raise ValueError("a fuser with box_attention needs GroundedTokens (a position_net built with "
-                             "box_attention) and grid=(h, w)")
-        return region_mask(objs.regions, grid)
+        if not isinstance(tokens, GroundedTokens) or grid is None:
+            raise ValueError("a fuser with box_attention needs GroundedTokens (an interaction tokenizer built "
+                             "with box_attention) and grid=(h, w)")
+        return region_mask(tokens.regions, grid)
 
-    def attend(self, x: torch.Tensor, objs: torch.Tensor, grid, token_mask) -> torch.Tensor:
+    def attend(self, x: torch.Tensor, tokens: torch.Tensor, grid, token_mask) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, objs, scale: float = 1.0, grid=None) -> torch.Tensor:
-        token_mask = self._token_mask(objs, grid)
-        tokens = objs.tokens if isinstance(objs, GroundedTokens) else objs
+    def forward(self, x: torch.Tensor, tokens: "torch.Tensor | GroundedTokens", scale: float = 1.0,
+                grid=None) -> torch.Tensor:
+        token_mask = self._token_mask(tokens, grid)
+        tokens = token_tensor(tokens)
         x = x + scale * torch.tanh(self.alpha_attn) * self.attn.to_out(self.attend(x, tokens, grid, token_mask))
         return x + scale * torch.tanh(self.alpha_dense) * self.ff(self.norm2(x))
 
 
 class GatedSelfAttentionDense(_GatedFuser):
-    def attend(self, x, objs, grid, token_mask):
+    def attend(self, x, tokens, grid, token_mask):
         n_visual = x.shape[1]
-        h = self.norm1(torch.cat([x, self.linear(objs)], dim=1))
+        h = self.norm1(torch.cat([x, self.linear(tokens)], dim=1))
         if self.visual_position is not None:
             h = torch.cat([self._with_positions(h[:, :n_visual], grid), h[:, n_visual:]], dim=1)
         mask = None
@@ -127,7 +129,7 @@ class GatedSelfAttentionDense(_GatedFuser):
             visual = torch.ones(x.shape[0], n_visual, n_visual, dtype=torch.bool, device=x.device)
             mask = torch.cat([visual, token_mask], dim=2)
         # Only the visual rows of the attention output are kept, so only their
-        # queries are computed: identical result, ~N_objs fewer query rows.
+        # queries are computed: identical result, ~N_tokens fewer query rows.
         attn = self.attn
         return multihead_attention(attn.to_q(h[:, :n_visual]), attn.to_k(h), attn.to_v(h), attn.heads, mask)
 
@@ -139,13 +141,13 @@ class GatedCrossAttentionDense(_GatedFuser):
     def __init__(self, query_dim: int, context_dim: int, n_heads: int, d_head: int, init: str = "zero_gates",
                  visual_positions: bool = False, box_attention: bool = False):
         super().__init__(query_dim, context_dim, n_heads, d_head, init, visual_positions, box_attention)
-        self.norm_objs = nn.LayerNorm(query_dim)
+        self.norm_objs = nn.LayerNorm(query_dim)   # the name trained gatedCA files carry
 
-    def attend(self, x, objs, grid, token_mask):
+    def attend(self, x, tokens, grid, token_mask):
         visual = self.norm1(x)
         if self.visual_position is not None:
             visual = self._with_positions(visual, grid)
-        tokens = self.norm_objs(self.linear(objs))
+        tokens = self.norm_objs(self.linear(tokens))
         attn = self.attn
         if token_mask is None:
             return multihead_attention(attn.to_q(visual), attn.to_k(tokens), attn.to_v(tokens), attn.heads)

@@ -1,8 +1,11 @@
 """Assembling InteractDiffusion from a YAML config: the frozen SD v1.x parts plus
-the interaction control (position_net + one fuser per transformer block).
+the interaction control (the interaction tokenizer + one fuser per transformer block), and the
+two verbs every caller conditions and denoises with: `condition` and `denoise`.
 
 The four sections mirror the released checkpoint layout (docs/reference.md §3): `model`
-(UNet with `position_net` and fusers), `autoencoder`, `text_encoder`, `diffusion`.
+(UNet with the tokenizer, released name `position_net`, and fusers), `autoencoder`,
+`text_encoder`, `diffusion`. The readable names `unet` and `interaction_tokenizer` point at
+those released attributes, so the state-dict names (and strict loading) stay as released.
 """
 from __future__ import annotations
 
@@ -12,14 +15,16 @@ import importlib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional, Sequence
 
 import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from hoi.records import Interaction
 from hoi.schema import check_options, option
+from interact.conditions import Cond, Grounding, build_grounding
 from interact.fuser import FUSER_INITS, FUSER_TYPES, attach_fusers
 from interact.tokenizer import BOX_ATTENTION, ROLE_EMBEDDINGS
 
@@ -169,18 +174,20 @@ def instantiate(spec, **extra):
 
 
 class InteractDiffusion(nn.Module):
-    """Container of the four released sections; the sampling/training code drives it."""
+    """Container of the four released sections. Sampling, training and evaluation drive it with
+    two verbs: `condition` (captions + interactions -> Cond) and `denoise` (x_t, t, Cond -> the
+    UNet's prediction)."""
 
     def __init__(self, config: DictConfig, tokenizer=None):
         super().__init__()
         self.config = config
         self.model = instantiate(config.model)
         o = interaction_options(config)
-        # Only non-default variants are passed on, so position_net targets without the options still build.
+        # Only non-default variants are passed on, so tokenizer targets without the options still build.
         defaults = InteractionOptions()
         extra = {k: o[k] for k in ("role_embedding", "box_attention") if o[k] != getattr(defaults, k)}
-        self.model.position_net = instantiate(config.interaction.position_net, **extra)
-        attach_fusers(self.model, self.model.position_net.out_dim, o["fuser_type"], o["fuser_init"],
+        self.model.position_net = instantiate(config.interaction.position_net, **extra)   # released names
+        attach_fusers(self.unet, self.interaction_tokenizer.out_dim, o["fuser_type"], o["fuser_init"],
                       o["fuser_positions"], o["box_attention"] != "none")
         self.autoencoder = instantiate(config.autoencoder)
         self.text_encoder = instantiate(config.text_encoder, tokenizer=tokenizer)
@@ -190,8 +197,47 @@ class InteractDiffusion(nn.Module):
             part.requires_grad_(False)
 
     @property
-    def position_net(self):
+    def unet(self) -> nn.Module:
+        """The UNet (released section name `model`), the interaction tokenizer and fusers inside it."""
+        return self.model
+
+    @property
+    def interaction_tokenizer(self) -> nn.Module:
+        """Interaction slots -> the fusers' tokens (interact/tokenizer.py; released name `position_net`)."""
         return self.model.position_net
+
+    # -------------------------------------------------------------- the two verbs
+    def condition(self, captions: Sequence[str],
+                  interactions: Sequence[Sequence[Interaction]] | Grounding | None = None,
+                  encode_captions: Callable[[list[str]], torch.Tensor] | None = None,
+                  encode_phrases: Callable[[list[str]], torch.Tensor] | None = None) -> Cond:
+        """What the UNet is conditioned on for one image per caption, on the UNet's device and dtype.
+        `interactions`: one list per caption (None: none, i.e. the null grounding) or a ready
+        Grounding. `encode_captions` ([B] captions -> [B, L, D]) and `encode_phrases` ([n] phrases ->
+        [n, D]) default to the text encoder; caches (interact/phrase_cache.py) plug in there."""
+        # `is None`, not `or`: a cache with nothing in it yet is falsy (it has a length)
+        encode_captions = self.text_encoder.encode if encode_captions is None else encode_captions
+        encode_phrases = self.text_encoder.encode_pooled if encode_phrases is None else encode_phrases
+        captions = list(captions)
+        if not isinstance(interactions, Grounding):
+            tokenizer = self.interaction_tokenizer
+            interactions = [[] for _ in captions] if interactions is None else list(interactions)
+            if len(interactions) != len(captions):
+                raise ValueError(f"interactions: {len(interactions)} lists for {len(captions)} captions; "
+                                 f"give one list per caption")
+            interactions = build_grounding(interactions, encode_phrases, tokenizer.in_dim, tokenizer.max_interactions)
+        placed = next(self.unet.parameters())
+        return Cond(encode_captions(captions), interactions).to(placed.device, placed.dtype)
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond, fuser_scale: float = 1.0) -> torch.Tensor:
+        """The UNet's prediction for x_t at timesteps t (eps or v, as diffusion.parameterization
+        says). The interaction tokenizer runs here, so the training forward covers every trained
+        weight; it is a small MLP over at most 3 x 30 slots, cheap next to the UNet, so sampling
+        recomputes it at every step. `fuser_scale` multiplies every fuser (scheduled sampling sets
+        it per step).
+        A new control's hook goes here (see Cond)."""
+        tokens = self.interaction_tokenizer(**cond.grounding.as_kwargs())
+        return self.unet(x_t, t, cond.context, tokens, fuser_scale)
 
     @property
     def text_encoder_seeded(self) -> bool:
@@ -220,8 +266,8 @@ class InteractDiffusion(nn.Module):
             raise RuntimeError(f"{len(left)} tensors were not loaded from any file, e.g. {left[:5]}")
 
     def interaction_parameters(self):
-        """What InteractDiffusion trains: position_net and the fusers."""
-        return [p for n, p in self.model.named_parameters() if is_interaction_key(n)]
+        """What InteractDiffusion trains: the interaction tokenizer and the fusers."""
+        return [p for n, p in self.unet.named_parameters() if is_interaction_key(n)]
 
     def encode_images(self, images: torch.Tensor, generator=None) -> torch.Tensor:
         """Images in [-1, 1] -> scaled latents."""
@@ -233,7 +279,8 @@ class InteractDiffusion(nn.Module):
 
 
 def is_interaction_key(name: str) -> bool:
-    """True for the `model` section's names that belong to the interaction control."""
+    """True for the `model` section's names that belong to the interaction control (the tokenizer,
+    released name `position_net`, and the fusers)."""
     return name.startswith("position_net.") or ".fuser." in name
 
 

@@ -25,10 +25,9 @@ from omegaconf import OmegaConf
 from hoi.device import resolve_device, resolve_dtype
 from hoi.schema import check_options, option
 from interact.checkpoint import CheckpointError, load_weights
-from interact.conditions import Grounding, build_grounding
+from interact.conditions import Cond
 from hoi.records import ConditionError, Interaction, check_interactions
 from interact.model import SD_V1_CONFIG, InteractDiffusion, build_model, load_config, set_interaction_options
-from interact.tokenizer import first_rows
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.plms import PLMSSampler
 
@@ -123,13 +122,13 @@ class InteractDiffusionPipeline:
 
     # ------------------------------------------------------------------ validation
     def _latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        ae, unet = self.model.autoencoder, self.model.model
+        ae, unet = self.model.autoencoder, self.model.unet
         # Each UNet level below the first halves the latent once more.
         factor = ae.downsample_factor * 2 ** (unet.num_levels - 1)
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or value <= 0 or value % factor:
                 raise ValueError(f"{name} = {value!r}: must be a positive multiple of {factor} for this model")
-        channels = self.model.model.in_channels
+        channels = unet.in_channels
         return channels, height // ae.downsample_factor, width // ae.downsample_factor
 
     def _check_options(self, options: SamplingOptions) -> None:
@@ -195,35 +194,29 @@ class InteractDiffusionPipeline:
                                     height=height, width=width, eta=eta)
         guidance_scale, steps, beta = o["guidance_scale"], o["steps"], o["scheduled_sampling"]
         latent_shape = self._latent_shape(o["height"], o["width"])
-        pn = self.model.position_net
+        model = self.model
         prompts, batch, negatives, seeds = self._batch(prompt, interactions, o["negative_prompt"], seed,
-                                                       pn.max_interactions)
-
-        model, dev, dt = self.model, self.device, self.dtype
-        cond = model.text_encoder.encode(prompts).to(dev, dt)
-        uncond = model.text_encoder.encode(negatives).to(dev, dt)
-        grounding = build_grounding(batch, model.text_encoder.encode_pooled, pn.in_dim, pn.max_interactions)
-        grounding = grounding.to(dev, dt)
-        # Tokens do not depend on the step: computed once, reused by every step.
-        objs = pn(**Grounding.cat([grounding, grounding.null()]).as_kwargs())
-        noise = torch.stack([torch.randn(latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+                                                       model.interaction_tokenizer.max_interactions)
+        cond = model.condition(prompts, batch)
         use_cfg = guidance_scale != 1.0
-        context = torch.cat([cond, uncond]) if use_cfg else cond
-        objs = objs if use_cfg else first_rows(objs, len(prompts))
+        if use_cfg:  # one forward for both branches; the unconditional one: the negative prompt, no controls
+            cond = Cond.cat([cond, model.condition(negatives).null()])
+        noise = torch.stack([torch.randn(latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
 
         def eps_fn(x, t, step_index):
             scale = fuser_scale(step_index, steps, beta)
             if not use_cfg:
-                out = model.model(x, t, context, objs, scale)
+                out = model.denoise(x, t, cond, scale)
             else:
-                cond, uncond = model.model(torch.cat([x, x]), torch.cat([t, t]), context, objs, scale).chunk(2)
-                out = uncond + guidance_scale * (cond - uncond)
+                out_cond, out_uncond = model.denoise(torch.cat([x, x]), torch.cat([t, t]), cond, scale).chunk(2)
+                out = out_uncond + guidance_scale * (out_cond - out_uncond)
             # Guidance is linear, and so is the v -> eps map for a fixed x: it may come after.
             return model.diffusion.to_eps(x, t, out)
 
         sampler_obj = SAMPLERS[o["sampler"]](model.diffusion, steps=steps, eta=o["eta"])
         generator = torch.Generator().manual_seed(seeds[0])
-        latents = sampler_obj.sample(eps_fn, noise.to(dev, dt), generator=generator, progress=progress)
+        latents = sampler_obj.sample(eps_fn, noise.to(self.device, self.dtype), generator=generator,
+                                     progress=progress)
         images = model.decode_latents(latents).float().cpu()
         return images if output_type == "pt" else [to_pil(img) for img in images]
 

@@ -52,19 +52,10 @@ class GroundedTokens:
     tokens: torch.Tensor    # [B, T, D]
     regions: torch.Tensor   # [B, T, 4] normalised xyxy
 
-    def rows(self, stop: int) -> "GroundedTokens":
-        """The first `stop` batch rows."""
-        return GroundedTokens(self.tokens[:stop], self.regions[:stop])
 
-
-def token_tensor(objs) -> torch.Tensor:
-    """The tokens of a position_net output, with or without regions."""
-    return objs.tokens if isinstance(objs, GroundedTokens) else objs
-
-
-def first_rows(objs, stop: int):
-    """The first `stop` batch rows of a position_net output, with or without regions."""
-    return objs.rows(stop) if isinstance(objs, GroundedTokens) else objs[:stop]
+def token_tensor(tokens: "torch.Tensor | GroundedTokens") -> torch.Tensor:
+    """The token tensor of a tokenizer output, with or without regions."""
+    return tokens.tokens if isinstance(tokens, GroundedTokens) else tokens
 
 
 class _Embedding(nn.Module):
@@ -88,6 +79,10 @@ def _type_classifier(in_dim: int) -> nn.Sequential:
 
 
 class HOIPositionNet(nn.Module):
+    """The interaction tokenizer. The attribute names are the released state-dict names
+    (docs/reference.md §1); `role_embedding_table` is the readable name of `position_embedding`.
+    `role_embedding` is the variant ("fixed" | "typed"), as the config key says."""
+
     def __init__(self, in_dim: int = 768, out_dim: int = 768, max_interactions: int = 30, hidden_dim: int = 512,
                  fourier_freqs: int = FOURIER_FREQS, action_tokens: bool = True, role_embedding: str = "fixed",
                  box_attention: str = "none"):
@@ -108,14 +103,19 @@ class HOIPositionNet(nn.Module):
             self.linear_action = _mlp(in_dim + position_dim, hidden_dim, out_dim)
             self.null_action_feature = nn.Parameter(torch.zeros(in_dim))
         self.null_position_feature = nn.Parameter(torch.zeros(position_dim))
-        self.interaction_embedding = _Embedding(max_interactions, out_dim)
-        self.position_embedding = _Embedding(3, out_dim)
+        self.interaction_embedding = _Embedding(max_interactions, out_dim)   # by slot
+        self.position_embedding = _Embedding(3, out_dim)   # by role: see role_embedding_table
         self.role_embedding = role_embedding
         if role_embedding == "typed":
             # entity: human / non-human (subjects and objects); action: contact / non-contact
             self.entity_classifier = _type_classifier(in_dim)
             self.action_classifier = _type_classifier(in_dim)
             self.type_offsets = nn.Parameter(torch.zeros(3, 2, out_dim))  # [role, type, dim]
+
+    @property
+    def role_embedding_table(self) -> _Embedding:
+        """One row per role, rows SUBJECT, OBJECT, ACTION (released name `position_embedding`)."""
+        return self.position_embedding
 
     @property
     def num_tokens(self) -> int:
@@ -133,14 +133,14 @@ class HOIPositionNet(nn.Module):
         tokens = mlp(torch.cat([text, position], dim=-1))
         slots = torch.arange(boxes.shape[1], device=boxes.device)
         role_index = torch.full_like(slots, role)
-        tokens = tokens + self.interaction_embedding(slots) + self.position_embedding(role_index)
+        tokens = tokens + self.interaction_embedding(slots) + self.role_embedding_table(role_index)
         if self.role_embedding == "typed":
             # Padded slots have no phrase, hence no type: they keep the plain role embedding.
             p = self.type_logits(embeddings, role).softmax(-1)
             tokens = tokens + mask * (p @ self.type_offsets[role])
         return tokens
 
-    def token_regions(self, subject_boxes, object_boxes, action_boxes, masks) -> torch.Tensor:
+    def token_regions(self, subject_boxes, action_boxes, object_boxes, masks) -> torch.Tensor:
         """[B, T, 4]: the region of each token, in token order: its box, the whole image for a
         padded slot (see BOX_ATTENTION)."""
         real = masks[..., None] > 0
@@ -148,18 +148,19 @@ class HOIPositionNet(nn.Module):
         roles = [subject_boxes, action_boxes, object_boxes] if self.action_tokens else [subject_boxes, object_boxes]
         return torch.cat([torch.where(real, r, whole) for r in roles], dim=1)
 
-    def forward(self, subject_boxes, object_boxes, action_boxes, masks, subject_embeddings, object_embeddings,
-                action_embeddings):
+    def forward(self, subject_boxes, action_boxes, object_boxes, masks, subject_embeddings, action_embeddings,
+                object_embeddings):
         """Boxes [B,N,4] normalised xyxy, masks [B,N] (1 = real slot), embeddings [B,N,in_dim] -> [B,3N,out_dim]
         ([B,2N,out_dim] without action tokens); with box attention a GroundedTokens of those and
-        their regions."""
+        their regions. Arguments in the order subject, action, object (Grounding's fields)."""
         n = subject_boxes.shape[1]
         if n > self.max_interactions:
-            raise ValueError(f"{n} interaction slots given; this position_net has {self.max_interactions}")
+            raise ValueError(f"{n} interaction slots given; this interaction tokenizer has {self.max_interactions}")
         mask = masks[..., None].to(subject_embeddings.dtype)
         subject = self._tokens(subject_boxes, subject_embeddings, mask, self.null_positive_feature, self.linears,
                                SUBJECT)
         obj = self._tokens(object_boxes, object_embeddings, mask, self.null_positive_feature, self.linears, OBJECT)
+        # The released token order (docs/reference.md §1); the fusers' weights were trained on it.
         if not self.action_tokens:
             tokens = torch.cat([subject, obj], dim=1)
         else:
@@ -168,26 +169,27 @@ class HOIPositionNet(nn.Module):
             tokens = torch.cat([subject, action, obj], dim=1)
         if self.box_attention == "none":
             return tokens
-        return GroundedTokens(tokens, self.token_regions(subject_boxes, object_boxes, action_boxes, masks))
+        return GroundedTokens(tokens, self.token_regions(subject_boxes, action_boxes, object_boxes, masks))
 
 
-def typed_role_defaults(position_net: HOIPositionNet, prefix: str = "position_net.", seed: int = 0) -> dict:
+def typed_role_defaults(tokenizer: HOIPositionNet, prefix: str = "position_net.", seed: int = 0) -> dict:
     """The typed variant's extra weights as a file without them gets them: zero offsets (each
     typed embedding = its role's embedding, outputs unchanged) and classifiers drawn from `seed`.
     Built on the CPU, so a meta-built model can take them too."""
     with torch.device("cpu"), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        entity, action = _type_classifier(position_net.in_dim), _type_classifier(position_net.in_dim)
-        out = {"type_offsets": torch.zeros(3, 2, position_net.out_dim)}
+        entity, action = _type_classifier(tokenizer.in_dim), _type_classifier(tokenizer.in_dim)
+        out = {"type_offsets": torch.zeros(3, 2, tokenizer.out_dim)}
     for name, module in (("entity_classifier", entity), ("action_classifier", action)):
         out.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
     return {prefix + k: v for k, v in out.items()}
 
 
-def role_type_loss(position_net: HOIPositionNet, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def role_type_loss(tokenizer: HOIPositionNet, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the typed tokenizer's classifiers. `embeddings` [3,B,N,in_dim] and
-    `labels` [3,B,N] in row order subject, object, action (labels -1 are left out)."""
-    logits = torch.stack([position_net.type_logits(embeddings[role], role) for role in (SUBJECT, OBJECT, ACTION)])
+    `labels` [3,B,N] in the role rows' order SUBJECT, OBJECT, ACTION (the released role-embedding
+    rows; labels -1 are left out)."""
+    logits = torch.stack([tokenizer.type_logits(embeddings[role], role) for role in (SUBJECT, OBJECT, ACTION)])
     labelled = labels >= 0
     if not labelled.any():  # keeps the graph (and DDP) whole on a batch without labels
         return logits.sum() * 0.0

@@ -1,4 +1,4 @@
-"""Training InteractDiffusion: only `position_net` and the fusers learn (optionally the whole
+"""Training InteractDiffusion: only the interaction tokenizer and the fusers learn (optionally the whole
 UNet, e.g. for the toy world trained from scratch); the autoencoder and text encoder are frozen.
 
 One process or torchrun (NCCL on CUDA, gloo on CPU). Exact resume: every random draw of
@@ -35,7 +35,7 @@ from interact.checkpoint import export_sections, load_weights, read_file, to_sec
 from hoi.grid import image_grid
 from hoi.io import atomic_save
 from hoi.schema import check_options, option
-from interact.conditions import build_grounding
+from interact.conditions import Cond
 from interact.model import (CONFIG_DIR, InteractDiffusion, SECTIONS, build_model, is_interaction_key, load_config,
                             read_config_file)
 from interact.phrase_cache import CaptionContextCache, PhraseEmbeddingCache, encoder_fingerprint
@@ -256,18 +256,21 @@ class StepBatches(torch.utils.data.Sampler):
 # ----------------------------------------------------------------------------- pieces of a step
 
 class Denoiser(nn.Module):
-    """The trained forward: tokenizer + UNet, one module so DDP sees every trained parameter.
-    With `types` = (phrase embeddings [3,B,N,D], labels [3,B,N]) it also returns the typed
-    tokenizer's classification loss, else None."""
+    """The trained forward, `model.denoise`, as the module DDP wraps. It registers only the UNet
+    (which holds the interaction tokenizer and the fusers): every weight `denoise` uses, so DDP
+    syncs their gradients, while the frozen autoencoder and text encoder stay out of its
+    broadcasts. With `types` = (phrase embeddings [3,B,N,D], labels [3,B,N]) it also returns the
+    typed tokenizer's classification loss (inside the forward, for DDP too), else None."""
 
-    def __init__(self, unet: nn.Module):
+    def __init__(self, model: InteractDiffusion):
         super().__init__()
-        self.unet = unet
+        self.unet = model.unet
+        self.denoise = model.denoise   # a bound method: not registered, it uses only self.unet's weights
 
-    def forward(self, x, t, context, grounding: dict, types=None):
-        pn = self.unet.position_net
-        output = self.unet(x, t, context, pn(**grounding))
-        return output, (None if types is None else role_type_loss(pn, *types))
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond, types=None):
+        output = self.denoise(x_t, t, cond)
+        tokenizer = self.unet.position_net   # released name (the model's interaction_tokenizer)
+        return output, (None if types is None else role_type_loss(tokenizer, *types))
 
 
 class EMA:
@@ -395,7 +398,7 @@ class Trainer:
         self.captions = CaptionContextCache(self.model.text_encoder, o.caption_cache_size)
         self.role_types = self._role_types(role_types)
 
-        self.denoiser = Denoiser(self.model.model)
+        self.denoiser = Denoiser(self.model)
         self.ddp = None
         if self.dist.world > 1:
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
@@ -417,7 +420,7 @@ class Trainer:
         o = self.options
         self.model.requires_grad_(False)
         trained = {}
-        for name, p in self.model.model.named_parameters():
+        for name, p in self.model.unet.named_parameters():
             if not (o.train_whole_unet or is_interaction_key(name)):
                 continue
             if not o.train_interaction and is_interaction_key(name):
@@ -442,7 +445,7 @@ class Trainer:
 
     def _role_types(self, role_types):
         """The type labels when the tokenizer is typed (its classifiers are fitted to them), else None."""
-        if getattr(self.model.position_net, "role_embedding", "fixed") != "typed":
+        if getattr(self.model.interaction_tokenizer, "role_embedding", "fixed") != "typed":
             return None
         if role_types is None:
             raise ValueError("train.role_types: required with interaction.role_embedding = typed "
@@ -577,20 +580,20 @@ class Trainer:
             x_t = m.diffusion.q_sample(z, t, noise)
         with torch.no_grad(), self.phase("text"):
             captions = ["" if d else c for c, d in zip(batch["captions"], drop_caption.tolist())]
-            context = self.captions(captions).to(dev)
-            pn = m.position_net
-            grounding = build_grounding(batch["interactions"], self.phrases, pn.in_dim, pn.max_interactions)
+            cond = m.condition(captions, batch["interactions"], encode_captions=self.captions,
+                               encode_phrases=self.phrases)
             types = None
             if self.role_types is not None:  # the real phrases, even on a null-grounding step
-                embeddings = torch.stack([grounding.subject_embeddings, grounding.object_embeddings,
-                                          grounding.action_embeddings]).to(dev)
-                types = (embeddings, self.role_types.labels(batch["interactions"], pn.max_interactions).to(dev))
+                g = cond.grounding   # rows in the role-embedding order the classifiers' loss takes
+                embeddings = torch.stack([g.subject_embeddings, g.object_embeddings, g.action_embeddings])
+                slots = m.interaction_tokenizer.max_interactions
+                types = (embeddings, self.role_types.labels(batch["interactions"], slots).to(dev))
             if null_grounding:
-                grounding = grounding.null()
+                cond = cond.null()   # the caption stays (its own drop is per sample, above)
         forward = self.ddp if self.ddp is not None else self.denoiser
         with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None), \
                 deterministic_attention(o.deterministic and dev.type == "cuda"), self.phase("forward"):
-            output, type_loss = forward(x_t, t, context, grounding.to(dev).as_kwargs(), types)
+            output, type_loss = forward(x_t, t, cond, types)
             loss = nn.functional.mse_loss(output.float(), m.diffusion.training_target(z, t, noise))
         return loss if type_loss is None else loss + o.role_type_loss_weight * type_loss.float()
 
@@ -663,7 +666,7 @@ class Trainer:
             OmegaConf.save(self.config, self.paths.root / "config.yaml")
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(self.paths.root / "tensorboard"))
-        self.model.model.train()
+        self.model.unet.train()
         start = self.iters
         stop = o.total_iters if not o.max_steps_per_run else min(o.total_iters, start + o.max_steps_per_run)
         batches = self.batches() if start < stop else None
@@ -720,7 +723,7 @@ class Trainer:
             pipe = InteractDiffusionPipeline(self.model, self.dist.device)
             images = pipe([s.caption for s in samples], [s.interactions for s in samples], height=size, width=size,
                           seed=0, progress=False)
-        self.model.model.train()
+        self.model.unet.train()
         tiles = []
         for s, image in zip(samples, images):
             tiles += [draw_layout(image, s.interactions), draw_layout(to_pil((s.image + 1) / 2), s.interactions)]

@@ -77,7 +77,7 @@ def toy_trainer(tmp: Path, data_root: Path) -> Trainer:
     dataset, role_types = build_training_inputs(config)
     trainer = Trainer(config, tmp / "run_toy", dataset, role_types=role_types, device="cpu", progress=False,
                       log=lambda *a: None)
-    trainer.model.model.train()
+    trainer.model.unet.train()
     return trainer
 
 
@@ -195,10 +195,10 @@ def part_sd(tmp: Path, repeats: int) -> None:
         warnings.filterwarnings("ignore", message="training the interaction control on a randomly")
         trainer = Trainer(config, tmp / "run_sd", dataset=dataset, device="cpu", progress=False, log=lambda *a: None)
     trainer.phrases.add(dataset.phrases)
-    for module in trainer.model.model.modules():   # that config turns checkpointing on for GPUs
+    for module in trainer.model.unet.modules():   # that config turns checkpointing on for GPUs
         if hasattr(module, "use_checkpoint"):
             module.use_checkpoint = False
-    trainer.model.model.train()
+    trainer.model.unet.train()
     batches = trainer.batches()
     log(f"\n## SD v1.x: {SD_CONFIG.relative_to(REPO_ROOT)}, batch 1, random weights, position_net + fusers trained")
     memory = PeakMemory(torch.device("cpu"))

@@ -62,7 +62,7 @@ def random_grounding_inputs(b, n, seed, garbage_padding=True):
             t[pad] = 7.5 + torch.rand(int(pad.sum()), 4, generator=g, dtype=torch.float64)
         for t in (se, oe, ae):
             t[pad] = 100.0 * torch.randn(int(pad.sum()), IN, generator=g, dtype=torch.float64)
-    return sb, ob, ab, masks, se, oe, ae
+    return sb, ab, ob, masks, se, ae, oe
 
 
 # --------------------------------------------------------------------------- fuser
@@ -102,10 +102,10 @@ def dense_reference(f, x, scale):
     return x + scale * math.tanh(f.alpha_dense.item()) * dense
 
 
-def fuser_inputs(dtype=torch.float64, n_objs=6, seed=0):
+def fuser_inputs(dtype=torch.float64, n_tokens=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(2, NV, C, generator=g, dtype=dtype),
-            torch.randn(2, n_objs, CTX, generator=g, dtype=dtype))
+            torch.randn(2, n_tokens, CTX, generator=g, dtype=dtype))
 
 
 # --------------------------------------------------------------------------- training

@@ -49,18 +49,18 @@ def gated(f, x, out, scale):
     return dense_reference(f, x, scale)
 
 
-def self_reference(f, x, objs, mask, scale):
+def self_reference(f, x, tokens, mask, scale):
     n = x.shape[1]
-    h = layer_norm_reference(torch.cat([x, objs @ f.linear.weight.T + f.linear.bias], dim=1), f.norm1)
+    h = layer_norm_reference(torch.cat([x, tokens @ f.linear.weight.T + f.linear.bias], dim=1), f.norm1)
     full = torch.cat([torch.ones(x.shape[0], n, n, dtype=torch.bool), mask], dim=2)
     out = attention_reference(h[:, :n] @ f.attn.to_q.weight.T, h @ f.attn.to_k.weight.T,
                                      h @ f.attn.to_v.weight.T, f.attn.heads, full)
     return gated(f, x, out, scale)
 
 
-def cross_reference(f, x, objs, mask, scale):
+def cross_reference(f, x, tokens, mask, scale):
     visual = layer_norm_reference(x, f.norm1)
-    tokens = layer_norm_reference(objs @ f.linear.weight.T + f.linear.bias, f.norm_objs)
+    tokens = layer_norm_reference(tokens @ f.linear.weight.T + f.linear.bias, f.norm_objs)
     reached = mask.any(-1, keepdim=True)
     out = attention_reference(visual @ f.attn.to_q.weight.T, tokens @ f.attn.to_k.weight.T,
                                      tokens @ f.attn.to_v.weight.T, f.attn.heads, mask | ~reached)
@@ -89,12 +89,12 @@ def grounded_inputs(seed, n_tokens=6):
 @pytest.mark.parametrize("scale", [1.0, 0.5])
 def test_box_attention_fusers_match_slow_reference(cls, reference, scale):
     f = box_fuser(cls, 1)
-    x, objs = grounded_inputs(2)
-    mask = region_mask_reference(objs.regions, *GRID)
+    x, grounded = grounded_inputs(2)
+    mask = region_mask_reference(grounded.regions, *GRID)
     assert not mask.all() and mask.any()
     if cls is GatedCrossAttentionDense:
         assert not mask.any(-1).all()    # some cells see no token: their attention output is zero
-    torch.testing.assert_close(f(x, objs, scale, GRID), reference(f, x, objs.tokens, mask, scale), rtol=0,
+    torch.testing.assert_close(f(x, grounded, scale, GRID), reference(f, x, grounded.tokens, mask, scale), rtol=0,
                                atol=1e-10)
 
 
@@ -104,11 +104,11 @@ def test_a_token_reaches_only_the_cells_of_its_region(cls):
     """Changing token 0's content changes the fuser's attention output in the cells its region
     covers and nowhere else (the feed-forward branch is per cell too)."""
     f = box_fuser(cls, 3)
-    x, objs = grounded_inputs(4)
-    other = objs.tokens.clone()
+    x, grounded = grounded_inputs(4)
+    other = grounded.tokens.clone()
     other[:, 0] += 5.0
-    moved = (f(x, GroundedTokens(other, objs.regions), 1.0, GRID) - f(x, objs, 1.0, GRID)).abs().amax(-1)
-    covered = region_mask(objs.regions, GRID)[..., 0]
+    moved = (f(x, GroundedTokens(other, grounded.regions), 1.0, GRID) - f(x, grounded, 1.0, GRID)).abs().amax(-1)
+    covered = region_mask(grounded.regions, GRID)[..., 0]
     assert (moved[covered] > 1e-6).all() and (moved[~covered] == 0).all()
 
 
@@ -119,11 +119,11 @@ def test_whole_image_regions_equal_the_plain_fuser(cls):
     attention computes exactly what the plain fuser computes with the same weights."""
     boxed, plain = box_fuser(cls, 5), box_fuser(cls, 5, box_attention=False)
     plain.load_state_dict(boxed.state_dict())
-    x, objs = grounded_inputs(6)
-    whole = GroundedTokens(objs.tokens, torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64).expand_as(objs.regions))
-    torch.testing.assert_close(boxed(x, whole, 1.0, GRID), plain(x, objs.tokens, 1.0, GRID), rtol=0, atol=1e-12)
+    x, grounded = grounded_inputs(6)
+    whole = GroundedTokens(grounded.tokens, torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64).expand_as(grounded.regions))
+    torch.testing.assert_close(boxed(x, whole, 1.0, GRID), plain(x, grounded.tokens, 1.0, GRID), rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="GroundedTokens"):
-        boxed(x, objs.tokens, 1.0, GRID)
+        boxed(x, grounded.tokens, 1.0, GRID)
 
 
 @pytest.mark.parametrize("action_tokens", [True, False])
@@ -133,7 +133,7 @@ def test_token_regions(action_tokens):
                          action_tokens=action_tokens).double()
     inputs = random_grounding_inputs(2, NMAX, seed=1)   # padded slots hold garbage boxes
     out = net(*inputs)
-    sb, ob, ab, m = inputs[:4]
+    sb, ab, ob, m = inputs[:4]
     roles = [sb, ab, ob] if action_tokens else [sb, ob]     # token order: subjects, actions, objects
     assert isinstance(out, GroundedTokens) and out.tokens.shape == (2, len(roles) * NMAX, OUT)
     for b in range(m.shape[0]):

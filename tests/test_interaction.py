@@ -106,12 +106,12 @@ def mlp_reference(seq: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     return h @ seq[4].weight.T + seq[4].bias
 
 
-def position_net_reference(net, sb, ob, ab, masks, se, oe, ae):
+def position_net_reference(net, sb, ab, ob, masks, se, ae, oe):
     """Token by token, docs/reference.md §1: roles 0 subject, 1 object, 2 action; order [S, A, O]."""
     b, n = masks.shape
     out = torch.zeros(b, 3 * n, net.out_dim, dtype=torch.float64)
     inst = net.interaction_embedding.emb.weight
-    role = net.position_embedding.emb.weight
+    role = net.role_embedding_table.emb.weight
     for i in range(b):
         for j in range(n):
             real = masks[i, j] == 1
@@ -155,11 +155,11 @@ def test_position_net_padding_ignores_garbage_and_uses_nulls():
     null_subject = mlp_reference(net.linears, torch.cat([net.null_positive_feature, net.null_position_feature])[None])[0]
     j = 2  # padded in item 0
     torch.testing.assert_close(
-        a[0, j], null_subject + net.interaction_embedding.emb.weight[j] + net.position_embedding.emb.weight[0],
+        a[0, j], null_subject + net.interaction_embedding.emb.weight[j] + net.role_embedding_table.emb.weight[0],
         rtol=0, atol=1e-10)
     null_action = mlp_reference(net.linear_action, torch.cat([net.null_action_feature, net.null_position_feature])[None])[0]
     torch.testing.assert_close(
-        a[0, NMAX + j], null_action + net.interaction_embedding.emb.weight[j] + net.position_embedding.emb.weight[2],
+        a[0, NMAX + j], null_action + net.interaction_embedding.emb.weight[j] + net.role_embedding_table.emb.weight[2],
         rtol=0, atol=1e-10)
 
 
@@ -441,10 +441,10 @@ def tiny_fuser(seed, alpha_attn, alpha_dense, dtype=torch.float64):
     return f.to(dtype).eval()
 
 
-def fuser_reference(f, x, objs, scale):
-    """docs/reference.md §2 written out: full self-attention over [x, linear(objs)], explicit softmax."""
+def fuser_reference(f, x, tokens, scale):
+    """docs/reference.md §2 written out: full self-attention over [x, linear(tokens)], explicit softmax."""
     n_visual = x.shape[1]
-    o = objs @ f.linear.weight.T + f.linear.bias
+    o = tokens @ f.linear.weight.T + f.linear.bias
     h = layer_norm_reference(torch.cat([x, o], dim=1), f.norm1)
     out = attention_reference(h @ f.attn.to_q.weight.T, h @ f.attn.to_k.weight.T, h @ f.attn.to_v.weight.T,
                               f.attn.heads)
@@ -456,9 +456,9 @@ def fuser_reference(f, x, objs, scale):
 @torch.no_grad()
 def test_fuser_zero_gates_is_identity():
     f = tiny_fuser(0, 0.0, 0.0, dtype=torch.float32)
-    x, objs = fuser_inputs(torch.float32)
-    assert torch.equal(f(x, objs), x)
-    assert torch.equal(f(x, objs, scale=0.7), x)
+    x, tokens = fuser_inputs(torch.float32)
+    assert torch.equal(f(x, tokens), x)
+    assert torch.equal(f(x, tokens, scale=0.7), x)
 
 
 def test_fresh_fuser_gates_are_zero_parameters():
@@ -475,11 +475,11 @@ def test_zero_outputs_init_is_identity_yet_every_weight_gets_gradient():
     """fuser_init zero_outputs: identity at start like zero gates, but the attention's and
     feed-forward's weights receive gradient on the first step (with zero gates they get none)."""
     torch.manual_seed(0)
-    x, objs = torch.randn(2, 5, C), torch.randn(2, 3, CTX)
+    x, tokens = torch.randn(2, 5, C), torch.randn(2, 3, CTX)
     grads = {}
     for init in ("zero_gates", "zero_outputs"):
         f = GatedSelfAttentionDense(C, CTX, HEADS, DHEAD, init=init)
-        out = f(x, objs)
+        out = f(x, tokens)
         assert torch.equal(out, x)
         (out * torch.randn_like(out)).sum().backward()
         grads[init] = {n: float(p.grad.abs().sum()) if p.grad is not None else 0.0 for n, p in f.named_parameters()}
@@ -492,27 +492,27 @@ def test_zero_outputs_init_is_identity_yet_every_weight_gets_gradient():
 
 @torch.no_grad()
 @pytest.mark.parametrize("scale", [1.0, 0.5])
-@pytest.mark.parametrize("n_objs", [6, 0])
-def test_fuser_matches_slow_reference(scale, n_objs):
+@pytest.mark.parametrize("n_tokens", [6, 0])
+def test_fuser_matches_slow_reference(scale, n_tokens):
     f = tiny_fuser(1, 0.8, -0.6)
-    x, objs = fuser_inputs(n_objs=n_objs, seed=2)
-    torch.testing.assert_close(f(x, objs, scale), fuser_reference(f, x, objs, scale), rtol=0, atol=1e-10)
+    x, tokens = fuser_inputs(n_tokens=n_tokens, seed=2)
+    torch.testing.assert_close(f(x, tokens, scale), fuser_reference(f, x, tokens, scale), rtol=0, atol=1e-10)
     # float32 module agrees with the float64 reference to float tolerance
     f32 = copy.deepcopy(f).float()
-    got32 = f32(x.float(), objs.float(), scale)
-    torch.testing.assert_close(got32.double(), fuser_reference(f, x, objs, scale), rtol=0, atol=2e-5)
+    got32 = f32(x.float(), tokens.float(), scale)
+    torch.testing.assert_close(got32.double(), fuser_reference(f, x, tokens, scale), rtol=0, atol=2e-5)
 
 
 @torch.no_grad()
 def test_fuser_tokens_matter_and_scale_halves_attention_update():
     f = tiny_fuser(3, 1.1, 0.0)  # dense gate closed: the update is scale * attention term only
-    x, objs = fuser_inputs(seed=4)
-    full = f(x, objs, 1.0) - x
-    half = f(x, objs, 0.5) - x
+    x, tokens = fuser_inputs(seed=4)
+    full = f(x, tokens, 1.0) - x
+    half = f(x, tokens, 0.5) - x
     assert full.abs().max() > 1e-3
     torch.testing.assert_close(half, 0.5 * full, rtol=0, atol=1e-12)
     # the attention sees the grounding tokens: other tokens, other output
-    other = f(x, objs + 1.0, 1.0) - x
+    other = f(x, tokens + 1.0, 1.0) - x
     assert (other - full).abs().max() > 1e-3
 
 

@@ -31,7 +31,7 @@ def samples(n, seed=0, size=32):
 def with_open_gates(model, value=0.7):
     model = copy.deepcopy(model)
     with torch.no_grad():
-        for _, block in model.model.transformer_blocks():
+        for _, block in model.unet.transformer_blocks():
             block.fuser.alpha_attn.fill_(value)
             block.fuser.alpha_dense.fill_(value)
     return model
@@ -51,7 +51,7 @@ def test_layout_gain_matches_a_direct_computation(tiny_model):
     losses = layout_losses(model, data, timesteps=(600,), seed=5)
     assert losses.gain() != 0.0
     from interact.conditions import build_grounding
-    pn = model.position_net
+    pn = model.interaction_tokenizer
     with torch.no_grad():
         z = model.autoencoder.encode(data[1].image[None]).mean * model.scale_factor
         noise = torch.randn(z.shape[1:], generator=torch.Generator().manual_seed(5 * 1_000_003 + 1 * 1009 + 600))[None]
@@ -60,8 +60,8 @@ def test_layout_gain_matches_a_direct_computation(tiny_model):
         target = model.diffusion.training_target(z, t, noise)
         context = model.text_encoder.encode([data[1].caption])
         g = build_grounding([data[1].interactions], model.text_encoder.encode_pooled, pn.in_dim, pn.max_interactions)
-        for objs, got in ((pn(**g.as_kwargs()), losses.layout), (pn(**g.null().as_kwargs()), losses.null)):
-            want = (model.model(x_t, t, context, objs) - target).pow(2).mean()
+        for tokens, got in ((pn(**g.as_kwargs()), losses.layout), (pn(**g.null().as_kwargs()), losses.null)):
+            want = (model.unet(x_t, t, context, tokens) - target).pow(2).mean()
             assert math.isclose(float(got[1, 0]), float(want), rel_tol=1e-5)
 
 

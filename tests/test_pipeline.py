@@ -20,7 +20,7 @@ def person_touching_cat(shift=0.0):
 def pipe():
     p = InteractDiffusionPipeline.from_config(TINY, seed=0, device="cpu")
     # Random fusers start with zero gates (identity); open them so interactions matter.
-    for _, block in p.model.model.transformer_blocks():
+    for _, block in p.model.unet.transformer_blocks():
         block.fuser.alpha_attn.data.fill_(1.0)
         block.fuser.alpha_dense.data.fill_(1.0)
     return p
@@ -73,10 +73,10 @@ def test_scheduled_sampling_zero_equals_no_fusers(pipe):
 
 def test_scheduled_sampling_runs_fusers_on_the_first_steps_only(pipe):
     calls = []
-    fuser = pipe.model.model.transformer_blocks()[0][1].fuser
+    fuser = pipe.model.unet.transformer_blocks()[0][1].fuser
     handle = fuser.register_forward_hook(lambda *a: calls.append(1))
     step_calls = []
-    unet = pipe.model.model
+    unet = pipe.model.unet
     original = unet.forward
 
     def counting_forward(*args, **kwargs):
@@ -97,12 +97,12 @@ def test_scheduled_sampling_runs_fusers_on_the_first_steps_only(pipe):
 
 def test_guidance_unconditional_branch_gets_null_grounding_and_negative_prompt(pipe):
     seen = []
-    unet = pipe.model.model
+    unet = pipe.model.unet
     original = unet.forward
 
-    def spy(x, t, context, objs=None, fuser_scale=1.0):
-        seen.append((context.clone(), objs.clone()))
-        return original(x, t, context, objs, fuser_scale)
+    def spy(x, t, context, tokens=None, fuser_scale=1.0):
+        seen.append((context.clone(), tokens.clone()))
+        return original(x, t, context, tokens, fuser_scale)
 
     unet.forward = spy
     try:
@@ -110,28 +110,28 @@ def test_guidance_unconditional_branch_gets_null_grounding_and_negative_prompt(p
              guidance_scale=7.5, sampler="ddim", **{**FAST, "steps": 1})
     finally:
         unet.forward = original
-    context, objs = seen[0]
+    context, tokens = seen[0]
     model = pipe.model
     cond_ctx = model.text_encoder.encode(["a person touching a cat"])
     neg_ctx = model.text_encoder.encode(["blurry"])
     torch.testing.assert_close(context, torch.cat([cond_ctx, neg_ctx]))
-    pn = model.position_net
+    pn = model.interaction_tokenizer
     n, d = pn.max_interactions, pn.in_dim
     null_tokens = pn(torch.zeros(1, n, 4), torch.zeros(1, n, 4), torch.zeros(1, n, 4), torch.zeros(1, n),
                      torch.zeros(1, n, d), torch.zeros(1, n, d), torch.zeros(1, n, d))
-    torch.testing.assert_close(objs[1:], null_tokens)
-    assert (objs[:1] - null_tokens).abs().max() > 1e-3
+    torch.testing.assert_close(tokens[1:], null_tokens)
+    assert (tokens[:1] - null_tokens).abs().max() > 1e-3
 
 
 def test_guidance_combines_branches(pipe):
     """One DDIM step: the guided eps is e_u + g (e_c - e_u), recomputed here from the UNet."""
     seen = []
-    unet = pipe.model.model
+    unet = pipe.model.unet
     original = unet.forward
 
-    def spy(x, t, context, objs=None, fuser_scale=1.0):
-        out = original(x, t, context, objs, fuser_scale)
-        seen.append((x, t, context, objs, fuser_scale, out))
+    def spy(x, t, context, tokens=None, fuser_scale=1.0):
+        out = original(x, t, context, tokens, fuser_scale)
+        seen.append((x, t, context, tokens, fuser_scale, out))
         return out
 
     unet.forward = spy
@@ -140,7 +140,7 @@ def test_guidance_combines_branches(pipe):
                       **{**FAST, "steps": 1, "output_type": "pt"})
     finally:
         unet.forward = original
-    x, t, context, objs, scale, out = seen[0]
+    x, t, context, tokens, scale, out = seen[0]
     e_c, e_u = out.chunk(2)
     eps = e_u + 3.0 * (e_c - e_u)
     sched = pipe.model.diffusion
@@ -213,3 +213,97 @@ def test_model_limits_of_the_options(pipe):
         pipe.resolve_options(sampler="plms", eta=0.5)
     with pytest.raises(ValueError, match=r"^sampling.eta = -1.0: out of range \(must be >= 0\)$"):
         pipe.resolve_options(sampler="ddim", eta=-1.0)
+# --------------------------------------------------------------------------- condition / denoise
+
+
+def test_cond_null_cat_and_to(tiny_model):
+    from interact.conditions import Cond
+    cond = tiny_model.condition(["a person touching a cat", "a cat"], [[person_touching_cat()], []])
+    assert len(cond) == 2 and cond.grounding.masks.sum() == 1
+    null = cond.null()
+    assert torch.equal(null.context, cond.context)   # the caption stays (the trainer's null-grounding step)
+    assert all(not t.any() for t in null.grounding.as_kwargs().values())
+    negative = torch.zeros_like(cond.context)
+    assert torch.equal(cond.null(context=negative).context, negative)
+    both = Cond.cat([cond, null])
+    assert len(both) == 4 and torch.equal(both.context[2:], cond.context)
+    assert torch.equal(both.grounding.subject_boxes[:2], cond.grounding.subject_boxes)
+    assert not both.grounding.masks[2:].any()
+    wide = cond.to(dtype=torch.float64)
+    assert wide.context.dtype == wide.grounding.masks.dtype == torch.float64
+
+
+def test_a_new_control_is_a_field_and_no_caller_changes(tiny_model):
+    """Cond's docstring: a field with to/null/cat is carried through null, cat and to."""
+    from dataclasses import dataclass
+    from interact.conditions import Cond
+
+    @dataclass
+    class Depth:
+        maps: torch.Tensor
+
+        def to(self, device=None, dtype=None):
+            return Depth(self.maps.to(device=device, dtype=dtype))
+
+        def null(self):
+            return Depth(torch.zeros_like(self.maps))
+
+        @classmethod
+        def cat(cls, items):
+            return cls(torch.cat([d.maps for d in items]))
+
+    @dataclass
+    class DepthCond(Cond):
+        depth: Depth = None
+
+    base = tiny_model.condition(["p"], [[person_touching_cat()]])
+    cond = DepthCond(base.context, base.grounding, Depth(torch.ones(1, 4, 4)))
+    guided = DepthCond.cat([cond, cond.null()]).to(dtype=torch.float64)
+    assert isinstance(guided, DepthCond) and guided.depth.maps.dtype == torch.float64
+    assert guided.depth.maps[0].eq(1).all() and not guided.depth.maps[1].any()
+
+
+def test_condition_defaults_caches_and_a_ready_grounding(tiny_model):
+    items = [[person_touching_cat()], []]
+    cond = tiny_model.condition(["p", "q"], items)
+    # no interactions: every slot empty, the null grounding
+    plain = tiny_model.condition(["p", "q"])
+    for name, t in plain.grounding.as_kwargs().items():
+        assert torch.equal(t, getattr(cond.grounding.null(), name)), name
+    # caches plug in as the encoders and give the same tensors
+    calls = {"captions": 0, "phrases": 0}
+
+    def captions(texts):
+        calls["captions"] += 1
+        return tiny_model.text_encoder.encode(texts)
+
+    def phrases(texts):
+        calls["phrases"] += 1
+        return tiny_model.text_encoder.encode_pooled(texts)
+
+    cached = tiny_model.condition(["p", "q"], items, encode_captions=captions, encode_phrases=phrases)
+    assert calls == {"captions": 1, "phrases": 1}
+    assert torch.equal(cached.context, cond.context)
+    assert torch.equal(cached.grounding.subject_embeddings, cond.grounding.subject_embeddings)
+    # a ready Grounding is taken as it is: no phrase encoding
+    ready = tiny_model.condition(["p", "q"], cond.grounding, encode_phrases=phrases)
+    assert calls["phrases"] == 1 and torch.equal(ready.grounding.action_boxes, cond.grounding.action_boxes)
+
+
+def test_condition_wants_one_interaction_list_per_caption(tiny_model):
+    with pytest.raises(ValueError, match="interactions: 1 lists for 2 captions"):
+        tiny_model.condition(["p", "q"], [[person_touching_cat()]])
+
+
+@torch.no_grad()
+def test_denoise_is_the_tokenizer_then_the_unet(pipe):
+    model = pipe.model
+    cond = model.condition(["a person touching a cat"], [[person_touching_cat()]])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, model.unet.in_channels, 8, 8, generator=g)
+    t = torch.tensor([500])
+    tokens = model.interaction_tokenizer(**cond.grounding.as_kwargs())
+    for scale in (1.0, 0.5):
+        want = model.unet(x, t, cond.context, tokens, scale)
+        assert torch.equal(model.denoise(x, t, cond, scale), want)
+    assert (model.denoise(x, t, cond) - model.denoise(x, t, cond.null())).abs().max() > 1e-4

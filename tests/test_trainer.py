@@ -117,7 +117,7 @@ def shipped_training_yamls() -> list[str]:
 def documented_value(config, model, dotted: str):
     section, _, key = dotted.partition(".")
     if dotted == "tokens_per_interaction":
-        return model.position_net.num_tokens // model.position_net.max_interactions
+        return model.interaction_tokenizer.num_tokens // model.interaction_tokenizer.max_interactions
     if section == "train":
         return config.train[key]
     if section == "interaction" and key in INTERACTION_DEFAULTS:
@@ -283,9 +283,9 @@ def test_only_interaction_parameters_train_by_default(tmp_path):
 def test_fix_interaction_embedding_keeps_it(tmp_path):
     t = make_trainer(tmp_path, total_iters=1, fix_interaction_embedding=True)
     assert not any("interaction_embedding" in n for n in t.trained)
-    emb = t.model.position_net.interaction_embedding.emb.weight.detach().clone()
+    emb = t.model.interaction_tokenizer.interaction_embedding.emb.weight.detach().clone()
     t.run()
-    assert torch.equal(emb, t.model.position_net.interaction_embedding.emb.weight)
+    assert torch.equal(emb, t.model.interaction_tokenizer.interaction_embedding.emb.weight)
 
 
 def test_gradient_accumulation_equals_the_doubled_batch(tmp_path):
@@ -355,8 +355,8 @@ def test_final_export_loads_for_inference(tmp_path):
     t = make_trainer(tmp_path, total_iters=2, train_whole_unet=True)
     final = t.run()
     pipe = InteractDiffusionPipeline.from_checkpoint(final, config=t.config)
-    for name, p in t.model.model.named_parameters():
-        assert torch.equal(p.detach(), pipe.model.model.get_parameter(name).detach()), name
+    for name, p in t.model.unet.named_parameters():
+        assert torch.equal(p.detach(), pipe.model.unet.get_parameter(name).detach()), name
 
 
 # ----------------------------------------------------------------------------- overfitting
@@ -438,7 +438,7 @@ def test_preview_grid_shows_generated_and_real_images_with_layouts(tmp_path):
     # The real image's subject rectangle is red: the tile must contain it (and the layout colours).
     colours = {c for _, c in real_tile.getcolors(1 << 16)}
     assert (255, 63, 63) in colours or any(r > 240 and g < 80 and b < 80 for r, g, b in colours)
-    assert t.model.model.training  # back in training mode after sampling
+    assert t.model.unet.training  # back in training mode after sampling
 
 
 def test_ema_decay_warms_up_and_averages_as_the_closed_form():
@@ -496,9 +496,9 @@ def test_resume_takes_the_new_lr_and_refuses_a_missing_backbone(tmp_path):
 def test_frozen_interaction_control(tmp_path):
     """train_interaction false leaves position_net and fusers untouched and trains the rest."""
     frozen = make_trainer(tmp_path, run="frozen", train_whole_unet=True, train_interaction=False, total_iters=2)
-    before = {n: p.detach().clone() for n, p in frozen.model.model.named_parameters()}
+    before = {n: p.detach().clone() for n, p in frozen.model.unet.named_parameters()}
     frozen.run()
-    after = dict(frozen.model.model.named_parameters())
+    after = dict(frozen.model.unet.named_parameters())
     from interact.model import is_interaction_key
     assert all(torch.equal(before[n], after[n]) == is_interaction_key(n) for n in before)
     with pytest.raises(ValueError, match="nothing to train"):

@@ -116,15 +116,15 @@ def test_cross_attention_layer_matches_reference():
 
 
 class AddFuser(torch.nn.Module):
-    """Stand-in fuser: records its input and adds scale * mean(objs)."""
+    """Stand-in fuser: records its input and adds scale * mean(tokens)."""
 
     def __init__(self):
         super().__init__()
         self.seen = []
 
-    def forward(self, x, objs, scale=1.0, grid=None):
+    def forward(self, x, tokens, scale=1.0, grid=None):
         self.seen.append((x.clone(), scale))
-        return x + scale * objs.mean(dim=1, keepdim=True)
+        return x + scale * tokens.mean(dim=1, keepdim=True)
 
 
 @torch.no_grad()
@@ -133,12 +133,12 @@ def test_transformer_block_order_self_fuser_cross_ff():
     blk = BasicTransformerBlock(8, 2, 4, context_dim=6).eval()
     blk.fuser = AddFuser()
     g = torch.Generator().manual_seed(1)
-    x, ctx, objs = torch.randn(2, 5, 8, generator=g), torch.randn(2, 3, 6, generator=g), torch.randn(2, 4, 8, generator=g)
-    got = blk(x, ctx, objs, 0.25)
+    x, ctx, tokens = torch.randn(2, 5, 8, generator=g), torch.randn(2, 3, 6, generator=g), torch.randn(2, 4, 8, generator=g)
+    got = blk(x, ctx, tokens, 0.25)
     h = x + blk.attn1(blk.norm1(x))
     torch.testing.assert_close(blk.fuser.seen[0][0], h, rtol=0, atol=0)  # fuser sees x after self-attention
     assert blk.fuser.seen[0][1] == 0.25
-    h = h + 0.25 * objs.mean(dim=1, keepdim=True)
+    h = h + 0.25 * tokens.mean(dim=1, keepdim=True)
     h = h + blk.attn2(blk.norm2(h), ctx)
     h = h + blk.ff(blk.norm3(h))
     torch.testing.assert_close(got, h, rtol=0, atol=1e-6)
@@ -224,8 +224,8 @@ def unet_inputs(b=2, n_tokens=6, seed=0):
     x = torch.randn(b, 4, 8, 8, generator=g)
     t = torch.tensor([10, 700][:b] + [300] * max(0, b - 2))
     ctx = torch.randn(b, 5, CTX, generator=g)
-    objs = torch.randn(b, n_tokens, CTX, generator=g)
-    return x, t, ctx, objs
+    tokens = torch.randn(b, n_tokens, CTX, generator=g)
+    return x, t, ctx, tokens
 
 
 @torch.no_grad()
@@ -271,11 +271,11 @@ def test_full_size_unet_with_fusers_and_position_net_matches_manifest(manifest):
 
 @torch.no_grad()
 def test_zero_gate_fusers_leave_unet_unchanged():
-    x, t, ctx, objs = unet_inputs()
+    x, t, ctx, tokens = unet_inputs()
     base = tiny_unet()(x, t, ctx)
     fused = tiny_unet(fusers=True)  # same seed: same backbone weights (fusers created after)
     assert torch.equal(fused(x, t, ctx), base)
-    assert torch.equal(fused(x, t, ctx, objs), base)
+    assert torch.equal(fused(x, t, ctx, tokens), base)
 
 
 def count_fuser_calls(unet):
@@ -291,20 +291,20 @@ def count_fuser_calls(unet):
 @torch.no_grad()
 def test_fuser_scale_zero_equals_no_tokens_and_skips_fuser():
     unet = tiny_unet(fusers=True, alpha=0.7)
-    x, t, ctx, objs = unet_inputs()
+    x, t, ctx, tokens = unet_inputs()
     counter, handles = count_fuser_calls(unet)
     no_tokens = unet(x, t, ctx, None)
     assert counter["n"] == 0
-    off = unet(x, t, ctx, objs, fuser_scale=0.0)
+    off = unet(x, t, ctx, tokens, fuser_scale=0.0)
     assert counter["n"] == 0
     assert torch.equal(off, no_tokens)
-    on = unet(x, t, ctx, objs, fuser_scale=1.0)
+    on = unet(x, t, ctx, tokens, fuser_scale=1.0)
     assert counter["n"] == 7
     assert (on - no_tokens).abs().max() > 1e-4
-    half = unet(x, t, ctx, objs, fuser_scale=0.5)
+    half = unet(x, t, ctx, tokens, fuser_scale=0.5)
     assert (half - on).abs().max() > 1e-5 and (half - no_tokens).abs().max() > 1e-5
     # the tokens themselves matter
-    assert (unet(x, t, ctx, objs + 1.0) - on).abs().max() > 1e-4
+    assert (unet(x, t, ctx, tokens + 1.0) - on).abs().max() > 1e-4
     for h in handles:
         h.remove()
 
@@ -312,12 +312,12 @@ def test_fuser_scale_zero_equals_no_tokens_and_skips_fuser():
 @torch.no_grad()
 def test_fused_unet_with_90_tokens_and_empty_tokens():
     unet = tiny_unet(fusers=True, alpha=0.5)
-    x, t, ctx, objs = unet_inputs(n_tokens=3 * 30)
-    out = unet(x, t, ctx, objs)
+    x, t, ctx, tokens = unet_inputs(n_tokens=3 * 30)
+    out = unet(x, t, ctx, tokens)
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert (out - unet(x, t, ctx)).abs().max() > 1e-4
     # zero grounding tokens: the fuser still runs (gated self-attention over the visual tokens only)
-    empty = unet(x, t, ctx, objs[:, :0])
+    empty = unet(x, t, ctx, tokens[:, :0])
     assert empty.shape == x.shape and torch.isfinite(empty).all()
     assert (empty - out).abs().max() > 1e-4
 
@@ -325,21 +325,21 @@ def test_fused_unet_with_90_tokens_and_empty_tokens():
 @torch.no_grad()
 def test_fused_unet_batch_independence():
     unet = tiny_unet(fusers=True, alpha=0.9)
-    x, t, ctx, objs = unet_inputs(n_tokens=3 * 30, seed=3)
-    both = unet(x, t, ctx, objs)
+    x, t, ctx, tokens = unet_inputs(n_tokens=3 * 30, seed=3)
+    both = unet(x, t, ctx, tokens)
     for i in range(2):
-        alone = unet(x[i:i + 1], t[i:i + 1], ctx[i:i + 1], objs[i:i + 1])
+        alone = unet(x[i:i + 1], t[i:i + 1], ctx[i:i + 1], tokens[i:i + 1])
         torch.testing.assert_close(both[i:i + 1], alone, rtol=0, atol=1e-5)
     # and the two items really were conditioned differently
-    swapped = unet(x, t, ctx, objs.flip(0))
+    swapped = unet(x, t, ctx, tokens.flip(0))
     assert (swapped - both).abs().max() > 1e-4
 
 
 @torch.no_grad()
 def test_naive_and_sdpa_backends_agree_on_fused_unet():
     unet = tiny_unet(fusers=True, alpha=0.6)
-    x, t, ctx, objs = unet_inputs()
-    sdpa = unet(x, t, ctx, objs)
+    x, t, ctx, tokens = unet_inputs()
+    sdpa = unet(x, t, ctx, tokens)
     with attention_backend("naive"):
-        naive = unet(x, t, ctx, objs)
+        naive = unet(x, t, ctx, tokens)
     torch.testing.assert_close(sdpa, naive, rtol=0, atol=1e-4)

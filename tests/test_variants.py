@@ -29,24 +29,24 @@ def cell_positions_reference(h, w):
     return torch.tensor(rows, dtype=torch.float64)
 
 
-def cross_fuser_reference(f, x, objs, scale, grid=None):
+def cross_fuser_reference(f, x, tokens, scale, grid=None):
     """gatedCA written out: queries from norm1(x) (+ the cells' projected positions), keys
-    and values from norm_objs(linear(objs)) alone."""
+    and values from norm_objs(linear(tokens)) alone."""
     visual = layer_norm_reference(x, f.norm1)
     if grid is not None:
         visual = visual + cell_positions_reference(*grid) @ f.visual_position.weight.T + f.visual_position.bias
-    tokens = layer_norm_reference(objs @ f.linear.weight.T + f.linear.bias, f.norm_objs)
+    tokens = layer_norm_reference(tokens @ f.linear.weight.T + f.linear.bias, f.norm_objs)
     out = attention_reference(visual @ f.attn.to_q.weight.T, tokens @ f.attn.to_k.weight.T,
                               tokens @ f.attn.to_v.weight.T, f.attn.heads)
     x = x + scale * math.tanh(f.alpha_attn.item()) * (out @ f.attn.to_out[0].weight.T + f.attn.to_out[0].bias)
     return dense_reference(f, x, scale)
 
 
-def self_fuser_reference(f, x, objs, scale, grid=None):
-    """gatedSA with positions: the visual rows of norm1(cat[x, linear(objs)]) get the cells'
+def self_fuser_reference(f, x, tokens, scale, grid=None):
+    """gatedSA with positions: the visual rows of norm1(cat[x, linear(tokens)]) get the cells'
     projected positions, then full self-attention; only visual rows are kept."""
     n = x.shape[1]
-    h = layer_norm_reference(torch.cat([x, objs @ f.linear.weight.T + f.linear.bias], dim=1), f.norm1)
+    h = layer_norm_reference(torch.cat([x, tokens @ f.linear.weight.T + f.linear.bias], dim=1), f.norm1)
     if grid is not None:
         pos = cell_positions_reference(*grid) @ f.visual_position.weight.T + f.visual_position.bias
         h = torch.cat([h[:, :n] + pos, h[:, n:]], dim=1)
@@ -70,8 +70,8 @@ GRID = (2, 5)  # NV = 10 visual tokens in fuser_inputs
 @pytest.mark.parametrize("scale", [1.0, 0.5])
 def test_cross_attention_fuser_matches_slow_reference(scale):
     f = random_fuser(GatedCrossAttentionDense, 1)
-    x, objs = fuser_inputs(n_objs=6, seed=2)
-    torch.testing.assert_close(f(x, objs, scale), cross_fuser_reference(f, x, objs, scale), rtol=0, atol=1e-10)
+    x, tokens = fuser_inputs(n_tokens=6, seed=2)
+    torch.testing.assert_close(f(x, tokens, scale), cross_fuser_reference(f, x, tokens, scale), rtol=0, atol=1e-10)
 
 
 @torch.no_grad()
@@ -79,10 +79,10 @@ def test_cross_attention_fuser_matches_slow_reference(scale):
                                             (GatedSelfAttentionDense, self_fuser_reference)])
 def test_fusers_with_grid_positions_match_slow_reference(cls, reference):
     f = random_fuser(cls, 3, positions=True)
-    x, objs = fuser_inputs(n_objs=6, seed=4)
-    torch.testing.assert_close(f(x, objs, 1.0, GRID), reference(f, x, objs, 1.0, GRID), rtol=0, atol=1e-10)
+    x, tokens = fuser_inputs(n_tokens=6, seed=4)
+    torch.testing.assert_close(f(x, tokens, 1.0, GRID), reference(f, x, tokens, 1.0, GRID), rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="grid"):
-        f(x, objs, 1.0, (3, 3))
+        f(x, tokens, 1.0, (3, 3))
 
 
 def test_grid_positions_are_the_cells_fourier_boxes():
@@ -94,21 +94,21 @@ def test_grid_positions_are_the_cells_fourier_boxes():
 def test_positions_break_permutation_equivariance():
     """Without positions, shuffling the visual tokens shuffles the output the same way (the
     fuser cannot tell where a token is); with them it does not."""
-    x, objs = fuser_inputs(n_objs=6, seed=5)
+    x, tokens = fuser_inputs(n_tokens=6, seed=5)
     perm = torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(0))
     for positions in (False, True):
         f = random_fuser(GatedCrossAttentionDense, 7, positions)
-        gap = (f(x[:, perm], objs, 1.0, GRID) - f(x, objs, 1.0, GRID)[:, perm]).abs().max()
+        gap = (f(x[:, perm], tokens, 1.0, GRID) - f(x, tokens, 1.0, GRID)[:, perm]).abs().max()
         assert (gap > 1e-3) if positions else (gap < 1e-12)
 
 
 @pytest.mark.parametrize("positions", [False, True])
 def test_cross_fuser_inits_are_identity_and_zero_outputs_trains(positions):
     torch.manual_seed(0)
-    x, objs = torch.randn(2, 6, C), torch.randn(2, 3, CTX)
+    x, tokens = torch.randn(2, 6, C), torch.randn(2, 3, CTX)
     for init in ("zero_gates", "zero_outputs"):
         f = GatedCrossAttentionDense(C, CTX, HEADS, DHEAD, init=init, visual_positions=positions)
-        out = f(x, objs, 1.0, (2, 3))
+        out = f(x, tokens, 1.0, (2, 3))
         assert torch.equal(out, x)
     (out * torch.randn_like(out)).sum().backward()  # zero_outputs: the output layers get gradient at once
     assert f.attn.to_out[0].weight.grad.abs().sum() > 0 and f.ff.net[2].weight.grad.abs().sum() > 0
@@ -118,30 +118,30 @@ def test_cross_fuser_inits_are_identity_and_zero_outputs_trains(positions):
 def test_cross_fuser_keys_are_the_interaction_tokens_only():
     """Changing one visual token changes the other tokens' outputs under self-attention (they
     attend to it) but not under cross-attention (keys come from the interaction tokens)."""
-    x, objs = fuser_inputs(n_objs=6, seed=6)
+    x, tokens = fuser_inputs(n_tokens=6, seed=6)
     x2 = x.clone()
     x2[:, 0] = torch.randn(x.shape[0], x.shape[2], dtype=x.dtype, generator=torch.Generator().manual_seed(1))
     for cls, coupled in ((GatedSelfAttentionDense, True), (GatedCrossAttentionDense, False)):
         f = random_fuser(cls, 8)
-        gap = (f(x2, objs)[:, 1:] - f(x, objs)[:, 1:]).abs().max()
+        gap = (f(x2, tokens)[:, 1:] - f(x, tokens)[:, 1:]).abs().max()
         assert (gap > 1e-3) if coupled else (gap < 1e-12)
 
 
-def attention_flops(cls, n_visual, n_objs, dim=64):
+def attention_flops(cls, n_visual, n_tokens, dim=64):
     f = cls(dim, 48, 4, dim // 4).eval()
-    x, objs = torch.randn(1, n_visual, dim), torch.randn(1, n_objs, 48)
+    x, tokens = torch.randn(1, n_visual, dim), torch.randn(1, n_tokens, 48)
     # The naive backend's einsums are counted; CPU SDPA kernels are not (see scripts/bench_unet.py).
     with torch.no_grad(), attention_backend("naive"), FlopCounterMode(display=False) as counter:
-        f.attend(x, objs, None, None)
+        f.attend(x, tokens, None, None)
     return counter.get_total_flops()
 
 
 def test_cross_attention_costs_what_its_shapes_say():
     """FLOPs of the attention part: self-attention's scores grow with N_visual x (N_visual +
-    N_objs), cross-attention's with N_visual x N_objs. Count the matmuls by hand."""
+    N_tokens), cross-attention's with N_visual x N_tokens. Count the matmuls by hand."""
     nv, no, d = 256, 12, 64
     per_key = 2 * nv * d * 2  # q.k and attn.v, per key
-    projections_sa = 2 * nv * d * d + 2 * 2 * (nv + no) * d * d + 2 * no * 48 * d  # q, k+v, linear(objs)
+    projections_sa = 2 * nv * d * d + 2 * 2 * (nv + no) * d * d + 2 * no * 48 * d  # q, k+v, linear(tokens)
     projections_ca = 2 * nv * d * d + 2 * 2 * no * d * d + 2 * no * 48 * d
     assert attention_flops(GatedSelfAttentionDense, nv, no, d) == projections_sa + per_key * (nv + no)
     assert attention_flops(GatedCrossAttentionDense, nv, no, d) == projections_ca + per_key * no
@@ -173,7 +173,7 @@ def test_typed_roles_add_the_type_mixture_of_offsets():
     net = typed_net(seed=2)
     args = random_grounding_inputs(2, NMAX, seed=3)
     got, base = net(*args), fixed_twin(net)(*args)
-    sb, ob, ab, masks, se, oe, ae = args
+    sb, ab, ob, masks, se, ae, oe = args
     silu = lambda t: t * torch.sigmoid(t)  # noqa: E731
     for block, (emb, role, classifier) in enumerate([(se, SUBJECT, net.entity_classifier),
                                                       (ae, ACTION, net.action_classifier),
@@ -316,7 +316,7 @@ def test_typed_training_needs_labels_and_fits_the_classifiers(tmp_path):
     from dataset.role_types import toy_role_types
     trainer = variant_trainer(tmp_path, {"role_embedding": "typed"}, role_types="toy", total_iters=40, lr=1e-2,
                               warmup_steps=0)
-    pn = trainer.model.position_net
+    pn = trainer.model.interaction_tokenizer
     types = toy_role_types()
     phrases = sorted({p for triple in SHAPES for p in triple})
     embeddings = trainer.model.text_encoder.encode_pooled(phrases).float()
@@ -359,7 +359,7 @@ def test_fusers_with_positions_train_and_the_file_says_what_it_needs(tmp_path, f
     from interact.checkpoint import CheckpointError, interaction_variant, load_weights, read_file
     from interact.model import build_model, set_interaction_options
     trainer = variant_trainer(tmp_path, {"fuser_type": fuser_type, "fuser_positions": True}, total_iters=3)
-    fuser = trainer.model.model.transformer_blocks()[0][1].fuser
+    fuser = trainer.model.unet.transformer_blocks()[0][1].fuser
     before = fuser.visual_position.weight.detach().clone()
     final = trainer.run()
     assert not torch.equal(before, fuser.visual_position.weight)
@@ -378,13 +378,13 @@ def test_a_fixed_role_checkpoint_loads_into_a_typed_model_unchanged(tmp_path, ti
     from interact.conditions import build_grounding
     from interact.model import build_model, set_interaction_options
     source = copy.deepcopy(tiny_model)
-    randomize_(source.position_net, 0)  # role embeddings that differ from a fresh init
+    randomize_(source.interaction_tokenizer, 0)  # role embeddings that differ from a fresh init
     save_checkpoint(tmp_path / "fixed.pth", source)
     typed = build_model(set_interaction_options(source.config, role_embedding="typed"), device="meta",
                         tokenizer=source.text_encoder.tokenizer)
     load_weights(typed, tmp_path / "fixed.pth", purpose="generate")
-    assert not typed.position_net.type_offsets.any()
-    pn_fixed, pn_typed = source.position_net, typed.position_net
+    assert not typed.interaction_tokenizer.type_offsets.any()
+    pn_fixed, pn_typed = source.interaction_tokenizer, typed.interaction_tokenizer
     box = (0.1, 0.2, 0.6, 0.9)
     batch = [[Interaction("person", "hold", "cup", box, box)], []]
     g = build_grounding(batch, source.text_encoder.encode_pooled, pn_fixed.in_dim, pn_fixed.max_interactions)

@@ -68,7 +68,7 @@ def compare_normalized(module: torch.nn.Module, state: dict, ignore: Ignore) -> 
 def with_typed_role_defaults(model: InteractDiffusion, state: dict) -> dict:
     """A typed-role model loading a file without the typed weights (any released checkpoint):
     those start as tokenizer.typed_role_defaults, i.e. exactly the file's role embeddings."""
-    pn = model.position_net
+    pn = model.interaction_tokenizer
     if getattr(pn, "role_embedding", "fixed") != "typed" or "position_net.type_offsets" in state:
         return state
     from interact.tokenizer import typed_role_defaults

@@ -95,7 +95,7 @@ def _backbone_parts(model: InteractDiffusion, backbone: dict, source: PathLike, 
     schedule when the file has it), checked. A parameter-free first stage needs no section."""
     parts = []
     if "model" in backbone:  # shapes first: a file for another config lacks sections for that reason
-        parts.append(_checked(_Part(model.model, "model", backbone["model"], is_interaction_key, source, raw)))
+        parts.append(_checked(_Part(model.unet, "model", backbone["model"], is_interaction_key, source, raw)))
     needed = ["model"] + (["autoencoder"] if model.autoencoder.state_dict() else [])
     missing = [name for name in needed if name not in backbone]
     if missing:
@@ -171,7 +171,7 @@ def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt
         fresh = fresh_in_file(kind)
         check_variant(model, {k: v for k, v in model_state.items() if is_interaction_key(k) and not fresh(k)},
                       source, raw.get("config_dict"))
-        parts.append(_checked(_Part(model.model, "model", with_typed_role_defaults(model, model_state),
+        parts.append(_checked(_Part(model.unet, "model", with_typed_role_defaults(model, model_state),
                                     lambda k: not is_interaction_key(k) or fresh(k), source, raw)))
 
     for part in parts:  # every check passed: now load

@@ -11,7 +11,7 @@ from interact.model import SECTIONS, InteractDiffusion, is_interaction_key
 def export_sections(model: InteractDiffusion, interaction_only: bool = False) -> dict:
     """The released layout; `interaction_only` keeps just position_net + fusers."""
     from omegaconf import OmegaConf
-    model_state = {k: v for k, v in model.model.state_dict().items() if not interaction_only or is_interaction_key(k)}
+    model_state = {k: v for k, v in model.unet.state_dict().items() if not interaction_only or is_interaction_key(k)}
     out = {"model": model_state, "config_dict": OmegaConf.to_container(model.config, resolve=True)}
     if not interaction_only:
         out.update({name: model.section(name).state_dict() for name in SECTIONS
