@@ -300,8 +300,8 @@ def make_inputs(unet, cfg, batch: int, size: int, slots: int, device, dtype, see
     x = torch.randn(batch, unet.in_channels, size, size, generator=gen).to(device, dtype)
     t = torch.randint(0, 1000, (batch,), generator=gen).to(device)
     context = torch.randn(batch, PROMPT_TOKENS, ctx_dim, generator=gen).to(device, dtype)
-    objs = make_tokens(unet.position_net, batch, slots, device, dtype, gen)
-    return x, t, context, objs
+    tokens = make_tokens(unet.position_net, batch, slots, device, dtype, gen)
+    return x, t, context, tokens
 
 
 def device_and_config(args):

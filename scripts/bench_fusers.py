@@ -90,20 +90,20 @@ def bench_fusers(shapes, ctx_dim, n_tokens, args, device, memory) -> list[dict]:
             sa = prepare(FUSER_TYPES["gatedSA"](dim, ctx_dim, heads, dim // heads))
         fusers = {"gatedSA": sa, "gatedCA": as_ca(sa, device)}
         x = torch.randn(args.batch, n, dim, generator=gen).to(device)
-        objs = torch.randn(args.batch, n_tokens, ctx_dim, generator=gen).to(device)
+        tokens = torch.randn(args.batch, n_tokens, ctx_dim, generator=gen).to(device)
         row = dict(tokens=n, grid=list(grid) if grid else None, dim=dim, heads=heads, blocks=blocks, ratios=[])
         with torch.no_grad():
             for kind, f in fusers.items():
-                counts = count_flops(f, (x, objs), 1.0)
-                timed_call(lambda: f(x, objs, 1.0, grid), device)  # warm-up (CUDA: lazy init)
-                first, _ = timed_call(lambda: f(x, objs, 1.0, grid), device)  # calibration
+                counts = count_flops(f, (x, tokens), 1.0)
+                timed_call(lambda: f(x, tokens, 1.0, grid), device)  # warm-up (CUDA: lazy init)
+                first, _ = timed_call(lambda: f(x, tokens, 1.0, grid), device)  # calibration
                 inner = max(1, min(1000, round(args.min_time / max(first, 1e-6))))
                 attn = sum(v for k, v in counts.items() if "scaled_dot_product" in k or k == "bmm")
                 row[kind] = dict(flops=counts["total"], attn_flops=attn, times=[], peak_mib=None, inner=inner)
             for r in range(args.fuser_rounds):
                 for kind in rotated(KINDS, r):
                     f, res = fusers[kind], row[kind]
-                    t, peak = timed_call(lambda: f(x, objs, 1.0, grid), device, res["inner"],
+                    t, peak = timed_call(lambda: f(x, tokens, 1.0, grid), device, res["inner"],
                                          memory if r == 0 else None)
                     res["times"].append(t)
                     res["peak_mib"] = peak if peak is not None else res["peak_mib"]

@@ -111,18 +111,18 @@ class BasicTransformerBlock(nn.Module):
         self.fuser: nn.Module | None = None
         self.use_checkpoint = use_checkpoint
 
-    def forward(self, x, context, objs=None, fuser_scale: float = 1.0, grid=None):
+    def forward(self, x, context, tokens=None, fuser_scale: float = 1.0, grid=None):
         """`grid`: the (h, w) of the flattened feature map, for fusers that use token positions."""
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, context, objs, fuser_scale, grid, use_reentrant=False)
-        return self._forward(x, context, objs, fuser_scale, grid)
+            return checkpoint(self._forward, x, context, tokens, fuser_scale, grid, use_reentrant=False)
+        return self._forward(x, context, tokens, fuser_scale, grid)
 
-    def _forward(self, x, context, objs, fuser_scale, grid=None):
+    def _forward(self, x, context, tokens, fuser_scale, grid=None):
         x = x + self.attn1(self.norm1(x))
         # A zero scale (scheduled sampling's late steps) skips the fuser entirely:
         # its contribution would be exactly zero anyway.
-        if self.fuser is not None and objs is not None and fuser_scale != 0:
-            x = self.fuser(x, objs, fuser_scale, grid)
+        if self.fuser is not None and tokens is not None and fuser_scale != 0:
+            x = self.fuser(x, tokens, fuser_scale, grid)
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
 
@@ -150,12 +150,12 @@ class SpatialTransformer(nn.Module):
             BasicTransformerBlock(inner, n_heads, d_head, context_dim, dropout, use_checkpoint) for _ in range(depth))
         self.proj_out = nn.Conv2d(inner, in_channels, 1)
 
-    def forward(self, x, context, objs=None, fuser_scale: float = 1.0):
+    def forward(self, x, context, tokens=None, fuser_scale: float = 1.0):
         b, c, h, w = x.shape
         residual = x
         x = self.proj_in(self.norm(x))
         x = x.flatten(2).transpose(1, 2)
         for block in self.transformer_blocks:
-            x = block(x, context, objs, fuser_scale, (h, w))
+            x = block(x, context, tokens, fuser_scale, (h, w))
         x = x.transpose(1, 2).reshape(b, -1, h, w)
         return self.proj_out(x) + residual

@@ -72,12 +72,12 @@ class Upsample(nn.Module):
 class TimestepEmbedSequential(nn.Sequential):
     """Routes the timestep embedding to ResBlocks and the prompt/tokens to transformers."""
 
-    def forward(self, x, emb, context, objs=None, fuser_scale: float = 1.0):
+    def forward(self, x, emb, context, tokens=None, fuser_scale: float = 1.0):
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context, objs, fuser_scale)
+                x = layer(x, context, tokens, fuser_scale)
             else:
                 x = layer(x)
         return x
@@ -146,17 +146,17 @@ class UNetModel(nn.Module):
         return [(n, m) for n, m in self.named_modules() if isinstance(m, BasicTransformerBlock)]
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                objs: torch.Tensor | None = None, fuser_scale: float = 1.0) -> torch.Tensor:
-        """Predict epsilon. `objs` [B, n_tokens, D] are the control tokens for the fusers;
+                tokens: torch.Tensor | None = None, fuser_scale: float = 1.0) -> torch.Tensor:
+        """Predict epsilon. `tokens` [B, n_tokens, D] are the control tokens for the fusers;
         `fuser_scale` multiplies every fuser (scheduled sampling sets it per step)."""
         if timesteps.dim() == 0:
             timesteps = timesteps.expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
         h, skips = x, []
         for block in self.input_blocks:
-            h = block(h, emb, context, objs, fuser_scale)
+            h = block(h, emb, context, tokens, fuser_scale)
             skips.append(h)
-        h = self.middle_block(h, emb, context, objs, fuser_scale)
+        h = self.middle_block(h, emb, context, tokens, fuser_scale)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, objs, fuser_scale)
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, tokens, fuser_scale)
         return self.out(h)
