@@ -48,7 +48,6 @@ from PIL import Image
 from scipy import linalg
 from tqdm import tqdm
 
-from evaluation.weights import WeightsError, load_state_dict_file, one_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 KID_SUBSETS = 100
@@ -74,15 +73,8 @@ def _inception(weights, device):
 
 
 def _toy(weights, device):
-    from evaluation.toy_features import DEFAULT_WEIGHTS, load_toy_extractor
-    path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
-    what = "a toy feature checkpoint"
-    if path.is_file():
-        load_state_dict_file(path, what)   # one line for a file that is no torch checkpoint at all
-    try:
-        return load_toy_extractor(weights, device)
-    except RuntimeError as err:   # load_state_dict's multi-line report of keys that do not fit
-        raise WeightsError(f"{path} is not {what}: {one_line(err)}") from None
+    from evaluation.toy_features import load_toy_extractor
+    return load_toy_extractor(weights, device)
 
 
 EXTRACTORS: dict[str, Callable] = {"inception": _inception, "toy": _toy}

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataset.toy.categories import HOI_CATEGORIES, OBJECTS
+from evaluation.weights import WeightsError, load_strictly, read_torch_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WEIGHTS = REPO_ROOT / "assets" / "toy_features.pt"
@@ -69,12 +70,14 @@ def load_toy_extractor(weights: str | Path | None = None, device: str | torch.de
         raise FileNotFoundError(f"toy feature weights not found: {path}; train them with "
                                 "`python scripts/train_toy_features.py` (writes assets/toy_features.pt) "
                                 "or pass --weights")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a toy feature checkpoint (no 'state_dict')")
+    what = "a toy feature checkpoint"
+    ckpt = read_torch_file(path, what)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise WeightsError(f"{path} is not {what}: no 'state_dict' in it")
     cfg = ckpt.get("config", {})
     model = ToyFeatureNet(tuple(cfg.get("channels", CHANNELS)), cfg.get("num_objects", NUM_OBJECTS),
                           cfg.get("num_hois", NUM_HOIS), cfg.get("input_size", INPUT_SIZE))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
+    state = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    load_strictly(model, state, path, what)
     model.meta = ckpt.get("meta", {})
     return model.eval().requires_grad_(False).to(device)

@@ -36,16 +36,22 @@ def _brief(err: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def load_state_dict_file(path: str | Path, what: str) -> dict:
-    """The state dict in the torch file `path` (tensors only, never arbitrary code; a
-    {"state_dict": {...}} checkpoint is unwrapped). WeightsError "{path} is not {what}: ..." when
-    the file is no torch file or holds no dict of tensors."""
+def read_torch_file(path: str | Path, what: str):
+    """torch.load(path) of tensors and plain data only (never arbitrary code); WeightsError
+    "{path} is not {what}: ..." when the file is no torch file."""
     try:
         with warnings.catch_warnings():   # e.g. a pickle-protocol notice: the error below says it all
             warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load fails in many ways on a foreign file (pickle, zip, EOF, key)
         raise WeightsError(f"{path} is not {what}: not a torch weights file ({_brief(err)})") from None
+
+
+def load_state_dict_file(path: str | Path, what: str) -> dict:
+    """The state dict in the torch file `path` (a {"state_dict": {...}} checkpoint is unwrapped).
+    WeightsError "{path} is not {what}: ..." when the file is no torch file or holds no dict of
+    tensors."""
+    state = read_torch_file(path, what)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

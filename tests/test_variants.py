@@ -130,7 +130,7 @@ def test_cross_fuser_keys_are_the_interaction_tokens_only():
 def attention_flops(cls, n_visual, n_tokens, dim=64):
     f = cls(dim, 48, 4, dim // 4).eval()
     x, tokens = torch.randn(1, n_visual, dim), torch.randn(1, n_tokens, 48)
-    # The naive backend's einsums are counted; CPU SDPA kernels are not (see scripts/bench_unet.py).
+    # The naive backend's einsums are counted; CPU SDPA kernels are not (see evaluation/benchmark.py).
     with torch.no_grad(), attention_backend("naive"), FlopCounterMode(display=False) as counter:
         f.attend(x, tokens, None, None)
     return counter.get_total_flops()
