@@ -6,7 +6,7 @@
 
 A training YAML names its model with `model_config:` (a model-only YAML, e.g. configs/toy_model.yaml)
 or varies another training YAML with `base_config:`; its `train:` section is checked against
-interact.trainer.TrainOptions, `data:` against dataset.options.DataOptions, `interaction:` against
+interact.trainer.options.TrainOptions, `data:` against dataset.options.DataOptions, `interaction:` against
 interact.model.InteractionOptions. Every train option and interaction switch is also a flag
 (`--help` lists them with their defaults); flags override the YAML. Restarting the same command
 resumes from <OUTPUT_ROOT>/<name>/checkpoints/latest.pth.
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     from hoi.schema import given_flags
     from interact.checkpoint import CheckpointError
     from interact.model import set_interaction_options
-    from interact.trainer import Trainer, check_train_options, load_training_config
+    from interact.trainer import ResumeError, Trainer, check_train_options, load_training_config
     run_dir = Path(args.output_root) / args.name
     try:
         check_output_root(Path(args.output_root), run_dir)
@@ -90,7 +90,8 @@ def main(argv=None) -> int:
         dataset, role_types = build_training_inputs(config, progress=os.environ.get("RANK", "0") == "0")
         trainer = Trainer(config, run_dir, dataset, role_types=role_types, ckpt=ckpt, sd_ckpt=sd_ckpt,
                           device=args.device, allow_pickle=args.allow_pickle)
-    except (ValueError, FileNotFoundError, CheckpointError) as err:
+        trainer.resume()  # here, so that a run folder it cannot continue is one line too
+    except (ValueError, FileNotFoundError, CheckpointError, ResumeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     trainer.run()

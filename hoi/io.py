@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -18,12 +19,48 @@ def file_digest(path, length: int = 12) -> str:
     return digest.hexdigest()[:length]
 
 
+# ".<name>.tmp-<pid>": hidden, beside the file it becomes, and naming the process writing it
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
+
+
+def temporary_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:  # os.kill would signal a process group
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Deletes the temporaries atomic_write left in `folder` when its process was killed
+    mid-write (SIGKILL skips the clean-up); a temporary of a process still running is kept.
+    Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        match = _TEMPORARY.match(entry.name)
+        if match and entry.is_file() and not _process_alive(int(match["pid"])):
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
 def atomic_write(path, write) -> None:
     """`write(tmp_path)` into a temporary file in the same folder, then rename it over `path`:
     a crash mid-write leaves any previous file at `path` intact, and no partial file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -1,4 +1,4 @@
-"""interact/checkpoint.py: every supported layout loads strictly and exactly, the full-size
+"""interact/checkpoint/: every supported layout loads strictly and exactly, the full-size
 names/shapes match the released manifest, wrong files are refused with a useful message,
 the `inspect` CLI, and atomic saving."""
 

@@ -112,6 +112,19 @@ def test_output_root_that_is_a_file_fails_before_any_work(tmp_path, capsys, unde
         f"error: --OUTPUT_ROOT {output_root}: {blocker} is a file, not a folder"]
 
 
+def test_a_run_folder_without_an_intact_checkpoint_is_one_line(toy_setup, tmp_path, capsys):
+    import main as train_main
+    _, yaml = toy_setup
+    checkpoints = tmp_path / "runs" / "broken" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "latest.pth").write_text("not a checkpoint")
+    code = train_main.main(["--yaml_file", str(yaml), "--OUTPUT_ROOT", str(tmp_path / "runs"), "--name", "broken"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"error: {checkpoints}: no intact checkpoint to resume from")
+    assert "not a torch (zip/pickle) or safetensors file" in err[0]
+
+
 def test_train_flags_come_from_the_schema_with_the_reference_aliases():
     import main as train_main
     from hoi.schema import given_flags

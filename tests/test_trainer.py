@@ -1,4 +1,4 @@
-"""interact/trainer.py: configuration errors, what is trained, the LR schedule, gradient
+"""interact/trainer/: configuration errors, what is trained, the LR schedule, gradient
 accumulation, exact resume after a kill, two-process gloo DDP against one process, atomic
 checkpoints, and that a tiny model overfits 8 images."""
 from __future__ import annotations
@@ -348,6 +348,48 @@ def test_interrupted_checkpoint_write_leaves_the_previous_one_readable(tmp_path,
     monkeypatch.undo()
     assert torch.load(t.paths.latest, weights_only=False)["iters"] == 2
     assert not list(t.paths.checkpoints.glob(".*tmp*"))
+
+
+def test_a_damaged_latest_falls_back_to_the_newest_intact_checkpoint(tmp_path):
+    from interact.checkpoint import CheckpointError
+    straight = make_trainer(tmp_path, total_iters=6, checkpoint_every=1, save_every_iters=2)
+    straight.run()
+    paths = straight.paths
+    assert [p.name for p in paths.resume_candidates()] == [
+        "latest.pth", "checkpoint_00000006.pth", "checkpoint_00000004.pth", "checkpoint_00000002.pth"]
+    for damaged in (paths.latest, paths.kept(6)):   # cut short, as by a full disk
+        damaged.write_bytes(damaged.read_bytes()[:200])
+    lines = []
+    config = tiny_train_config(tmp_path, total_iters=6, checkpoint_every=1, save_every_iters=2)
+    resumed = Trainer(config, paths.root, dataset=Squares(), progress=False, log=lines.append)
+    assert resumed.resume() and resumed.iters == 4
+    assert any("skipped" in line and "latest.pth" in line for line in lines)
+    assert any("falling back to checkpoint_00000004.pth" in line for line in lines)
+    resumed.run()   # and the run goes on to the uninterrupted run's weights
+    assert max_difference(trained_state(resumed), trained_state(straight)) < 1e-6
+
+    for kept in paths.checkpoints.glob("*.pth"):
+        kept.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="no intact checkpoint to resume from"):
+        make_trainer(tmp_path, total_iters=6).resume()
+
+
+def test_a_killed_writes_temporaries_are_removed_at_start(tmp_path):
+    import subprocess
+    import sys
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    stale = checkpoints / f".latest.pth.tmp-{finished.pid}"        # its process is gone
+    stale.write_bytes(b"")
+    live = checkpoints / f".latest.pth.tmp-{os.getppid()}"         # a process still writing it
+    live.write_bytes(b"")
+    lines = []
+    config = tiny_train_config(tmp_path, total_iters=1)
+    Trainer(config, tmp_path / "run", dataset=Squares(), progress=False, log=lines.append).run()
+    assert not stale.exists() and live.exists()
+    assert any(stale.name in line and "killed" in line for line in lines)
 
 
 def test_final_export_loads_for_inference(tmp_path):
