@@ -379,17 +379,20 @@ def test_a_killed_writes_temporaries_are_removed_at_start(tmp_path):
     import sys
     finished = subprocess.Popen([sys.executable, "-c", "pass"])
     finished.wait()
-    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints, previews = tmp_path / "run" / "checkpoints", tmp_path / "run" / "previews"
     checkpoints.mkdir(parents=True)
+    previews.mkdir()
     stale = checkpoints / f".latest.pth.tmp-{finished.pid}"        # its process is gone
-    stale.write_bytes(b"")
+    stale_preview = previews / f".iter_00000001.png.tmp-{finished.pid}"
     live = checkpoints / f".latest.pth.tmp-{os.getppid()}"         # a process still writing it
-    live.write_bytes(b"")
+    for path in (stale, stale_preview, live):
+        path.write_bytes(b"")
     lines = []
     config = tiny_train_config(tmp_path, total_iters=1)
     Trainer(config, tmp_path / "run", dataset=Squares(), progress=False, log=lines.append).run()
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and not stale_preview.exists() and live.exists()
     assert any(stale.name in line and "killed" in line for line in lines)
+    assert any(stale_preview.name in line and "killed" in line for line in lines)
 
 
 def test_final_export_loads_for_inference(tmp_path):

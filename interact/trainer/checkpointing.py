@@ -36,6 +36,14 @@ class RunPaths:
     def final(self) -> Path:
         return self.root / "model_final.pth"
 
+    @property
+    def previews(self) -> Path:
+        return self.root / "previews"
+
+    def written_folders(self) -> list[Path]:
+        """The folders whose files are written atomically (and so may hold a killed write's temporary)."""
+        return [self.root, self.checkpoints, self.previews]
+
     def resume_candidates(self) -> list[Path]:
         """latest.pth, then the kept checkpoints, newest first."""
         kept = [(int(m[1]), p) for p in self.checkpoints.glob("checkpoint_*.pth")

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from hoi.io import atomic_save, remove_stale_temporaries
+from hoi.io import atomic_save, atomic_write, remove_stale_temporaries
 from hoi.records import collate_samples
 from interact.checkpoint import export_sections, to_sections
 from interact.model import is_interaction_key
@@ -80,7 +80,7 @@ class Trainer:
         self.ema = EMA(self.trained, o.ema_rate) if o.enable_ema else None
         self.iters = 0
         self.writer = None
-        self._resumed = self._resume_checked = False
+        self._resumed: bool | None = None   # None until resume() has looked at the run folder
         self.phase_times: dict[str, float] | None = None   # set to {} to time the phases of each step
 
     # -------------------------------------------------------------- set-up helpers
@@ -161,9 +161,9 @@ class Trainer:
         """Continue from the run folder's newest intact checkpoint when it has one (latest.pth,
         else a kept checkpoint_N.pth); once per Trainer. ResumeError when it belongs to a run
         this config cannot continue."""
-        if self._resume_checked:
+        if self._resumed is not None:
             return self._resumed
-        self._resume_checked = True
+        self._resumed = False
         found = read_resume_checkpoint(self.paths, self.log)
         if found is None:
             return False
@@ -335,8 +335,9 @@ class Trainer:
         o = self.options
         self.paths.root.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:
-            for stale in [*remove_stale_temporaries(self.paths.root), *remove_stale_temporaries(self.paths.checkpoints)]:
-                self.log(f"[init] removed {stale.name}, left by a killed write")
+            for folder in self.paths.written_folders():
+                for stale in remove_stale_temporaries(folder):
+                    self.log(f"[init] removed {stale.name}, left by a killed write")
         self.resume()
         if self.dist.is_main:
             OmegaConf.save(self.config, self.paths.root / "config.yaml")
@@ -396,9 +397,8 @@ class Trainer:
         with context:
             grid = preview_grid(self.model, self.dist.device, samples)
         self.model.unet.train()
-        path = self.paths.root / "previews" / f"iter_{self.iters:08d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        grid.save(path)
+        path = self.paths.previews / f"iter_{self.iters:08d}.png"
+        atomic_write(path, lambda p: grid.save(p, format="PNG"))
         if self.writer is not None:
             self.writer.add_image("preview", np.asarray(grid), self.iters, dataformats="HWC")
         return path
