@@ -386,6 +386,8 @@ def run_batch(options: BatchOptions, sampling: dict | None = None) -> list[Path]
     model config's sampling section, then SamplingOptions' defaults, fill the rest)."""
     from interact.checkpoint import CheckpointError
     from interact.model import load_config
+    import torch
+
     from interact.pipeline import draw_layout, resolve_sampling, sampling_defaults
 
     ckpt, sd_ckpt, config = _path(options.ckpt), _path(options.sd_ckpt), _path(options.config)
@@ -411,9 +413,13 @@ def run_batch(options: BatchOptions, sampling: dict | None = None) -> list[Path]
             ids_cache.append(checkpoint_ids(ckpt, sd_ckpt, config))
         return ids_cache[0]
 
+    def record_seed(i: int) -> int:
+        # reference_compat: one generator seeded once for the run; record i's noise is its i-th draw
+        return options.seed if requested["reference_compat"] else options.seed + i
+
     def expected(i: int) -> dict:
         record, interactions = parsed[i]
-        return sidecar(i, record["prompt"], interactions, options.seed + i, requested, ids())
+        return sidecar(i, record["prompt"], interactions, record_seed(i), requested, ids())
 
     todo = plan_outputs(folder, len(parsed), options.overwrite, options.no_overwrite, expected)
     if not todo:
@@ -428,13 +434,16 @@ def run_batch(options: BatchOptions, sampling: dict | None = None) -> list[Path]
         raise BatchError(str(err)) from None
     check_against_model(parsed, pipe.model, str(source), resolved["negative_prompt"])
     written = []
+    # The reference script seeds one generator once and draws every record's noise from it in turn
+    # (records already done are skipped before drawing, as its --no-overwrite does).
+    generator = torch.Generator(pipe.device).manual_seed(options.seed) if resolved["reference_compat"] else None
     bar = tqdm(total=len(todo), desc="records", unit="img")
     for start in range(0, len(todo), options.batch_size):
         chunk = todo[start:start + options.batch_size]
         records = [parsed[i] for i in chunk]
-        seeds = [options.seed + i for i in chunk]
+        seeds = [record_seed(i) for i in chunk]
         images = pipe([r["prompt"] for r, _ in records], interactions=[its for _, its in records], seed=seeds,
-                      **resolved)
+                      generator=generator, **resolved)
         for i, (record, interactions), image, seed in zip(chunk, records, images, seeds):
             paths = output_paths(folder, i)
             atomic_write(paths["image"], lambda p: image.save(p, format="PNG"))

@@ -7,7 +7,14 @@
 
 Classifier-free guidance: the unconditional branch gets the negative (or empty)
 prompt and the null grounding (every slot masked). Scheduled sampling: the fusers
-run for the first int(beta * steps) steps (the noisiest) and are skipped after.
+run for the first int(beta * steps) steps (the noisiest), then fade linearly to 0 over
+int(decay * steps) steps (decay 0 by default), and are off after (GLIGEN's alpha
+schedule [beta, decay, rest]).
+
+Samplers: PLMS and DDIM (ldm/models/diffusion/), and DPM-Solver++ 2M, UniPC and Euler
+ancestral from diffusers' schedulers (ldm/models/diffusion/solvers.py). `reference_compat`
+reproduces the reference code's images from the same weights and seed (see REFERENCE below
+and the README's "Reference-exact sampling").
 """
 from __future__ import annotations
 
@@ -30,8 +37,15 @@ from hoi.records import ConditionError, Interaction, check_interactions
 from interact.model import SD_V1_CONFIG, InteractDiffusion, build_model, load_config, set_interaction_options
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.plms import PLMSSampler
+from ldm.models.diffusion.solvers import SOLVERS, SolverSampler, takes_karras_sigmas
 
-SAMPLERS = {"plms": PLMSSampler, "ddim": DDIMSampler}
+SAMPLERS = ("plms", "ddim", *SOLVERS)
+Sampler = Literal["plms", "ddim", "dpmpp_2m", "unipc", "euler_a"]  # = SAMPLERS (tests/test_pipeline.py checks)
+# What the reference inference script fixes (reference_compat): its step counts per sampler and
+# its default negative prompt. (Its --seed default is 489; this project keeps its own default.)
+REFERENCE_STEPS = {"plms": 50, "ddim": 250}
+REFERENCE_NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
+                             "cropped, worst quality, low quality")
 
 
 @dataclass
@@ -42,14 +56,22 @@ class SamplingOptions:
     Field order is the order of the keys in the batch sidecars."""
     guidance_scale: float = option(7.5, "classifier-free guidance (1 = off)", check=lambda v: v >= 0, rule=">= 0")
     steps: int = option(50, "sampling steps", check=lambda v: v >= 1, rule=">= 1")
-    sampler: Literal["plms", "ddim"] = option("plms", "sampler")
+    sampler: Sampler = option("plms", "sampler: plms, ddim (LDM's), dpmpp_2m (DPM-Solver++ 2M), unipc, euler_a "
+                                      "(diffusers' schedulers)")
     scheduled_sampling: float = option(1.0, "beta: fusers on for the first int(beta*steps) steps, off after",
                                        check=lambda v: 0 <= v <= 1, rule="in [0, 1]",
                                        flags=("--scheduled-sampling",))
     negative_prompt: str = option("", "prompt of the unconditional branch")
     height: int = option(512, "image height in pixels", check=lambda v: v >= 1, rule=">= 1")
     width: int = option(512, "image width in pixels", check=lambda v: v >= 1, rule=">= 1")
-    eta: float = option(0.0, "DDIM eta (0: deterministic; PLMS needs 0)", check=lambda v: v >= 0, rule=">= 0")
+    eta: float = option(0.0, "DDIM eta (0: deterministic; only DDIM takes it)", check=lambda v: v >= 0, rule=">= 0")
+    scheduled_decay: float = option(0.0, "after the beta stage the fusers fade linearly to 0 over int(decay*steps) "
+                                         "steps (GLIGEN's alpha schedule [beta, decay, rest]); beta + decay <= 1",
+                                    check=lambda v: 0 <= v <= 1, rule="in [0, 1]", flags=("--scheduled-decay",))
+    karras_sigmas: bool = option(False, "Karras et al.'s sigma grid (dpmpp_2m and unipc only)")
+    reference_compat: bool = option(False, "reproduce the reference code's images: one global seed with noise drawn "
+                                           "record after record, LDM's timestep grid, PLMS 50 / DDIM 250 steps and "
+                                           "its negative prompt unless given, pixels truncated to uint8")
 
 
 def sampling_defaults(config) -> dict:
@@ -61,14 +83,54 @@ def sampling_defaults(config) -> dict:
 
 def resolve_sampling(defaults: dict, **given) -> SamplingOptions:
     """Call arguments (None = unset) over `defaults` (from sampling_defaults), checked against
-    the schema; the model's own limits are checked by InteractDiffusionPipeline.resolve_options."""
-    values = {**defaults, **{k: v for k, v in given.items() if v is not None}}
+    the schema; the model's own limits are checked by InteractDiffusionPipeline.resolve_options.
+    With reference_compat, unset steps and negative prompt take the reference script's values."""
+    given = {k: v for k, v in given.items() if v is not None}
+    values = {**defaults, **given}
+    if values.get("reference_compat"):
+        if "steps" not in given and values.get("sampler") in REFERENCE_STEPS:
+            values["steps"] = REFERENCE_STEPS[values["sampler"]]
+        if "negative_prompt" not in given:
+            values["negative_prompt"] = REFERENCE_NEGATIVE_PROMPT
     return OmegaConf.to_object(check_options(SamplingOptions, values, "sampling"))
 
 
-def fuser_scale(step_index: int, steps: int, beta: float) -> float:
-    """Scheduled sampling: 1 for the first int(beta * steps) steps, then 0."""
-    return 1.0 if step_index < int(beta * steps) else 0.0
+def make_sampler(schedule, options: SamplingOptions):
+    """The sampler object for these (checked) options; raises ValueError naming the option."""
+    grid = "reference" if options.reference_compat else "uniform"
+    if options.sampler == "plms":
+        return PLMSSampler(schedule, steps=options.steps, eta=options.eta, grid=grid)
+    if options.sampler == "ddim":
+        return DDIMSampler(schedule, steps=options.steps, eta=options.eta, grid=grid)
+    return SolverSampler(schedule, steps=options.steps, kind=options.sampler, karras_sigmas=options.karras_sigmas)
+
+
+def reference_noise(generator: torch.Generator, count: int, latent_shape, sampler) -> torch.Tensor:
+    """The starting noise of `count` images as the reference script draws it from its one global
+    generator: per record (batch size 1) the noise, then one draw of the same shape for every
+    DDIM update the sampler makes (its DDIM step draws noise even at eta 0, which is multiplied by
+    0): PLMS makes steps + 1 updates (its first step is a Heun step), DDIM steps. The draws are
+    made on the generator's device, as the reference draws on its model's device."""
+    updates = sampler.steps + (1 if isinstance(sampler, PLMSSampler) else 0)
+    shape, device = (1, *latent_shape), generator.device
+    noise = []
+    for _ in range(count):
+        noise.append(torch.randn(shape, generator=generator, device=device))
+        for _ in range(updates):
+            torch.randn(shape, generator=generator, device=device)
+    return torch.cat(noise)
+
+
+def fuser_scale(step_index: int, steps: int, beta: float, decay: float = 0.0) -> float:
+    """Scheduled sampling, GLIGEN's alpha schedule [beta, decay, rest]: 1 for the first
+    int(beta * steps) steps, then int(decay * steps) steps falling linearly from (L-1)/L to 0
+    (L that count, value k * (1/L) counted down as the reference computes it), then 0."""
+    on, fading = int(beta * steps), int(decay * steps)
+    if step_index < on:
+        return 1.0
+    if step_index < on + fading:
+        return (fading - 1 - (step_index - on)) * (1.0 / fading)
+    return 0.0
 
 
 class InteractDiffusionPipeline:
@@ -136,8 +198,19 @@ class InteractDiffusionPipeline:
         timesteps = self.model.diffusion.betas.shape[0]
         if options.steps > timesteps:
             raise ValueError(f"steps = {options.steps!r}: must be an integer in [1, {timesteps}]")
-        if options.sampler == "plms" and options.eta != 0:
-            raise ValueError(f"eta = {options.eta!r}: PLMS is deterministic (eta 0); use sampler='ddim' for eta > 0")
+        if options.sampler != "ddim" and options.eta != 0:
+            raise ValueError(f"eta = {options.eta!r}: only sampler 'ddim' takes eta (sampler {options.sampler!r})")
+        if options.karras_sigmas and (options.sampler in ("plms", "ddim") or not takes_karras_sigmas(options.sampler)):
+            raise ValueError(f"karras_sigmas = True: sampler {options.sampler!r} does not take Karras sigmas "
+                             f"(dpmpp_2m and unipc do)")
+        if options.scheduled_sampling + options.scheduled_decay > 1 + 1e-9:
+            raise ValueError(f"scheduled_decay = {options.scheduled_decay!r}: scheduled_sampling + scheduled_decay "
+                             f"= {options.scheduled_sampling + options.scheduled_decay:g} exceeds 1")
+        if options.reference_compat:
+            if options.sampler not in REFERENCE_STEPS:
+                raise ValueError(f"sampler = {options.sampler!r}: reference_compat reproduces the reference code, "
+                                 f"which samples with {' or '.join(REFERENCE_STEPS)} only")
+            make_sampler(self.model.diffusion, options)  # the reference grid may be impossible for these steps
         self._latent_shape(options.height, options.width)
 
     @staticmethod
@@ -163,13 +236,14 @@ class InteractDiffusionPipeline:
         return prompts, interactions, list(negative), seeds
 
     # ------------------------------------------------------------------ generation
-    def resolve_options(self, guidance_scale=None, steps=None, sampler=None, scheduled_sampling=None,
-                        negative_prompt=None, height=None, width=None, eta=None) -> SamplingOptions:
-        """Unset (None) options from the config's `sampling` section, then SamplingOptions'
-        defaults; checked against the schema and this model. Raises ValueError naming the option."""
-        options = resolve_sampling(self.sampling_defaults, guidance_scale=guidance_scale, steps=steps,
-                                   sampler=sampler, scheduled_sampling=scheduled_sampling,
-                                   negative_prompt=negative_prompt, height=height, width=width, eta=eta)
+    def resolve_options(self, **given) -> SamplingOptions:
+        """SamplingOptions' fields as keywords; unset (None) ones from the config's `sampling`
+        section, then SamplingOptions' defaults; checked against the schema and this model.
+        Raises ValueError naming the option."""
+        unknown = set(given) - {f.name for f in dataclasses.fields(SamplingOptions)}
+        if unknown:
+            raise TypeError(f"unknown sampling option(s) {sorted(unknown)}")
+        options = resolve_sampling(self.sampling_defaults, **given)
         self._check_options(options)
         return options
 
@@ -180,49 +254,68 @@ class InteractDiffusionPipeline:
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str], interactions=None, negative_prompt=None,
                  guidance_scale=None, steps=None, sampler=None, scheduled_sampling=None, height=None,
-                 width=None, seed: int | Sequence[int] = 0, eta: float | None = None, progress: bool = True,
-                 output_type: str = "pil"):
+                 width=None, seed: int | Sequence[int] = 0, eta: float | None = None, scheduled_decay=None,
+                 karras_sigmas=None, reference_compat=None, generator: torch.Generator | None = None,
+                 progress: bool = True, output_type: str = "pil"):
         """Returns a list of PIL images (output_type "pil") or a [B,3,H,W] tensor in [0,1] ("pt").
         `interactions`: a list of Interaction for a single prompt (or for every prompt), or one
         list per prompt (counts may differ). Image i uses seed + i (or seed[i]), so an image does
-        not depend on what else is in the batch (except DDIM with eta > 0, whose per-step noise
-        is drawn for the whole batch from the first seed). Unset options come from the config."""
+        not depend on what else is in the batch (except with a stochastic sampler, DDIM with
+        eta > 0 or euler_a, whose per-step noise is drawn for the whole batch from the first
+        seed). Unset options come from the config.
+        With reference_compat the images' noise comes from one generator, record after record as
+        the reference script draws it (see reference_noise): `generator` carries it across calls
+        (a batch run makes one); without one, a generator on this pipeline's device seeded with
+        the first seed."""
         if output_type not in ("pil", "pt"):
             raise ValueError(f"output_type = {output_type!r}: must be 'pil' or 'pt'")
-        o = self.check_call_options(guidance_scale=guidance_scale, steps=steps, sampler=sampler,
-                                    scheduled_sampling=scheduled_sampling, negative_prompt=negative_prompt,
-                                    height=height, width=width, eta=eta)
-        guidance_scale, steps, beta = o["guidance_scale"], o["steps"], o["scheduled_sampling"]
-        latent_shape = self._latent_shape(o["height"], o["width"])
+        o = self.resolve_options(guidance_scale=guidance_scale, steps=steps, sampler=sampler,
+                                 scheduled_sampling=scheduled_sampling, negative_prompt=negative_prompt,
+                                 height=height, width=width, eta=eta, scheduled_decay=scheduled_decay,
+                                 karras_sigmas=karras_sigmas, reference_compat=reference_compat)
+        latent_shape = self._latent_shape(o.height, o.width)
         model = self.model
-        prompts, batch, negatives, seeds = self._batch(prompt, interactions, o["negative_prompt"], seed,
+        prompts, batch, negatives, seeds = self._batch(prompt, interactions, o.negative_prompt, seed,
                                                        model.interaction_tokenizer.max_interactions)
         cond = model.condition(prompts, batch)
-        use_cfg = guidance_scale != 1.0
+        use_cfg = o.guidance_scale != 1.0
         if use_cfg:  # one forward for both branches; the unconditional one: the negative prompt, no controls
             cond = Cond.cat([cond, model.condition(negatives).null()])
-        noise = torch.stack([torch.randn(latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        sampler_obj = make_sampler(model.diffusion, o)
+        # The sampler's own step count: the reference grid may have more steps than asked for.
+        fuser_scales = [fuser_scale(i, sampler_obj.steps, o.scheduled_sampling, o.scheduled_decay)
+                        for i in range(sampler_obj.steps)]
 
         def eps_fn(x, t, step_index):
-            scale = fuser_scale(step_index, steps, beta)
+            scale = fuser_scales[step_index]
             if not use_cfg:
                 out = model.denoise(x, t, cond, scale)
             else:
                 out_cond, out_uncond = model.denoise(torch.cat([x, x]), torch.cat([t, t]), cond, scale).chunk(2)
-                out = out_uncond + guidance_scale * (out_cond - out_uncond)
+                out = out_uncond + o.guidance_scale * (out_cond - out_uncond)
             # Guidance is linear, and so is the v -> eps map for a fixed x: it may come after.
             return model.diffusion.to_eps(x, t, out)
 
-        sampler_obj = SAMPLERS[o["sampler"]](model.diffusion, steps=steps, eta=o["eta"])
-        generator = torch.Generator().manual_seed(seeds[0])
+        if o.reference_compat:
+            generator = generator or torch.Generator(self.device).manual_seed(seeds[0])
+            noise = reference_noise(generator, len(prompts), latent_shape, sampler_obj)
+        else:
+            noise = torch.stack([torch.randn(latent_shape, generator=torch.Generator().manual_seed(s))
+                                 for s in seeds])
+            generator = torch.Generator().manual_seed(seeds[0])
         latents = sampler_obj.sample(eps_fn, noise.to(self.device, self.dtype), generator=generator,
                                      progress=progress)
         images = model.decode_latents(latents).float().cpu()
-        return images if output_type == "pt" else [to_pil(img) for img in images]
+        if output_type == "pt":
+            return images
+        return [to_pil(img, truncate=o.reference_compat) for img in images]
 
 
-def to_pil(image: torch.Tensor) -> Image.Image:
-    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+def to_pil(image: torch.Tensor, truncate: bool = False) -> Image.Image:
+    """[3,H,W] in [0,1] -> RGB. Rounded to the nearest level; `truncate`: floored, as the
+    reference script's uint8 cast does."""
+    scaled = image.clamp(0, 1) * 255
+    array = (scaled.floor() if truncate else scaled.round()).to(torch.uint8).permute(1, 2, 0).numpy()
     return Image.fromarray(array)
 
 

@@ -75,6 +75,22 @@ def test_batch_size_and_seed_reproducibility(tmp_path):
     assert np.abs(pixels(tmp_path / "a/00000.png").astype(int) - pixels(tmp_path / "a/00001.png")).max() > 0
 
 
+def test_reference_compat_draws_every_record_from_one_generator(tmp_path):
+    """--reference_compat: the run's seed seeds one generator and records draw from it in turn, so
+    batching does not matter but record 1's image is not the one it gets alone with seed + 1."""
+    layouts = write_json(tmp_path / "l.json", [record(), record("two", n=2)])
+    for folder, size in (("a", "1"), ("b", "2")):
+        assert run(["--input", layouts, "--folder", tmp_path / folder, "--batch_size", size, "--reference_compat",
+                    *FAST]) == 0
+    for i in range(2):
+        a, b = pixels(tmp_path / "a" / f"{i:05d}.png"), pixels(tmp_path / "b" / f"{i:05d}.png")
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    assert run(["--input", layouts, "--folder", tmp_path / "c", *FAST]) == 0
+    assert np.abs(pixels(tmp_path / "a/00001.png").astype(int) - pixels(tmp_path / "c/00001.png")).max() > 0
+    sidecar = json.loads((tmp_path / "a/00001.json").read_text())
+    assert sidecar["reference_compat"] is True and sidecar["seed"] == 0
+
+
 def test_existing_outputs_are_never_lost(tmp_path):
     layouts = write_json(tmp_path / "l.json", [record(), record()])
     out = tmp_path / "out"
@@ -115,6 +131,9 @@ def test_bad_records_fail_before_model_work(tmp_path, capsys, bad, message):
     (["--steps", "0"], "steps"), (["--guidance_scale", "-2"], "guidance_scale"),
     (["--scheduled-sampling", "2"], "scheduled_sampling"), (["--height", "33"], "height"),
     (["--ckpt", "missing.pth"], "missing.pth"),
+    (["--sampler", "dpm"], "--sampler = 'dpm'"),
+    (["--sampler", "ddim", "--karras_sigmas"], "karras_sigmas = True: sampler 'ddim' does not take Karras sigmas"),
+    (["--sampler", "unipc", "--reference_compat"], "sampler = 'unipc': reference_compat"),
 ])
 def test_bad_options(tmp_path, capsys, argv, message):
     layouts = write_json(tmp_path / "l.json", [record()])
@@ -350,7 +369,8 @@ def test_config_sampling_section_is_checked(tmp_path, capsys, no_model):
     layouts = write_json(tmp_path / "l.json", [record()])
     assert run(["--input", layouts, "--folder", tmp_path / "out", "--config", bad, *FAST]) == 2
     assert error_line(capsys) == ("error: sampling.stepz: unknown option; known: eta, guidance_scale, height, "
-                                  "negative_prompt, sampler, scheduled_sampling, steps, width")
+                                  "karras_sigmas, negative_prompt, reference_compat, sampler, scheduled_decay, "
+                                  "scheduled_sampling, steps, width")
     bad.write_text(f"model_config: {TINY}\nsampling:\n  steps: '10'\n")
     assert run(["--input", layouts, "--folder", tmp_path / "out", "--config", bad, *FAST]) == 2
     assert error_line(capsys) == "error: sampling.steps = '10': expected int"

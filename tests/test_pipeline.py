@@ -191,8 +191,8 @@ def test_schema_samplers_are_the_pipeline_samplers():
 
 
 @pytest.mark.parametrize("section, message", [
-    ({"stepz": 10}, ("sampling.stepz: unknown option; known: eta, guidance_scale, height, negative_prompt, "
-                     "sampler, scheduled_sampling, steps, width")),
+    ({"stepz": 10}, ("sampling.stepz: unknown option; known: eta, guidance_scale, height, karras_sigmas, "
+                     "negative_prompt, reference_compat, sampler, scheduled_decay, scheduled_sampling, steps, width")),
     ({"steps": "10"}, "sampling.steps = '10': expected int"),
     ({"guidance_scale": "high"}, "sampling.guidance_scale = 'high': expected float"),
     ({"scheduled_sampling": 2.0}, "sampling.scheduled_sampling = 2.0: out of range (must be in [0, 1])"),
@@ -209,7 +209,7 @@ def test_config_sampling_section_is_checked_against_the_schema(section, message)
 def test_model_limits_of_the_options(pipe):
     with pytest.raises(ValueError, match=r"^steps = 1001: must be an integer in \[1, 1000\]$"):
         pipe.resolve_options(steps=1001)
-    with pytest.raises(ValueError, match=r"^eta = 0.5: PLMS is deterministic"):
+    with pytest.raises(ValueError, match=r"^eta = 0.5: only sampler .ddim. takes eta \(sampler .plms.\)$"):
         pipe.resolve_options(sampler="plms", eta=0.5)
     with pytest.raises(ValueError, match=r"^sampling.eta = -1.0: out of range \(must be >= 0\)$"):
         pipe.resolve_options(sampler="ddim", eta=-1.0)
@@ -307,3 +307,104 @@ def test_denoise_is_the_tokenizer_then_the_unet(pipe):
         want = model.unet(x, t, cond.context, tokens, scale)
         assert torch.equal(model.denoise(x, t, cond, scale), want)
     assert (model.denoise(x, t, cond) - model.denoise(x, t, cond.null())).abs().max() > 1e-4
+
+
+# --------------------------------------------------------------------------- samplers, fuser schedule, reference_compat
+
+
+def _gligen_alpha_schedule(length, beta, decay):
+    """GLIGEN's alpha generator, written out: [1] * int(beta L), then a linear decay of int(decay L)
+    values numpy.arange(0, 1, 1/L1) reversed, then zeros."""
+    import numpy as np
+    on, fading = int(beta * length), int(decay * length)
+    falling = list(np.arange(0, 1, 1 / fading)[::-1]) if fading else []
+    return [1.0] * on + [float(v) for v in falling] + [0.0] * (length - on - fading)
+
+
+@pytest.mark.parametrize("length, beta, decay", [(50, 0.3, 0.0), (50, 0.3, 0.4), (50, 0.0, 1.0), (20, 0.5, 0.25),
+                                                 (7, 0.2, 0.5)])
+def test_fuser_scale_with_decay_is_gligens_alpha_schedule(length, beta, decay):
+    assert [fuser_scale(i, length, beta, decay) for i in range(length)] == _gligen_alpha_schedule(length, beta, decay)
+
+
+def _spy_fuser_scales(pipe, **options):
+    """The fuser scale the UNet gets at each forward."""
+    unet, original, scales = pipe.model.unet, pipe.model.unet.forward, []
+
+    def spy(*args, **kwargs):
+        scales.append(args[4] if len(args) > 4 else kwargs.get("fuser_scale", 1.0))
+        return original(*args, **kwargs)
+    unet.forward = spy
+    try:
+        out = pipe("p", [person_touching_cat()], seed=0, **{**FAST, **options})
+    finally:
+        unet.forward = original
+    return out, scales
+
+
+@pytest.mark.parametrize("sampler", ["plms", "ddim", "dpmpp_2m", "unipc", "euler_a"])
+def test_every_sampler_runs_the_fuser_schedule_by_step_index(pipe, sampler):
+    out, scales = _spy_fuser_scales(pipe, sampler=sampler, steps=8, scheduled_sampling=0.5, scheduled_decay=0.25)
+    expected = [fuser_scale(i, 8, 0.5, 0.25) for i in range(8)]  # 1, 1, 1, 1, 0.5, 0, 0, 0
+    if sampler == "plms":
+        expected = expected[:1] + expected  # its first (Heun) step calls the model twice at step 0
+    assert scales == expected
+    assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
+
+
+def test_reference_noise_is_the_reference_scripts_rng_sequence():
+    """The reference seeds the global generator once; per record it draws the noise, then one
+    randn_like per DDIM update (PLMS: steps + 1). Simulated here with the global generator."""
+    from interact.pipeline import reference_noise
+    from ldm.models.diffusion.ddim import DDIMSampler
+    from ldm.models.diffusion.plms import PLMSSampler
+    from ldm.models.diffusion.schedule import NoiseSchedule
+    shape = (4, 8, 8)
+    for sampler, updates in ((PLMSSampler(NoiseSchedule(), 5), 6), (DDIMSampler(NoiseSchedule(), 5), 5)):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(489)
+            expected = []
+            for _ in range(3):
+                x = torch.randn(1, *shape)
+                expected.append(x)
+                for _ in range(updates):
+                    torch.randn_like(x)
+        got = reference_noise(torch.Generator().manual_seed(489), 3, shape, sampler)
+        assert torch.equal(got, torch.cat(expected))
+
+
+def test_reference_compat_defaults_seeding_and_pixels(pipe):
+    from interact.pipeline import REFERENCE_NEGATIVE_PROMPT
+    o = pipe.resolve_options(reference_compat=True)
+    assert (o.steps, o.negative_prompt) == (50, REFERENCE_NEGATIVE_PROMPT)
+    assert pipe.resolve_options(reference_compat=True, sampler="ddim").steps == 250
+    assert pipe.resolve_options(reference_compat=True, steps=7, negative_prompt="x").steps == 7
+    ref = dict(FAST, reference_compat=True, steps=4)
+    both = pipe(["a person touching a cat", "a cat"], [[person_touching_cat()], []], seed=3, **ref)
+    gen = torch.Generator().manual_seed(3)
+    first = pipe("a person touching a cat", [person_touching_cat()], generator=gen, **ref)
+    second = pipe("a cat", [], generator=gen, **ref)  # the generator carries on where the first call left it
+    torch.testing.assert_close(torch.cat([first, second]), both, atol=1e-5, rtol=0)
+    plain = pipe(["a person touching a cat", "a cat"], [[person_touching_cat()], []], seed=3, **dict(FAST, steps=4))
+    assert (plain[1] - both[1]).abs().max() > 1e-3  # without it image i has its own seed
+    pil = pipe("a cat", [], seed=3, **{**ref, "output_type": "pil"})[0]
+    import numpy as np
+    floor = (pipe("a cat", [], seed=3, **ref)[0].clamp(0, 1) * 255).floor().to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.array_equal(np.asarray(pil), floor)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(sampler="plms", karras_sigmas=True), "karras_sigmas = True: sampler 'plms' does not take Karras sigmas"),
+    (dict(sampler="euler_a", karras_sigmas=True), "karras_sigmas = True: sampler 'euler_a' does not take Karras"),
+    (dict(sampler="unipc", eta=0.5), "eta = 0.5: only sampler 'ddim' takes eta (sampler 'unipc')"),
+    (dict(sampler="dpmpp_2m", reference_compat=True), "sampler = 'dpmpp_2m': reference_compat reproduces the "
+                                                      "reference code, which samples with plms or ddim only"),
+    (dict(reference_compat=True, steps=3), "steps = 3: the reference's grid"),
+    (dict(scheduled_sampling=0.8, scheduled_decay=0.3), "scheduled_decay = 0.3: scheduled_sampling + "
+                                                        "scheduled_decay = 1.1 exceeds 1"),
+    (dict(sampler="dpm++"), "sampling.sampler = 'dpm++'"),
+])
+def test_sampler_options_a_sampler_does_not_support_are_one_line(pipe, options, message):
+    with pytest.raises(ValueError) as err:
+        pipe.resolve_options(**options)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)

@@ -352,3 +352,96 @@ def test_v_parameterization_round_trip_and_closed_form():
     assert eps_sched.training_target(x0, t, noise) is noise and eps_sched.to_eps(x_t, t, v) is v
     with pytest.raises(ValueError, match="parameterization"):
         NoiseSchedule(parameterization="x0")
+
+
+# ---------------------------------------------------------------- diffusers' solvers, reference grid
+
+from ldm.models.diffusion.ddim import make_reference_timesteps  # noqa: E402
+from ldm.models.diffusion.solvers import SOLVERS, SolverSampler  # noqa: E402
+
+
+def _gaussian_eps(sched, std):
+    """The exact noise prediction for data ~ N(0, std^2 I): E[eps | x_t] = x_t sqrt(1-a) / (a std^2 + 1 - a)."""
+    ac = sched.alphas_cumprod.double()
+
+    def eps_fn(x, t, i):
+        assert t.dtype == torch.long, "the model must be given integer timesteps"
+        a = ac[t].view(-1, 1, 1, 1).to(x.dtype)
+        return x * (1 - a).sqrt() / (a * std**2 + 1 - a)
+    return eps_fn
+
+
+@pytest.mark.parametrize("kind", list(SOLVERS))
+def test_solvers_land_exactly_on_a_point_mass(sched, kind):
+    """Data = the constant c: the exact eps makes every x0 prediction c, so every solver, stochastic
+    or not, must end on c. Fails if the adapter feeds the model the wrong input scale or timestep."""
+    c = 0.3
+    ac = sched.alphas_cumprod.double()
+
+    def eps_fn(x, t, i):
+        a = ac[t].view(-1, 1, 1, 1).to(x.dtype)
+        return (x - a.sqrt() * c) / (1 - a).sqrt()
+    x_T = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = SolverSampler(sched, 12, kind).sample(eps_fn, x_T, generator=torch.Generator().manual_seed(1),
+                                                progress=False)
+    # (diffusers keeps its sigmas in float32: 1e-5 is its round-off, not a method error)
+    torch.testing.assert_close(out, torch.full_like(out, c), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["dpmpp_2m", "unipc"])
+def test_solvers_follow_the_probability_flow_ode_of_gaussian_data(sched, kind):
+    """For data N(0, s^2) the probability-flow ODE has the closed form x_t = x_T sqrt(v_t / v_T),
+    v_t = a_t s^2 + 1 - a_t. At 20 steps the fast solvers must be within 1% of it at their last
+    point before the final denoising jump, and closer than DDIM with 50 steps."""
+    std = 0.5
+    eps_fn = _gaussian_eps(sched, std)
+    ac = sched.alphas_cumprod.double()
+    x_T = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def error(sampler):
+        states = {}
+        sampler.sample(eps_fn, x_T, progress=False, callback=lambda i, x: states.__setitem__(i, x))
+        t0, t_last = int(sampler.timesteps[0]), int(sampler.timesteps[-1])
+        exact = x_T * ((ac[t_last] * std**2 + 1 - ac[t_last]) / (ac[t0] * std**2 + 1 - ac[t0])).sqrt()
+        return float((states[sampler.steps - 2] - exact).abs().max() / exact.abs().max())
+
+    fast = error(SolverSampler(sched, 20, kind))
+    assert fast < 0.01
+    assert fast < error(DDIMSampler(sched, 50))
+
+
+def test_solver_timesteps_are_integers_from_the_noisiest(sched):
+    for kind in SOLVERS:
+        ts = SolverSampler(sched, 20, kind).timesteps
+        assert ts.dtype == torch.long and len(ts) == 20 and int(ts[0]) == 999
+        assert bool((ts[:-1] > ts[1:]).all())
+    karras = SolverSampler(sched, 20, "dpmpp_2m", karras_sigmas=True).timesteps
+    assert len(karras) == 20 and not torch.equal(karras, SolverSampler(sched, 20, "dpmpp_2m").timesteps)
+    with pytest.raises(ValueError, match="karras_sigmas: sampler 'euler_a' does not take Karras sigmas"):
+        SolverSampler(sched, 20, "euler_a", karras_sigmas=True)
+
+
+def test_euler_ancestral_draws_from_the_generator(sched):
+    eps_fn = _gaussian_eps(sched, 0.5)
+    x_T = torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(0))
+    sampler = SolverSampler(sched, 8, "euler_a")
+    run = [sampler.sample(eps_fn, x_T, generator=torch.Generator().manual_seed(s), progress=False) for s in (1, 1, 2)]
+    assert torch.equal(run[0], run[1]) and not torch.allclose(run[0], run[2])
+
+
+@pytest.mark.parametrize("steps", [50, 250, 30, 7])
+def test_reference_grid_is_ldms_formula(steps):
+    c = 1000 // steps
+    expected = [t + 1 for t in range(0, 1000, c)]  # LDM's make_ddim_timesteps("uniform"), written out
+    grid = make_reference_timesteps(1000, steps)
+    assert grid.tolist() == expected
+    sampler = PLMSSampler(NoiseSchedule(), steps, grid="reference")
+    assert sampler.steps == len(expected) and sampler.timesteps.tolist() == expected[::-1]
+    if 1000 % steps == 0:
+        assert torch.equal(grid, make_uniform_timesteps(1000, steps))
+
+
+def test_reference_grid_refuses_what_the_reference_cannot_sample():
+    # 3 steps: arange(0, 1000, 333) + 1 = 1, 334, 667, 1000 -> past the schedule
+    with pytest.raises(ValueError, match=r"^steps = 3: the reference's grid .* reaches timestep 1000"):
+        make_reference_timesteps(1000, 3)

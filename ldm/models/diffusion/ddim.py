@@ -44,6 +44,23 @@ def make_uniform_timesteps(num_train_timesteps: int, steps: int) -> Tensor:
     return (i * num_train_timesteps) // steps + offset
 
 
+def make_reference_timesteps(num_train_timesteps: int, steps: int) -> Tensor:
+    """LDM's own "uniform" grid, as the reference code samples: arange(0, T, T // steps) + 1,
+    ascending. When `steps` does not divide T this has more than `steps` entries (30 of 1000:
+    c = 33, 31 steps, 1 ... 991); a grid whose +1 reaches T would index past the schedule, which
+    the reference crashes on, so it is refused here."""
+    _check_steps(steps, num_train_timesteps)
+    grid = torch.arange(0, num_train_timesteps, num_train_timesteps // steps, dtype=torch.long) + 1
+    if int(grid[-1]) >= num_train_timesteps:
+        raise ValueError(f"steps = {steps}: the reference's grid arange(0, {num_train_timesteps}, "
+                         f"{num_train_timesteps // steps}) + 1 reaches timestep {int(grid[-1])}, past the "
+                         f"schedule (the reference code fails there too); choose another step count")
+    return grid
+
+
+GRIDS = {"uniform": make_uniform_timesteps, "reference": make_reference_timesteps}
+
+
 def _check_steps(steps, num_train_timesteps: int) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int):
         raise ValueError(f"steps must be an int, got {steps!r}")
@@ -59,22 +76,25 @@ class SamplerBase:
     Per-step tensors (``timesteps``, ``alphas``, ``alphas_prev``, ``sigmas``)
     are in sampling order: index i is step_index i. The alphas are float64 on
     the CPU, taken from the schedule's float32 ``alphas_cumprod``, the way LDM
-    takes them from the model's buffer.
+    takes them from the model's buffer. ``grid``: "uniform" (exactly ``steps``
+    steps) or "reference" (LDM's formula as the reference code uses it; ``self.steps``
+    is then the grid's length, which may exceed the ``steps`` asked for).
     """
 
     name = "sampler"
 
-    def __init__(self, schedule: NoiseSchedule, steps: int = 50, eta: float = 0.0):
+    def __init__(self, schedule: NoiseSchedule, steps: int = 50, eta: float = 0.0, grid: str = "uniform"):
         eta = float(eta)
         if not math.isfinite(eta) or eta < 0:
             raise ValueError(f"eta must be a finite number >= 0, got eta={eta}")
+        if grid not in GRIDS:
+            raise ValueError(f"grid = {grid!r}: must be one of {tuple(GRIDS)}")
         T = int(schedule.alphas_cumprod.shape[0])
-        _check_steps(steps, T)
+        ts = GRIDS[grid](T, steps)
         self.schedule = schedule
-        self.steps = steps
+        self.steps = len(ts)
         self.eta = eta
 
-        ts = make_uniform_timesteps(T, steps)
         ac = schedule.alphas_cumprod.detach().to("cpu", torch.float64)
         a = ac[ts]
         # The last step lands on alphas_cumprod[0] (t = 0), not on clean data.

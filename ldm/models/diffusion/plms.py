@@ -30,10 +30,10 @@ def _multistep_eps(e_t: Tensor, old: List[Tensor]) -> Tensor:
 class PLMSSampler(SamplerBase):
     name = "PLMS"
 
-    def __init__(self, schedule: NoiseSchedule, steps: int = 50, eta: float = 0.0):
+    def __init__(self, schedule: NoiseSchedule, steps: int = 50, eta: float = 0.0, grid: str = "uniform"):
         if float(eta) != 0.0:
             raise ValueError(f"PLMSSampler is deterministic and needs eta=0, got eta={eta}")
-        super().__init__(schedule, steps, 0.0)
+        super().__init__(schedule, steps, 0.0, grid)
 
     def sample(
         self,
