@@ -131,7 +131,6 @@ def test_bad_records_fail_before_model_work(tmp_path, capsys, bad, message):
     (["--steps", "0"], "steps"), (["--guidance_scale", "-2"], "guidance_scale"),
     (["--scheduled-sampling", "2"], "scheduled_sampling"), (["--height", "33"], "height"),
     (["--ckpt", "missing.pth"], "missing.pth"),
-    (["--sampler", "dpm"], "--sampler = 'dpm'"),
     (["--sampler", "ddim", "--karras_sigmas"], "karras_sigmas = True: sampler 'ddim' does not take Karras sigmas"),
     (["--sampler", "unipc", "--reference_compat"], "sampler = 'unipc': reference_compat"),
 ])
