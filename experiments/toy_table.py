@@ -45,12 +45,17 @@ class ToyRow:
     config: str
     grounded: bool  # whether the row is given the layout's boxes
     seeds: int = 1  # training runs with train.seed 0 .. seeds-1
+    # A row of sampling variants: a fixed checkpoint instead of training (repository-relative), and
+    # the pipeline's call options that differ from the config's (sampler, steps, ...).
+    checkpoint: str = ""
+    sampling: tuple[tuple[str, object], ...] = ()
 
     def run_name(self, seed: int) -> str:
+        """Its training run's folder under runs/, and its images' and scores' folder in the table."""
         return f"toy_{self.key}" + ("" if seed == 0 else f"_seed{seed}")
 
 
-TOY_ROWS = (
+TRAINED_ROWS = (
     ToyRow("text_only", "text only", "configs/toy_text_only.yaml", False),
     ToyRow("boxes", "box only (GLIGEN-style tokens)", "configs/toy_boxes_only.yaml", True, seeds=2),
     ToyRow("interact", "InteractDiffusion", "configs/toy_hoi.yaml", True, seeds=2),
@@ -62,18 +67,37 @@ TOY_ROWS = (
     ToyRow("boxes_plain", "box only, plain fuser (the paper's)", "configs/toy_boxes_only_plain.yaml", True),
     ToyRow("interact_plain", "InteractDiffusion, plain fuser (the paper's)", "configs/toy_hoi_plain.yaml", True),
 )
+# Samplers, on one model: the embedded default (InteractDiffusion's recipe, seed 0, as shipped).
+EMBEDDED = "assets/toy_interactdiffusion.pth"
+SAMPLER_ROWS = tuple(
+    ToyRow(f"sampler_{key}", f"InteractDiffusion (embedded), {name}", "configs/toy_hoi.yaml", True,
+           checkpoint=EMBEDDED, sampling=sampling)
+    for key, name, sampling in (
+        ("plms25", "PLMS 25 steps (the table's)", (("sampler", "plms"), ("steps", 25))),
+        ("plms50", "PLMS 50 steps (the paper's)", (("sampler", "plms"), ("steps", 50))),
+        ("dpmpp20", "DPM-Solver++ 2M 20 steps", (("sampler", "dpmpp_2m"), ("steps", 20))),
+        ("dpmpp20k", "DPM-Solver++ 2M Karras 20 steps", (("sampler", "dpmpp_2m"), ("steps", 20),
+                                                         ("karras_sigmas", True))),
+        ("unipc20", "UniPC 20 steps", (("sampler", "unipc"), ("steps", 20))),
+        ("euler_a20", "Euler ancestral 20 steps", (("sampler", "euler_a"), ("steps", 20))),
+    ))
+TOY_ROWS = TRAINED_ROWS + SAMPLER_ROWS
 
 
 ROW_BY_KEY = {r.key: r for r in TOY_ROWS}
 ROW_NAMES = {r.key: r.name for r in TOY_ROWS}
 COMPARISONS = (("interact", "boxes"), ("interact", "text_only"), ("interact_plain", "boxes_plain"),
-               ("interact", "interact_plain"))
+               ("interact", "interact_plain"), ("sampler_dpmpp20", "sampler_plms50"),
+               ("sampler_dpmpp20k", "sampler_plms50"), ("sampler_unipc20", "sampler_plms50"),
+               ("sampler_plms25", "sampler_plms50"))
 
 
 def select_rows(keys: str | None) -> list[ToyRow]:
-    """`keys`: comma-separated row keys, or None for every row."""
+    """`keys`: comma-separated row keys, or None for every trained row (the paper's table and its
+    variants; the sampler rows are asked for by name, or all of them as "samplers")."""
     if not keys:
-        return list(TOY_ROWS)
+        return list(TRAINED_ROWS)
+    keys = keys.replace("samplers", ",".join(r.key for r in SAMPLER_ROWS))
     wanted = [k.strip() for k in keys.split(",") if k.strip()]
     unknown = [k for k in wanted if k not in ROW_BY_KEY]
     if unknown:
@@ -82,6 +106,11 @@ def select_rows(keys: str | None) -> list[ToyRow]:
 
 
 # ----------------------------------------------------------------------------- steps
+
+def sampling_tag(row: ToyRow) -> str:
+    """What, besides the checkpoint, the row's images come from (nothing for the config's own)."""
+    return f" sampling={dict(row.sampling)}" if row.sampling else ""
+
 
 def ensure_toy_data(root: Path, log=print) -> None:
     from dataset.toy.generate import generate, is_complete, world_mismatch
@@ -120,7 +149,7 @@ def generate_row(row: ToyRow, ckpt: Path, samples, out: Path, batch_size: int = 
     import shutil
     from hoi.io import atomic_write, file_digest
     from interact.pipeline import InteractDiffusionPipeline
-    marker, digest = out.parent / "images_from.txt", file_digest(ckpt)
+    marker, digest = out.parent / "images_from.txt", file_digest(ckpt) + sampling_tag(row)
     if out.is_dir() and (not marker.is_file() or marker.read_text().strip() != digest):
         log(f"[table] {row.name}: {out} was generated from another checkpoint; generating it anew")
         shutil.rmtree(out)
@@ -131,13 +160,14 @@ def generate_row(row: ToyRow, ckpt: Path, samples, out: Path, batch_size: int = 
         return out, float("nan")
     pipe = InteractDiffusionPipeline.from_checkpoint(ckpt, config=REPO_ROOT / row.config, device=device)
     log(f"[table] {row.name}: generating {len(todo)} images into {out}")
+    sampling = dict(row.sampling)
     from tqdm import tqdm
     start = time.perf_counter()
     for first in tqdm(range(0, len(todo), batch_size), desc=row.name, unit="batch"):
         chunk = todo[first:first + batch_size]
         images = pipe([samples[i].caption for i in chunk],
                       [samples[i].interactions if row.grounded else [] for i in chunk],
-                      seed=[seed + i for i in chunk], progress=False)
+                      seed=[seed + i for i in chunk], progress=False, **sampling)
         for i, image in zip(chunk, images):
             atomic_write(out / Path(samples[i].key).name, lambda tmp, im=image: im.save(tmp, format="PNG"))
     return out, (time.perf_counter() - start) / len(todo)
@@ -220,13 +250,16 @@ def run_toy(rows: list[ToyRow] | None = None, n: int = 250, data_root="data/toy"
     for row in rows:
         for seed in range(row.seeds):
             run = runs / row.run_name(seed)
-            if not (run / "model_final.pth").is_file() and not train:
+            if row.checkpoint:
+                ckpt = REPO_ROOT / row.checkpoint
+            elif not (run / "model_final.pth").is_file() and not train:
                 log(f"[table] {row.name} (seed {seed}): not trained ({run}); skipped")
                 continue
-            ckpt = train_row(row, runs, data_root, seed, device, log)
+            else:
+                ckpt = train_row(row, runs, data_root, seed, device, log)
             folder, per_image = generate_row(row, ckpt, samples, out / row.run_name(seed) / "images", device=device,
                                              log=log)
-            key = f"{file_digest(ckpt)}:{detector_key}:n{n}"
+            key = f"{file_digest(ckpt)}{sampling_tag(row)}:{detector_key}:n{n}"
             scores = score_run(folder, gt, categories, detector, role_types, extractor, real_images, draws, key, log)
             extra = {}
             if "pair_verbs" not in scores:
@@ -234,7 +267,7 @@ def run_toy(rows: list[ToyRow] | None = None, n: int = 250, data_root="data/toy"
                 extra["pair_verbs"] = pair_verb_accuracy(gt, detections)
             if not math.isnan(per_image):
                 extra["seconds_per_image"] = per_image
-            if row.grounded:
+            if row.grounded and not row.checkpoint:  # (a model's layout gain does not depend on the sampler)
                 extra["layout_gain"] = layout_gains(row, ckpt, gain_samples, groups, device)["all"]
             if extra:
                 scores.update(extra)

@@ -2,6 +2,7 @@
 
     python scripts/reproduce_table.py --world toy            # trains (or reuses) every row, then the table
     python scripts/reproduce_table.py --world toy --rows interact,boxes   # only these rows now (a part)
+    python scripts/reproduce_table.py --world toy --rows samplers   # the samplers, on the embedded model
     python scripts/reproduce_table.py --world hico --real HICO/images/test2015 --gt test_hico.json \\
         --train trainval_hico.json --weights pt_inception-2015-12-05-6726825d.pth \\
         --row "GLIGEN" gen/gligen dets/gligen.pkl --row "InteractDiffusion" gen/id dets/id.pkl --format fgahoi
@@ -20,7 +21,8 @@ def parse_args(argv=None):
     p.add_argument("--world", choices=("toy", "hico"), default="toy")
     toy = p.add_argument_group("toy world")
     toy.add_argument("--rows", default=None,
-                     help="comma-separated row keys to train, generate and score now (default: all); the table is "
+                     help="comma-separated row keys to train, generate and score now (default: every trained row; "
+                          "'samplers': the sampler rows on the embedded model); the table is "
                           "assembled from every row scored so far")
     toy.add_argument("--n", type=int, default=250, help="test layouts generated per row and seed")
     toy.add_argument("--bootstrap", type=int, default=200, help="bootstrap draws of the layouts for the intervals")
