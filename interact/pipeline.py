@@ -33,6 +33,7 @@ from hoi.device import resolve_device, resolve_dtype
 from hoi.schema import check_options, option
 from interact.checkpoint import CheckpointError, load_weights
 from interact.conditions import Cond
+from interact.multi_instance import instance_branches
 from hoi.records import ConditionError, Interaction, check_interactions
 from interact.model import SD_V1_CONFIG, InteractDiffusion, build_model, load_config, set_interaction_options
 from ldm.models.diffusion.ddim import DDIMSampler
@@ -69,6 +70,10 @@ class SamplingOptions:
                                          "steps (GLIGEN's alpha schedule [beta, decay, rest]); beta + decay <= 1",
                                     check=lambda v: 0 <= v <= 1, rule="in [0, 1]", flags=("--scheduled-decay",))
     karras_sigmas: bool = option(False, "Karras et al.'s sigma grid (dpmpp_2m and unipc only)")
+    multi_instance: float = option(0.0, "multi-instance sampler: for the first int(M*steps) steps each interaction "
+                                        "also runs alone (its own caption and grounding) and the branches are "
+                                        "averaged (InstanceDiffusion's; 0.36 as there; 0 = off)",
+                                   check=lambda v: 0 <= v <= 1, rule="in [0, 1]")
     reference_compat: bool = option(False, "reproduce the reference code's images: one global seed with noise drawn "
                                            "record after record, LDM's timestep grid, PLMS 50 / DDIM 250 steps and "
                                            "its negative prompt unless given, pixels truncated to uint8")
@@ -255,7 +260,8 @@ class InteractDiffusionPipeline:
     def __call__(self, prompt: str | Sequence[str], interactions=None, negative_prompt=None,
                  guidance_scale=None, steps=None, sampler=None, scheduled_sampling=None, height=None,
                  width=None, seed: int | Sequence[int] = 0, eta: float | None = None, scheduled_decay=None,
-                 karras_sigmas=None, reference_compat=None, generator: torch.Generator | None = None,
+                 karras_sigmas=None, multi_instance=None, reference_compat=None,
+                 generator: torch.Generator | None = None,
                  progress: bool = True, output_type: str = "pil"):
         """Returns a list of PIL images (output_type "pil") or a [B,3,H,W] tensor in [0,1] ("pt").
         `interactions`: a list of Interaction for a single prompt (or for every prompt), or one
@@ -272,27 +278,42 @@ class InteractDiffusionPipeline:
         o = self.resolve_options(guidance_scale=guidance_scale, steps=steps, sampler=sampler,
                                  scheduled_sampling=scheduled_sampling, negative_prompt=negative_prompt,
                                  height=height, width=width, eta=eta, scheduled_decay=scheduled_decay,
-                                 karras_sigmas=karras_sigmas, reference_compat=reference_compat)
+                                 karras_sigmas=karras_sigmas, multi_instance=multi_instance,
+                                 reference_compat=reference_compat)
         latent_shape = self._latent_shape(o.height, o.width)
         model = self.model
         prompts, batch, negatives, seeds = self._batch(prompt, interactions, o.negative_prompt, seed,
                                                        model.interaction_tokenizer.max_interactions)
-        cond = model.condition(prompts, batch)
         use_cfg = o.guidance_scale != 1.0
-        if use_cfg:  # one forward for both branches; the unconditional one: the negative prompt, no controls
-            cond = Cond.cat([cond, model.condition(negatives).null()])
+        # The unconditional branch of guidance: the negative prompt, no controls.
+        uncond = model.condition(negatives).null() if use_cfg else None
+        full = model.condition(prompts, batch)
         sampler_obj = make_sampler(model.diffusion, o)
-        # The sampler's own step count: the reference grid may have more steps than asked for.
-        fuser_scales = [fuser_scale(i, sampler_obj.steps, o.scheduled_sampling, o.scheduled_decay)
-                        for i in range(sampler_obj.steps)]
+        steps = sampler_obj.steps  # the sampler's own count: the reference grid may have more steps than asked for
+        fuser_scales = [fuser_scale(i, steps, o.scheduled_sampling, o.scheduled_decay) for i in range(steps)]
+        branch_steps = int(o.multi_instance * steps)
+        branches = instance_branches(prompts, batch) if branch_steps else None
+        branch_cond = model.condition(branches.captions, branches.interactions) if branches else None
+
+        def guided(x, t, cond, scale, mix=None):
+            """The guided prediction for x [B] under `cond` (its rows, then B unconditional rows
+            with guidance); `mix` maps cond's conditional rows to x's (the instance branches)."""
+            x_cond, t_cond = (x, t) if mix is None else (mix.expand(x), mix.expand(t))
+            if not use_cfg:
+                out = model.denoise(x_cond, t_cond, cond, scale)
+                return out if mix is None else mix.mean(out)
+            out = model.denoise(torch.cat([x_cond, x]), torch.cat([t_cond, t]), Cond.cat([cond, uncond]), scale)
+            out_cond, out_uncond = out[:len(x_cond)], out[len(x_cond):]
+            if mix is not None:
+                out_cond = mix.mean(out_cond)  # guidance is linear: averaging before it is the same
+            return out_uncond + o.guidance_scale * (out_cond - out_uncond)
 
         def eps_fn(x, t, step_index):
             scale = fuser_scales[step_index]
-            if not use_cfg:
-                out = model.denoise(x, t, cond, scale)
+            if step_index < branch_steps:
+                out = guided(x, t, branch_cond, scale, branches)
             else:
-                out_cond, out_uncond = model.denoise(torch.cat([x, x]), torch.cat([t, t]), cond, scale).chunk(2)
-                out = out_uncond + o.guidance_scale * (out_cond - out_uncond)
+                out = guided(x, t, full, scale)
             # Guidance is linear, and so is the v -> eps map for a fixed x: it may come after.
             return model.diffusion.to_eps(x, t, out)
 

@@ -368,7 +368,8 @@ def test_config_sampling_section_is_checked(tmp_path, capsys, no_model):
     layouts = write_json(tmp_path / "l.json", [record()])
     assert run(["--input", layouts, "--folder", tmp_path / "out", "--config", bad, *FAST]) == 2
     assert error_line(capsys) == ("error: sampling.stepz: unknown option; known: eta, guidance_scale, height, "
-                                  "karras_sigmas, negative_prompt, reference_compat, sampler, scheduled_decay, "
+                                  "karras_sigmas, multi_instance, negative_prompt, reference_compat, sampler, "
+                                  "scheduled_decay, "
                                   "scheduled_sampling, steps, width")
     bad.write_text(f"model_config: {TINY}\nsampling:\n  steps: '10'\n")
     assert run(["--input", layouts, "--folder", tmp_path / "out", "--config", bad, *FAST]) == 2

@@ -15,7 +15,8 @@ from dataset.hico_names import OBJECT_NAMES, VERB_NAMES, phrase
 from dataset.hoi_dataset import HOIDataset, build_dataset, flip_decision
 from dataset.sample import HOIRecord, RawHOI
 from hoi.records import collate_samples
-from dataset.transforms import caption_from_triplets, ing_form, preprocess, transform_box
+from dataset.transforms import preprocess, transform_box
+from hoi.captions import caption_from_triplets, ing_form
 
 # ----------------------------------------------------------------------------- one scene, three formats
 

@@ -192,7 +192,7 @@ def test_schema_samplers_are_the_pipeline_samplers():
 
 @pytest.mark.parametrize("section, message", [
     ({"stepz": 10}, ("sampling.stepz: unknown option; known: eta, guidance_scale, height, karras_sigmas, "
-                     "negative_prompt, reference_compat, sampler, scheduled_decay, scheduled_sampling, steps, width")),
+                     "multi_instance, negative_prompt, reference_compat, sampler, scheduled_decay, scheduled_sampling, steps, width")),
     ({"steps": "10"}, "sampling.steps = '10': expected int"),
     ({"guidance_scale": "high"}, "sampling.guidance_scale = 'high': expected float"),
     ({"scheduled_sampling": 2.0}, "sampling.scheduled_sampling = 2.0: out of range (must be in [0, 1])"),
@@ -408,3 +408,73 @@ def test_sampler_options_a_sampler_does_not_support_are_one_line(pipe, options, 
     with pytest.raises(ValueError) as err:
         pipe.resolve_options(**options)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- multi-instance sampler
+
+
+def test_instance_branches_expand_and_mean_against_a_loop():
+    from interact.multi_instance import instance_branches
+    a = Interaction("person", "touch", "cat", (0.05, 0.1, 0.5, 0.9), (0.55, 0.5, 0.95, 0.95))
+    b = Interaction("dog", "chase", "ball", (0.1, 0.5, 0.4, 0.9), (0.6, 0.7, 0.7, 0.8))
+    branches = instance_branches(["p0", "p1", "p2"], [[a, b], [], [b]])
+    assert branches.captions == ["p0", "a person touching a cat", "a dog chasing a ball", "p1", "p2",
+                                 "a dog chasing a ball"]
+    assert branches.interactions == [[a, b], [a], [b], [], [b], [b]]
+    assert branches.owner.tolist() == [0, 0, 0, 1, 2, 2]
+    values = torch.randn(6, 2, 3)
+    expected = torch.stack([values[0:3].mean(0), values[3], values[4:6].mean(0)])
+    torch.testing.assert_close(branches.mean(values), expected)
+    x = torch.randn(3, 5)
+    assert torch.equal(branches.expand(x), x[[0, 0, 0, 1, 2, 2]])
+
+
+def test_multi_instance_is_latent_averaging_over_branches(pipe):
+    """A slow reference: DDIM where every branch (full condition, then each interaction alone with
+    its own caption) takes its own guided step from the shared latent and the latents are averaged,
+    for every step (M = 1)."""
+    from hoi.captions import caption_from_triplets
+    from interact.conditions import Cond
+    from ldm.models.diffusion.ddim import DDIMSampler
+    two = [person_touching_cat(), Interaction("person", "holding", "cup", (0.1, 0.1, 0.4, 0.6), (0.3, 0.3, 0.4, 0.4))]
+    prompt, g, steps = "a person touching a cat and holding a cup", 3.0, 3
+    got = pipe(prompt, two, seed=2, sampler="ddim", guidance_scale=g, multi_instance=1.0,
+               **{**FAST, "steps": steps})
+    model = pipe.model
+    conds = [model.condition([prompt], [two])] + [model.condition([caption_from_triplets([it])], [[it]]) for it in two]
+    uncond = model.condition([""]).null()
+    sampler = DDIMSampler(model.diffusion, steps=steps)
+    x = torch.randn(pipe._latent_shape(32, 32), generator=torch.Generator().manual_seed(2))[None]
+    for i in range(steps):
+        t = sampler._t_batch(i, x)
+        stepped = []
+        for cond in conds:
+            out_c, out_u = model.denoise(torch.cat([x, x]), torch.cat([t, t]), Cond.cat([cond, uncond]), 1.0).chunk(2)
+            eps = model.diffusion.to_eps(x, t, out_u + g * (out_c - out_u))
+            stepped.append(sampler._update(x, eps, i)[0])
+        x = torch.stack(stepped).mean(0)
+    expected = model.decode_latents(x)
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
+
+
+def test_multi_instance_runs_branches_for_its_share_of_steps_only(pipe):
+    two = [person_touching_cat(), person_touching_cat(shift=0.2)]
+    unet, original, rows = pipe.model.unet, pipe.model.unet.forward, []
+
+    def spy(x, *args, **kwargs):
+        rows.append(x.shape[0])
+        return original(x, *args, **kwargs)
+    unet.forward = spy
+    try:
+        pipe(["p", "q"], [two, []], seed=0, sampler="ddim", multi_instance=0.5, **{**FAST, "steps": 4})
+    finally:
+        unet.forward = original
+    # int(0.5 * 4) = 2 steps of 4 branches (p, its two interactions, q) + 2 unconditional rows, then 2 + 2
+    assert rows == [6, 6, 4, 4]
+
+
+def test_multi_instance_leaves_an_image_without_interactions_alone(pipe):
+    alone = pipe("a cat", [], seed=4, **FAST)
+    torch.testing.assert_close(pipe("a cat", [], seed=4, multi_instance=0.36, **FAST), alone, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"^sampling.multi_instance = 1.5: out of range \(must be in \[0, 1\]\)$"):
+        pipe("a cat", [], multi_instance=1.5, **FAST)

@@ -158,7 +158,7 @@ def layout_record(ann: dict, source: str) -> dict:
     """A rendered scene's annotations as a layout record of inference_batch.py (normalised boxes,
     the caption the training data would give it)."""
     from dataset.sample import RawHOI
-    from dataset.transforms import caption_from_triplets
+    from hoi.captions import caption_from_triplets
     w, h = ann["width"], ann["height"]
     boxes = [[round(b["bbox"][0] / w, 4), round(b["bbox"][1] / h, 4), round(b["bbox"][2] / w, 4),
               round(b["bbox"][3] / h, 4)] for b in ann["annotations"]]
