@@ -49,6 +49,8 @@ class ToyRow:
     # the pipeline's call options that differ from the config's (sampler, steps, ...).
     checkpoint: str = ""
     sampling: tuple[tuple[str, object], ...] = ()
+    # Scored on the first n test layouts with at least this many interactions (0: the first n).
+    min_interactions: int = 0
 
     def run_name(self, seed: int) -> str:
         """Its training run's folder under runs/, and its images' and scores' folder in the table."""
@@ -81,7 +83,19 @@ SAMPLER_ROWS = tuple(
         ("unipc20", "UniPC 20 steps", (("sampler", "unipc"), ("steps", 20))),
         ("euler_a20", "Euler ancestral 20 steps", (("sampler", "euler_a"), ("steps", 20))),
     ))
-TOY_ROWS = TRAINED_ROWS + SAMPLER_ROWS
+# Training-free controls on the same models (the multi-instance sampler; also on the layouts
+# with three interactions, the most the toy world draws, where it is meant to help).
+CONTROL_ROWS = (
+    ToyRow("mis", "InteractDiffusion (embedded) + multi-instance sampler 0.36", "configs/toy_hoi.yaml", True,
+           checkpoint=EMBEDDED, sampling=(("multi_instance", 0.36),)),
+    ToyRow("crowded", "InteractDiffusion (embedded), 3-interaction layouts", "configs/toy_hoi.yaml", True,
+           checkpoint=EMBEDDED, min_interactions=3),
+    ToyRow("crowded_mis", "InteractDiffusion (embedded) + multi-instance sampler 0.36, 3-interaction layouts",
+           "configs/toy_hoi.yaml", True, checkpoint=EMBEDDED, sampling=(("multi_instance", 0.36),),
+           min_interactions=3),
+)
+TOY_ROWS = TRAINED_ROWS + SAMPLER_ROWS + CONTROL_ROWS
+ROW_GROUPS = {"samplers": SAMPLER_ROWS, "controls": CONTROL_ROWS}
 
 
 ROW_BY_KEY = {r.key: r for r in TOY_ROWS}
@@ -89,15 +103,16 @@ ROW_NAMES = {r.key: r.name for r in TOY_ROWS}
 COMPARISONS = (("interact", "boxes"), ("interact", "text_only"), ("interact_plain", "boxes_plain"),
                ("interact", "interact_plain"), ("sampler_dpmpp20", "sampler_plms50"),
                ("sampler_dpmpp20k", "sampler_plms50"), ("sampler_unipc20", "sampler_plms50"),
-               ("sampler_plms25", "sampler_plms50"))
+               ("sampler_plms25", "sampler_plms50"), ("mis", "sampler_plms25"), ("crowded_mis", "crowded"))
 
 
 def select_rows(keys: str | None) -> list[ToyRow]:
     """`keys`: comma-separated row keys, or None for every trained row (the paper's table and its
-    variants; the sampler rows are asked for by name, or all of them as "samplers")."""
+    variants; the sampler and control rows are asked for by name, or a group as "samplers" or
+    "controls")."""
     if not keys:
         return list(TRAINED_ROWS)
-    keys = keys.replace("samplers", ",".join(r.key for r in SAMPLER_ROWS))
+    keys = ",".join(",".join(r.key for r in ROW_GROUPS[k]) if k in ROW_GROUPS else k for k in keys.split(","))
     wanted = [k.strip() for k in keys.split(",") if k.strip()]
     unknown = [k for k in wanted if k not in ROW_BY_KEY]
     if unknown:
@@ -243,11 +258,26 @@ def run_toy(rows: list[ToyRow] | None = None, n: int = 250, data_root="data/toy"
     detector, extractor = ToyHOIDetector.load(), load_toy_extractor()
     role_types = toy_role_types()
     groups = sample_groups(gain_samples, role_types)
-    real_images = torch.stack([((s.image + 1) * 127.5).round().clamp(0, 255).to(torch.uint8) for s in samples])
-    draws = bootstrap_indices(n, bootstrap)
     detector_key = file_digest(detector.path) if detector.path is not None else "prior"
 
+    def as_uint8(images):
+        return torch.stack([((s.image + 1) * 127.5).round().clamp(0, 255).to(torch.uint8) for s in images])
+
+    layout_sets = {0: (samples, gt, as_uint8(samples), bootstrap_indices(n, bootstrap))}
+
+    def layouts(min_interactions: int):
+        """(samples, ground truth, real images, bootstrap draws) of the first n test layouts with
+        at least `min_interactions` interactions."""
+        if min_interactions not in layout_sets:
+            pool = toy_test_layouts(REPO_ROOT / ROW_BY_KEY["interact"].config, data_root, len(by_name))
+            chosen = [s for s in pool if len(s.interactions) >= min_interactions][:n]
+            layout_sets[min_interactions] = (chosen, [by_name[Path(s.key).name] for s in chosen], as_uint8(chosen),
+                                             bootstrap_indices(len(chosen), bootstrap))
+        return layout_sets[min_interactions]
+
     for row in rows:
+        samples, gt, real_images, draws = layouts(row.min_interactions)
+        subset = f":min{row.min_interactions}" if row.min_interactions else ""
         for seed in range(row.seeds):
             run = runs / row.run_name(seed)
             if row.checkpoint:
@@ -259,7 +289,7 @@ def run_toy(rows: list[ToyRow] | None = None, n: int = 250, data_root="data/toy"
                 ckpt = train_row(row, runs, data_root, seed, device, log)
             folder, per_image = generate_row(row, ckpt, samples, out / row.run_name(seed) / "images", device=device,
                                              log=log)
-            key = f"{file_digest(ckpt)}{sampling_tag(row)}:{detector_key}:n{n}"
+            key = f"{file_digest(ckpt)}{sampling_tag(row)}{subset}:{detector_key}:n{n}"
             scores = score_run(folder, gt, categories, detector, role_types, extractor, real_images, draws, key, log)
             extra = {}
             if "pair_verbs" not in scores:
@@ -275,6 +305,7 @@ def run_toy(rows: list[ToyRow] | None = None, n: int = 250, data_root="data/toy"
                 atomic_write(folder.parent / "scores.json", lambda tmp: Path(tmp).write_text(json.dumps(scores)))
             log(f"[table] {row.name} (seed {seed}): mAP Default Full {100 * scores['map']['default']['full']:.2f}, "
                 f"FID {scores['fid']:.2f}")
+    samples, gt, real_images, draws = layout_sets[0]
     real = score_real(data_root, out, gt, categories, detector, role_types, draws, f"real:{detector_key}:n{n}", log)
     real["pair_verbs"] = pair_verb_accuracy(gt, json.loads((out / "real" / "detections.json").read_text()))
     return assemble_toy(out, n, real, time.perf_counter() - start, detector_key)
