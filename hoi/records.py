@@ -81,6 +81,20 @@ class Interaction:
         return tuple(between(as_tensor(self.subject_box), as_tensor(self.object_box)).tolist())
 
 
+@dataclass(frozen=True)
+class Segment:
+    """A DenseDiffusion segment (interact/dense.py): a phrase that occurs in the prompt and the
+    image region it describes, given as exactly one of `box` (normalised xyxy), `polygon`
+    (normalised [x, y] points), `mask` (a binary PNG's path, or an H x W array; nonzero inside)
+    or `rle` (COCO RLE: {"size": [h, w], "counts": runs or the compressed string}). Masks and
+    RLE have the image's size."""
+    phrase: str
+    box: Box | None = None
+    polygon: Sequence[Sequence[float]] | None = None
+    mask: object = None
+    rle: dict | None = None
+
+
 def between(subject_boxes: torch.Tensor, object_boxes: torch.Tensor) -> torch.Tensor:
     """The action box of docs/reference.md §1: sort the four x's and the four y's of both boxes;
     take (2nd x, 2nd y, 3rd x, 3rd y). Disjoint boxes give the gap, overlapping ones
@@ -106,7 +120,8 @@ def check_interactions(interactions: Sequence[Interaction], max_interactions: in
 RECORD_LIST_FIELDS = ("subject_phrases", "action_phrases", "object_phrases", "subject_boxes", "object_boxes")
 # Every key a layout record may have: the prompt, the lists, and `source`, a free-text note of
 # where the layout comes from (the toy world's layout files carry one).
-RECORD_FIELDS = ("prompt", *RECORD_LIST_FIELDS, "source")
+RECORD_FIELDS = ("prompt", *RECORD_LIST_FIELDS, "source", "segments")
+SEGMENT_REGIONS = ("box", "polygon", "mask", "rle")
 
 
 def unknown_record_keys(record: dict) -> list[str]:
@@ -114,12 +129,40 @@ def unknown_record_keys(record: dict) -> list[str]:
     return sorted(str(key) for key in record if key not in RECORD_FIELDS)
 
 
+def segments_from_record(record: dict, where: str = "record", base_dir: str | None = None) -> list[Segment]:
+    """A record's `segments` list ([{"phrase": ..., one of "box", "polygon", "mask" (a PNG path,
+    relative to `base_dir`), "rle"}], DenseDiffusion's input) as Segments; [] without one. The
+    regions are checked when rasterized at the image's size (interact/dense.py)."""
+    import os
+    items = record.get("segments", [])
+    if not isinstance(items, list):
+        raise ConditionError(f"{where}: segments = {items!r}: expected a list of objects")
+    out = []
+    for j, item in enumerate(items):
+        field = f"{where}, segment {j}"
+        if not isinstance(item, dict):
+            raise ConditionError(f"{field}: expected an object with phrase and one of {', '.join(SEGMENT_REGIONS)}")
+        unknown = sorted(str(k) for k in item if k not in ("phrase", *SEGMENT_REGIONS))
+        if unknown:
+            raise ConditionError(f"{field}: unknown key(s) {', '.join(unknown)} (a segment has phrase and one of "
+                                 f"{', '.join(SEGMENT_REGIONS)})")
+        phrase = check_phrase(item.get("phrase"), f"{field}.phrase")
+        mask = item.get("mask")
+        if isinstance(mask, str) and base_dir is not None and not os.path.isabs(mask):
+            mask = os.path.join(base_dir, mask)
+        out.append(Segment(phrase, box=item.get("box"), polygon=item.get("polygon"), mask=mask, rle=item.get("rle")))
+    return out
+
+
 def interactions_from_record(record: dict, where: str = "record",
                              max_interactions: int = MAX_INTERACTIONS) -> list[Interaction]:
     """Parse a layout record {prompt, subject_phrases, action_phrases, object_phrases,
-    subject_boxes, object_boxes}; errors name the record and the field."""
+    subject_boxes, object_boxes}; errors name the record and the field. A record with segments
+    and none of those lists has no interactions (a prompt for DenseDiffusion alone)."""
     if not isinstance(record, dict):
         raise ConditionError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if "segments" in record and not any(f in record for f in RECORD_LIST_FIELDS):
+        return []
     missing = [f for f in RECORD_LIST_FIELDS if f not in record]
     if missing:
         raise ConditionError(f"{where}: missing field(s) {', '.join(missing)}")

@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import torch
 
 from hoi.records import MAX_INTERACTIONS, Interaction, between, check_interactions
+from interact.dense import DenseLayout
 
 
 @dataclass
@@ -51,12 +52,17 @@ class Cond:
     interaction slots; `denoise` turns them into the fusers' tokens (the interaction tokenizer
     runs inside the denoising forward, so in training its gradients flow and sync with the UNet's).
 
+    `dense` holds DenseDiffusion's segments (interact/dense.py), None when a batch has none.
+
     Adding a control (a depth map, say): a field here whose value has `.to(device, dtype)`,
     `.null()` and a classmethod `cat` (as Grounding has), an optional argument of `condition`
     that fills it, and a hook in `denoise` that feeds it to the UNet. `to`, `null` and `cat`
-    below go over every field, so the pipeline, the trainer and the evaluation do not change."""
+    below go over every field, so the pipeline, the trainer and the evaluation do not change.
+    An optional control's field may be None (absent); `cat` then fills the rows of the batches
+    without it with its class's `absent(batch, length)`."""
     context: torch.Tensor     # [B, L, D]
     grounding: Grounding
+    dense: DenseLayout | None = None
 
     def _controls(self) -> dict:
         """Every field but the text context."""
@@ -67,18 +73,24 @@ class Cond:
 
     def to(self, device=None, dtype=None) -> "Cond":
         return type(self)(self.context.to(device=device, dtype=dtype),
-                          **{k: v.to(device=device, dtype=dtype) for k, v in self._controls().items()})
+                          **{k: None if v is None else v.to(device=device, dtype=dtype)
+                             for k, v in self._controls().items()})
 
     def null(self, context: torch.Tensor | None = None) -> "Cond":
         """The unconditional branch: every control nulled (the interactions: every slot masked
         out); the text context kept, or replaced by `context` (e.g. a negative prompt's)."""
         return type(self)(self.context if context is None else context,
-                          **{k: v.null() for k, v in self._controls().items()})
+                          **{k: None if v is None else v.null() for k, v in self._controls().items()})
 
     @classmethod
     def cat(cls, conds: Sequence["Cond"]) -> "Cond":
         """One batch of several (classifier-free guidance: conditional rows, then unconditional)."""
-        controls = {k: type(v).cat([c._controls()[k] for c in conds]) for k, v in conds[0]._controls().items()}
+        controls = {}
+        for name in conds[0]._controls():
+            values = [c._controls()[name] for c in conds]
+            kind = next((type(v) for v in values if v is not None), None)
+            controls[name] = None if kind is None else kind.cat(
+                [kind.absent(len(c), c.context.shape[1]) if v is None else v for c, v in zip(conds, values)])
         return cls(torch.cat([c.context for c in conds]), **controls)
 
 

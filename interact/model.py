@@ -22,9 +22,10 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from hoi.records import Interaction
+from hoi.records import Interaction, Segment
 from hoi.schema import check_options, option
 from interact.conditions import Cond, Grounding, build_grounding
+from interact.dense import DenseControl, DenseWeights, build_dense
 from interact.fuser import FUSER_INITS, FUSER_TYPES, attach_fusers
 from interact.tokenizer import BOX_ATTENTION, ROLE_EMBEDDINGS
 
@@ -210,11 +211,15 @@ class InteractDiffusion(nn.Module):
     def condition(self, captions: Sequence[str],
                   interactions: Sequence[Sequence[Interaction]] | Grounding | None = None,
                   encode_captions: Callable[[list[str]], torch.Tensor] | None = None,
-                  encode_phrases: Callable[[list[str]], torch.Tensor] | None = None) -> Cond:
+                  encode_phrases: Callable[[list[str]], torch.Tensor] | None = None,
+                  segments: Sequence[Sequence[Segment]] | None = None,
+                  image_size: tuple[int, int] | None = None) -> Cond:
         """What the UNet is conditioned on for one image per caption, on the UNet's device and dtype.
         `interactions`: one list per caption (None: none, i.e. the null grounding) or a ready
         Grounding. `encode_captions` ([B] captions -> [B, L, D]) and `encode_phrases` ([n] phrases ->
-        [n, D]) default to the text encoder; caches (interact/phrase_cache.py) plug in there."""
+        [n, D]) default to the text encoder; caches (interact/phrase_cache.py) plug in there.
+        `segments`: DenseDiffusion's, one list per caption (interact/dense.py), rasterized at
+        `image_size` (height, width)."""
         # `is None`, not `or`: a cache with nothing in it yet is falsy (it has a length)
         encode_captions = self.text_encoder.encode if encode_captions is None else encode_captions
         encode_phrases = self.text_encoder.encode_pooled if encode_phrases is None else encode_phrases
@@ -226,18 +231,30 @@ class InteractDiffusion(nn.Module):
                 raise ValueError(f"interactions: {len(interactions)} lists for {len(captions)} captions; "
                                  f"give one list per caption")
             interactions = build_grounding(interactions, encode_phrases, tokenizer.in_dim, tokenizer.max_interactions)
+        context, dense = encode_captions(captions), None
+        if segments is not None and any(segments):
+            if image_size is None:
+                raise ValueError("segments need the image_size (height, width) their masks are drawn at")
+            encoder = self.text_encoder
+            context, dense = build_dense(captions, segments, context, encoder.tokenize, encoder.encode,
+                                         encoder.tokenizer.eos_token_id, *image_size)
         placed = next(self.unet.parameters())
-        return Cond(encode_captions(captions), interactions).to(placed.device, placed.dtype)
+        return Cond(context, interactions, dense).to(placed.device, placed.dtype)
 
-    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond, fuser_scale: float = 1.0) -> torch.Tensor:
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond, fuser_scale: float = 1.0,
+                dense_weights: DenseWeights = DenseWeights()) -> torch.Tensor:
         """The UNet's prediction for x_t at timesteps t (eps or v, as diffusion.parameterization
         says). The interaction tokenizer runs here, so the training forward covers every trained
         weight; it is a small MLP over at most 3 x 30 slots, cheap next to the UNet, so sampling
         recomputes it at every step. `fuser_scale` multiplies every fuser (scheduled sampling sets
         it per step).
-        A new control's hook goes here (see Cond)."""
+        `cond.dense` (DenseDiffusion's segments) modulates the attention logits of its active rows
+        with `dense_weights`. A new control's hook goes here (see Cond)."""
         tokens = self.interaction_tokenizer(**cond.grounding.as_kwargs())
-        return self.unet(x_t, t, cond.context, tokens, fuser_scale)
+        control = None
+        if cond.dense is not None and cond.dense.any_active:
+            control = DenseControl(cond.dense, t, dense_weights)
+        return self.unet(x_t, t, cond.context, tokens, fuser_scale, control)
 
     @property
     def text_encoder_seeded(self) -> bool:

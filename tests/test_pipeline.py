@@ -100,9 +100,9 @@ def test_guidance_unconditional_branch_gets_null_grounding_and_negative_prompt(p
     unet = pipe.model.unet
     original = unet.forward
 
-    def spy(x, t, context, tokens=None, fuser_scale=1.0):
+    def spy(x, t, context, tokens=None, fuser_scale=1.0, attention_control=None):
         seen.append((context.clone(), tokens.clone()))
-        return original(x, t, context, tokens, fuser_scale)
+        return original(x, t, context, tokens, fuser_scale, attention_control)
 
     unet.forward = spy
     try:
@@ -129,8 +129,8 @@ def test_guidance_combines_branches(pipe):
     unet = pipe.model.unet
     original = unet.forward
 
-    def spy(x, t, context, tokens=None, fuser_scale=1.0):
-        out = original(x, t, context, tokens, fuser_scale)
+    def spy(x, t, context, tokens=None, fuser_scale=1.0, attention_control=None):
+        out = original(x, t, context, tokens, fuser_scale, attention_control)
         seen.append((x, t, context, tokens, fuser_scale, out))
         return out
 
@@ -257,7 +257,7 @@ def test_a_new_control_is_a_field_and_no_caller_changes(tiny_model):
         depth: Depth = None
 
     base = tiny_model.condition(["p"], [[person_touching_cat()]])
-    cond = DepthCond(base.context, base.grounding, Depth(torch.ones(1, 4, 4)))
+    cond = DepthCond(base.context, base.grounding, depth=Depth(torch.ones(1, 4, 4)))
     guided = DepthCond.cat([cond, cond.null()]).to(dtype=torch.float64)
     assert isinstance(guided, DepthCond) and guided.depth.maps.dtype == torch.float64
     assert guided.depth.maps[0].eq(1).all() and not guided.depth.maps[1].any()

@@ -37,15 +37,19 @@ def attention_backend(name: str):
 
 
 def multihead_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                        mask: torch.Tensor | None = None) -> torch.Tensor:
+                        mask: torch.Tensor | None = None, modulate=None) -> torch.Tensor:
     """q [B,Nq,H*D], k/v [B,Nk,H*D] -> [B,Nq,H*D]; softmax scale D**-0.5. `mask`: bool
-    [B,Nq,Nk], True where a query may attend to a key (every row needs at least one)."""
+    [B,Nq,Nk], True where a query may attend to a key (every row needs at least one).
+    `modulate`: a function of the logits [B,H,Nq,Nk] -> logits, applied before the softmax (the
+    logits are then computed explicitly; without it SDPA never materialises them)."""
     b, nq, inner = q.shape
     d = inner // heads
     q, k, v = (t.reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
     mask = None if mask is None else mask[:, None]
-    if _ATTENTION_BACKEND == "naive":
+    if _ATTENTION_BACKEND == "naive" or modulate is not None:
         sim = torch.einsum("bhid,bhjd->bhij", q, k) * d**-0.5
+        if modulate is not None:
+            sim = modulate(sim)
         if mask is not None:
             sim = sim.masked_fill(~mask, float("-inf"))
         out = torch.einsum("bhij,bhjd->bhid", sim.softmax(dim=-1), v)
@@ -68,9 +72,10 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(context_dim, inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(dropout))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, modulate=None) -> torch.Tensor:
         context = x if context is None else context
-        out = multihead_attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+        out = multihead_attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads,
+                                  modulate=modulate)
         return self.to_out(out)
 
 
@@ -111,19 +116,24 @@ class BasicTransformerBlock(nn.Module):
         self.fuser: nn.Module | None = None
         self.use_checkpoint = use_checkpoint
 
-    def forward(self, x, context, tokens=None, fuser_scale: float = 1.0, grid=None):
-        """`grid`: the (h, w) of the flattened feature map, for fusers that use token positions."""
+    def forward(self, x, context, tokens=None, fuser_scale: float = 1.0, grid=None, attention_control=None):
+        """`grid`: the (h, w) of the flattened feature map, for fusers that use token positions.
+        `attention_control`: None, or an object whose `self_attention(grid)` and
+        `cross_attention(grid)` give a function of the logits (or None) for attn1 and attn2
+        (a training-free control such as DenseDiffusion's; the project's is interact/dense.py)."""
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, context, tokens, fuser_scale, grid, use_reentrant=False)
-        return self._forward(x, context, tokens, fuser_scale, grid)
+            return checkpoint(self._forward, x, context, tokens, fuser_scale, grid, attention_control,
+                              use_reentrant=False)
+        return self._forward(x, context, tokens, fuser_scale, grid, attention_control)
 
-    def _forward(self, x, context, tokens, fuser_scale, grid=None):
-        x = x + self.attn1(self.norm1(x))
+    def _forward(self, x, context, tokens, fuser_scale, grid=None, attention_control=None):
+        control = attention_control
+        x = x + self.attn1(self.norm1(x), modulate=control.self_attention(grid) if control else None)
         # A zero scale (scheduled sampling's late steps) skips the fuser entirely:
         # its contribution would be exactly zero anyway.
         if self.fuser is not None and tokens is not None and fuser_scale != 0:
             x = self.fuser(x, tokens, fuser_scale, grid)
-        x = x + self.attn2(self.norm2(x), context)
+        x = x + self.attn2(self.norm2(x), context, modulate=control.cross_attention(grid) if control else None)
         return x + self.ff(self.norm3(x))
 
 
@@ -150,12 +160,12 @@ class SpatialTransformer(nn.Module):
             BasicTransformerBlock(inner, n_heads, d_head, context_dim, dropout, use_checkpoint) for _ in range(depth))
         self.proj_out = nn.Conv2d(inner, in_channels, 1)
 
-    def forward(self, x, context, tokens=None, fuser_scale: float = 1.0):
+    def forward(self, x, context, tokens=None, fuser_scale: float = 1.0, attention_control=None):
         b, c, h, w = x.shape
         residual = x
         x = self.proj_in(self.norm(x))
         x = x.flatten(2).transpose(1, 2)
         for block in self.transformer_blocks:
-            x = block(x, context, tokens, fuser_scale, (h, w))
+            x = block(x, context, tokens, fuser_scale, (h, w), attention_control)
         x = x.transpose(1, 2).reshape(b, -1, h, w)
         return self.proj_out(x) + residual

@@ -72,12 +72,12 @@ class Upsample(nn.Module):
 class TimestepEmbedSequential(nn.Sequential):
     """Routes the timestep embedding to ResBlocks and the prompt/tokens to transformers."""
 
-    def forward(self, x, emb, context, tokens=None, fuser_scale: float = 1.0):
+    def forward(self, x, emb, context, tokens=None, fuser_scale: float = 1.0, attention_control=None):
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context, tokens, fuser_scale)
+                x = layer(x, context, tokens, fuser_scale, attention_control)
             else:
                 x = layer(x)
         return x
@@ -146,17 +146,19 @@ class UNetModel(nn.Module):
         return [(n, m) for n, m in self.named_modules() if isinstance(m, BasicTransformerBlock)]
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                tokens: torch.Tensor | None = None, fuser_scale: float = 1.0) -> torch.Tensor:
+                tokens: torch.Tensor | None = None, fuser_scale: float = 1.0,
+                attention_control=None) -> torch.Tensor:
         """Predict epsilon. `tokens` [B, n_tokens, D] are the control tokens for the fusers;
-        `fuser_scale` multiplies every fuser (scheduled sampling sets it per step)."""
+        `fuser_scale` multiplies every fuser (scheduled sampling sets it per step);
+        `attention_control` changes the backbone's attention logits (see BasicTransformerBlock)."""
         if timesteps.dim() == 0:
             timesteps = timesteps.expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
         h, skips = x, []
         for block in self.input_blocks:
-            h = block(h, emb, context, tokens, fuser_scale)
+            h = block(h, emb, context, tokens, fuser_scale, attention_control)
             skips.append(h)
-        h = self.middle_block(h, emb, context, tokens, fuser_scale)
+        h = self.middle_block(h, emb, context, tokens, fuser_scale, attention_control)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, tokens, fuser_scale)
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, tokens, fuser_scale, attention_control)
         return self.out(h)
