@@ -29,7 +29,8 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from hoi.io import atomic_write
-from hoi.records import ConditionError, check_interactions, interactions_from_record, unknown_record_keys
+from hoi.records import (ConditionError, check_interactions, interactions_from_record, segments_from_record,
+                         unknown_record_keys)
 from hoi.schema import check_options, option
 from interact.model import CONFIG_DIR, REPO_ROOT, SD_V1_CONFIG, InteractionOptions
 
@@ -185,6 +186,26 @@ def parse_records(records: list[dict], source: str) -> list[tuple[dict, list]]:
     return parsed
 
 
+def parse_segments(parsed: list[tuple[dict, list]], source: str, base_dir: Path, height: int,
+                   width: int) -> list[list]:
+    """Every record's DenseDiffusion segments, their regions drawn at the image size once to find
+    bad masks before any model work (mask paths are relative to the layouts file's folder)."""
+    from interact.dense import rasterize
+    out = []
+    for i, (record, _) in enumerate(parsed):
+        where = f"{source}: record {i}"
+        try:
+            segments = segments_from_record(record, where, str(base_dir))
+            if segments and not (isinstance(record.get("prompt"), str) and record["prompt"].strip()):
+                raise ConditionError(f"{where}: segments need a prompt (their phrases are found in it)")
+            for j, segment in enumerate(segments):
+                rasterize(segment, height, width, f"{where}, segment {j}")
+        except ConditionError as err:
+            raise BatchError(str(err)) from None
+        out.append(segments)
+    return out
+
+
 def check_seed_range(seed: int, count: int) -> None:
     last = seed + count - 1
     if last > SEED_MAX:
@@ -192,9 +213,12 @@ def check_seed_range(seed: int, count: int) -> None:
                          f"seed torch.Generator accepts); use a seed <= {SEED_MAX - count + 1}")
 
 
-def check_against_model(parsed: list[tuple[dict, list]], model, source: str, negative_prompt: str) -> None:
+def check_against_model(parsed: list[tuple[dict, list]], model, source: str, negative_prompt: str,
+                        segments: list[list] | None = None, image_size: tuple[int, int] = (1, 1)) -> None:
     """Every record against the loaded model, before anything is written: its interaction
-    count (an error) and texts longer than the text encoder reads (a warning: they are cut)."""
+    count and its segments' phrases, found in its prompt by the model's tokenizer (errors), and
+    texts longer than the text encoder reads (a warning: they are cut)."""
+    from interact.dense import place_segments
     limit = model.interaction_tokenizer.max_interactions
     for i, (_, interactions) in enumerate(parsed):
         try:
@@ -202,6 +226,13 @@ def check_against_model(parsed: list[tuple[dict, list]], model, source: str, neg
         except ConditionError as err:
             raise BatchError(f"{err} by this model") from None
     encoder = model.text_encoder
+    for i, items in enumerate(segments or []):
+        if items:
+            try:
+                place_segments(parsed[i][0]["prompt"], items, encoder.tokenize, encoder.tokenizer.eos_token_id,
+                               *image_size, f"{source}: record {i}")
+            except ConditionError as err:
+                raise BatchError(str(err)) from None
     tokenizer, max_tokens = encoder.tokenizer, encoder.max_length
 
     def too_long(text: str) -> int | None:
@@ -215,7 +246,7 @@ def check_against_model(parsed: list[tuple[dict, list]], model, source: str, neg
     for i, (record, _) in enumerate(parsed):
         fields = [("prompt", record["prompt"])] + [
             (f"{name}[{j}]", phrase) for name in ("subject_phrases", "action_phrases", "object_phrases")
-            for j, phrase in enumerate(record[name])]
+            for j, phrase in enumerate(record.get(name, []))]
         for name, text in fields:
             count = too_long(text)
             if count:
@@ -257,13 +288,17 @@ SIDECAR_UNCOMPARED = ("model", "device", "dtype")  # recorded; a resume does not
 
 
 def sidecar(index: int, prompt: str, interactions: list, seed: int, sampling: dict, checkpoint: dict,
-            model: str | None = None, device: str | None = None, dtype: str | None = None) -> dict:
-    """A record's JSON sidecar; without model/device/dtype, the part a resume compares."""
+            model: str | None = None, device: str | None = None, dtype: str | None = None,
+            segments: list | None = None) -> dict:
+    """A record's JSON sidecar; without model/device/dtype, the part a resume compares.
+    `segments`: the record's own (as in the layouts file), when it has some."""
     out = {"record": index, "prompt": prompt,
            "interactions": [{"subject": it.subject, "action": it.action, "object": it.object,
                              "subject_box": list(it.subject_box), "object_box": list(it.object_box),
-                             "action_box": list(it.action_box)} for it in interactions],
-           "seed": seed, **sampling}
+                             "action_box": list(it.action_box)} for it in interactions]}
+    if segments:
+        out["segments"] = segments
+    out.update(seed=seed, **sampling)
     if model is not None:
         out["model"] = model
     out["checkpoint"] = checkpoint
@@ -400,6 +435,7 @@ def run_batch(options: BatchOptions, sampling: dict | None = None) -> list[Path]
                                             **(sampling or {})))
     except (FileNotFoundError, ValueError) as err:
         raise BatchError(str(err)) from None
+    segments = parse_segments(parsed, str(source), Path(source).parent, requested["height"], requested["width"])
     folder = Path(options.folder)
     check_writable_folder(folder, "--folder")
     grid = _path(options.grid)
@@ -419,7 +455,8 @@ def run_batch(options: BatchOptions, sampling: dict | None = None) -> list[Path]
 
     def expected(i: int) -> dict:
         record, interactions = parsed[i]
-        return sidecar(i, record["prompt"], interactions, record_seed(i), requested, ids())
+        return sidecar(i, record["prompt"], interactions, record_seed(i), requested, ids(),
+                       segments=record.get("segments"))
 
     todo = plan_outputs(folder, len(parsed), options.overwrite, options.no_overwrite, expected)
     if not todo:
@@ -432,7 +469,8 @@ def run_batch(options: BatchOptions, sampling: dict | None = None) -> list[Path]
         resolved = pipe.check_call_options(**requested)
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         raise BatchError(str(err)) from None
-    check_against_model(parsed, pipe.model, str(source), resolved["negative_prompt"])
+    check_against_model(parsed, pipe.model, str(source), resolved["negative_prompt"], segments,
+                        (resolved["height"], resolved["width"]))
     written = []
     # The reference script seeds one generator once and draws every record's noise from it in turn
     # (records already done are skipped before drawing, as its --no-overwrite does).
@@ -442,15 +480,16 @@ def run_batch(options: BatchOptions, sampling: dict | None = None) -> list[Path]
         chunk = todo[start:start + options.batch_size]
         records = [parsed[i] for i in chunk]
         seeds = [record_seed(i) for i in chunk]
-        images = pipe([r["prompt"] for r, _ in records], interactions=[its for _, its in records], seed=seeds,
-                      generator=generator, **resolved)
+        images = pipe([r["prompt"] for r, _ in records], interactions=[its for _, its in records],
+                      segments=[segments[i] for i in chunk], seed=seeds, generator=generator, **resolved)
         for i, (record, interactions), image, seed in zip(chunk, records, images, seeds):
             paths = output_paths(folder, i)
             atomic_write(paths["image"], lambda p: image.save(p, format="PNG"))
             layout = draw_layout(image, interactions)
             atomic_write(paths["layout"], lambda p: layout.save(p, format="PNG"))
             content = sidecar(i, record["prompt"], interactions, seed, resolved, ids(), model=pipe.source,
-                              device=str(pipe.device), dtype=str(pipe.dtype).replace("torch.", ""))
+                              device=str(pipe.device), dtype=str(pipe.dtype).replace("torch.", ""),
+                              segments=record.get("segments"))
             # Written last: its presence marks the record as finished (see --no-overwrite).
             atomic_write(paths["sidecar"], lambda p: p.write_text(json.dumps(content, indent=2) + "\n"))
             written.append(paths["image"])

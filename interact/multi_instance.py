@@ -35,6 +35,7 @@ class InstanceBranches:
     interactions: list[list[Interaction]]  # [N]
     owner: torch.Tensor                    # [N] long: the image each branch belongs to
     images: int                            # B
+    segments: list[list] | None = None     # [N]: DenseDiffusion's, on each image's full branch only
 
     def expand(self, x: torch.Tensor) -> torch.Tensor:
         """[B, ...] -> [N, ...]: each branch gets its image's row."""
@@ -49,16 +50,22 @@ class InstanceBranches:
         return total / counts.view(-1, *([1] * (per_branch.dim() - 1)))
 
 
-def instance_branches(prompts: Sequence[str], interactions: Sequence[Sequence[Interaction]]) -> InstanceBranches:
+def instance_branches(prompts: Sequence[str], interactions: Sequence[Sequence[Interaction]],
+                      segments: Sequence[Sequence] | None = None) -> InstanceBranches:
     """Per image: the full condition, then one branch per interaction. An image without
-    interactions has the full branch only (it samples as without the sampler)."""
-    captions, branch_interactions, owner = [], [], []
+    interactions has the full branch only (it samples as without the sampler). `segments`
+    (DenseDiffusion's, one list per image) go with the full branch: their phrases are in the
+    prompt, not in the instance captions."""
+    captions, branch_interactions, owner, branch_segments = [], [], [], []
     for b, (prompt, items) in enumerate(zip(prompts, interactions)):
         captions.append(prompt)
         branch_interactions.append(list(items))
         owner.append(b)
+        branch_segments.append(list(segments[b]) if segments is not None else [])
         for item in items:
             captions.append(caption_from_triplets([item]))
             branch_interactions.append([item])
             owner.append(b)
-    return InstanceBranches(captions, branch_interactions, torch.tensor(owner, dtype=torch.long), len(prompts))
+            branch_segments.append([])
+    return InstanceBranches(captions, branch_interactions, torch.tensor(owner, dtype=torch.long), len(prompts),
+                            branch_segments if segments is not None else None)

@@ -33,8 +33,9 @@ from hoi.device import resolve_device, resolve_dtype
 from hoi.schema import check_options, option
 from interact.checkpoint import CheckpointError, load_weights
 from interact.conditions import Cond
+from interact.dense import DenseWeights
 from interact.multi_instance import instance_branches
-from hoi.records import ConditionError, Interaction, check_interactions
+from hoi.records import ConditionError, Interaction, Segment, check_interactions
 from interact.model import SD_V1_CONFIG, InteractDiffusion, build_model, load_config, set_interaction_options
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.plms import PLMSSampler
@@ -74,6 +75,12 @@ class SamplingOptions:
                                         "also runs alone (its own caption and grounding) and the branches are "
                                         "averaged (InstanceDiffusion's; 0.36 as there; 0 = off)",
                                    check=lambda v: 0 <= v <= 1, rule="in [0, 1]")
+    dense_steps: float = option(0.3, "DenseDiffusion (when segments are given): its attention modulation runs for "
+                                     "the first int(D*steps) steps", check=lambda v: 0 <= v <= 1, rule="in [0, 1]")
+    dense_self_weight: float = option(0.3, "DenseDiffusion's weight w of self-attention", check=lambda v: v >= 0,
+                                      rule=">= 0")
+    dense_cross_weight: float = option(1.0, "DenseDiffusion's weight w of cross-attention", check=lambda v: v >= 0,
+                                       rule=">= 0")
     reference_compat: bool = option(False, "reproduce the reference code's images: one global seed with noise drawn "
                                            "record after record, LDM's timestep grid, PLMS 50 / DDIM 250 steps and "
                                            "its negative prompt unless given, pixels truncated to uint8")
@@ -219,6 +226,18 @@ class InteractDiffusionPipeline:
         self._latent_shape(options.height, options.width)
 
     @staticmethod
+    def _per_prompt(items, count: int, kind: type, name: str):
+        """None, one list of `kind` for every prompt, or one list per prompt -> one list per prompt (or None)."""
+        if items is None:
+            return None
+        items = list(items)
+        if not items or isinstance(items[0], kind):
+            return [items] * count
+        if len(items) != count:
+            raise ValueError(f"{name}: {len(items)} lists for {count} prompts; give one list per prompt")
+        return [list(i) for i in items]
+
+    @staticmethod
     def _batch(prompt, interactions, negative_prompt, seed, max_interactions):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -257,15 +276,16 @@ class InteractDiffusionPipeline:
         return dataclasses.asdict(self.resolve_options(**options))
 
     @torch.no_grad()
-    def __call__(self, prompt: str | Sequence[str], interactions=None, negative_prompt=None,
+    def __call__(self, prompt: str | Sequence[str], interactions=None, segments=None, negative_prompt=None,
                  guidance_scale=None, steps=None, sampler=None, scheduled_sampling=None, height=None,
                  width=None, seed: int | Sequence[int] = 0, eta: float | None = None, scheduled_decay=None,
-                 karras_sigmas=None, multi_instance=None, reference_compat=None,
-                 generator: torch.Generator | None = None,
+                 karras_sigmas=None, multi_instance=None, dense_steps=None, dense_self_weight=None,
+                 dense_cross_weight=None, reference_compat=None, generator: torch.Generator | None = None,
                  progress: bool = True, output_type: str = "pil"):
         """Returns a list of PIL images (output_type "pil") or a [B,3,H,W] tensor in [0,1] ("pt").
         `interactions`: a list of Interaction for a single prompt (or for every prompt), or one
-        list per prompt (counts may differ). Image i uses seed + i (or seed[i]), so an image does
+        list per prompt (counts may differ). `segments`: DenseDiffusion's (interact/dense.py), in
+        the same shapes as `interactions`; both may be given. Image i uses seed + i (or seed[i]), so an image does
         not depend on what else is in the batch (except with a stochastic sampler, DDIM with
         eta > 0 or euler_a, whose per-step noise is drawn for the whole batch from the first
         seed). Unset options come from the config.
@@ -279,41 +299,52 @@ class InteractDiffusionPipeline:
                                  scheduled_sampling=scheduled_sampling, negative_prompt=negative_prompt,
                                  height=height, width=width, eta=eta, scheduled_decay=scheduled_decay,
                                  karras_sigmas=karras_sigmas, multi_instance=multi_instance,
-                                 reference_compat=reference_compat)
+                                 dense_steps=dense_steps, dense_self_weight=dense_self_weight,
+                                 dense_cross_weight=dense_cross_weight, reference_compat=reference_compat)
         latent_shape = self._latent_shape(o.height, o.width)
         model = self.model
         prompts, batch, negatives, seeds = self._batch(prompt, interactions, o.negative_prompt, seed,
                                                        model.interaction_tokenizer.max_interactions)
+        per_prompt_segments = self._per_prompt(segments, len(prompts), Segment, "segments")
         use_cfg = o.guidance_scale != 1.0
+        size = (o.height, o.width)
         # The unconditional branch of guidance: the negative prompt, no controls.
         uncond = model.condition(negatives).null() if use_cfg else None
-        full = model.condition(prompts, batch)
+        full = model.condition(prompts, batch, segments=per_prompt_segments, image_size=size)
         sampler_obj = make_sampler(model.diffusion, o)
         steps = sampler_obj.steps  # the sampler's own count: the reference grid may have more steps than asked for
         fuser_scales = [fuser_scale(i, steps, o.scheduled_sampling, o.scheduled_decay) for i in range(steps)]
         branch_steps = int(o.multi_instance * steps)
-        branches = instance_branches(prompts, batch) if branch_steps else None
-        branch_cond = model.condition(branches.captions, branches.interactions) if branches else None
+        branches = instance_branches(prompts, batch, per_prompt_segments) if branch_steps else None
+        branch_cond = (model.condition(branches.captions, branches.interactions, segments=branches.segments,
+                                       image_size=size) if branches else None)
+        # DenseDiffusion's modulation runs for its share of the steps; the replaced phrase
+        # embeddings stay in the context throughout.
+        dense_steps = int(o.dense_steps * steps)
+        dense_weights = DenseWeights(o.dense_self_weight, o.dense_cross_weight)
 
-        def guided(x, t, cond, scale, mix=None):
+        def guided(x, t, cond, scale, mix=None, dense=True):
             """The guided prediction for x [B] under `cond` (its rows, then B unconditional rows
             with guidance); `mix` maps cond's conditional rows to x's (the instance branches)."""
             x_cond, t_cond = (x, t) if mix is None else (mix.expand(x), mix.expand(t))
+            if not dense:
+                cond = dataclasses.replace(cond, dense=None)
             if not use_cfg:
-                out = model.denoise(x_cond, t_cond, cond, scale)
+                out = model.denoise(x_cond, t_cond, cond, scale, dense_weights)
                 return out if mix is None else mix.mean(out)
-            out = model.denoise(torch.cat([x_cond, x]), torch.cat([t_cond, t]), Cond.cat([cond, uncond]), scale)
+            out = model.denoise(torch.cat([x_cond, x]), torch.cat([t_cond, t]), Cond.cat([cond, uncond]), scale,
+                                dense_weights)
             out_cond, out_uncond = out[:len(x_cond)], out[len(x_cond):]
             if mix is not None:
                 out_cond = mix.mean(out_cond)  # guidance is linear: averaging before it is the same
             return out_uncond + o.guidance_scale * (out_cond - out_uncond)
 
         def eps_fn(x, t, step_index):
-            scale = fuser_scales[step_index]
+            scale, dense = fuser_scales[step_index], step_index < dense_steps
             if step_index < branch_steps:
-                out = guided(x, t, branch_cond, scale, branches)
+                out = guided(x, t, branch_cond, scale, branches, dense)
             else:
-                out = guided(x, t, full, scale)
+                out = guided(x, t, full, scale, dense=dense)
             # Guidance is linear, and so is the v -> eps map for a fixed x: it may come after.
             return model.diffusion.to_eps(x, t, out)
 

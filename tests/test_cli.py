@@ -1,6 +1,7 @@
 """inference_batch.py end to end on the tiny model: outputs, determinism, overwrite policy, bad input."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 
 import inference_batch
+from interact.pipeline import SamplingOptions
 from interact.checkpoint import save_checkpoint
 from interact.model import CONFIG_DIR, REPO_ROOT
 
@@ -367,10 +369,8 @@ def test_config_sampling_section_is_checked(tmp_path, capsys, no_model):
     bad.write_text(f"model_config: {TINY}\nsampling:\n  stepz: 10\n")
     layouts = write_json(tmp_path / "l.json", [record()])
     assert run(["--input", layouts, "--folder", tmp_path / "out", "--config", bad, *FAST]) == 2
-    assert error_line(capsys) == ("error: sampling.stepz: unknown option; known: eta, guidance_scale, height, "
-                                  "karras_sigmas, multi_instance, negative_prompt, reference_compat, sampler, "
-                                  "scheduled_decay, "
-                                  "scheduled_sampling, steps, width")
+    known = ", ".join(sorted(f.name for f in dataclasses.fields(SamplingOptions)))
+    assert error_line(capsys) == f"error: sampling.stepz: unknown option; known: {known}"
     bad.write_text(f"model_config: {TINY}\nsampling:\n  steps: '10'\n")
     assert run(["--input", layouts, "--folder", tmp_path / "out", "--config", bad, *FAST]) == 2
     assert error_line(capsys) == "error: sampling.steps = '10': expected int"
@@ -406,3 +406,56 @@ def test_library_options_are_checked_like_the_flags():
         batch_options({"overwrite": True, "no_overwrite": True})
     with pytest.raises(ValueError, match=r"^options.interaction.fuser_type = 'gatedXA': expected one of"):
         batch_options({"interaction": {"fuser_type": "gatedXA"}})
+
+
+# --------------------------------------------------------------------------- DenseDiffusion segments and the sampler
+
+
+def dense_record(prompt="a ball next to a tree", **segment):
+    return {"prompt": prompt, "segments": [{"phrase": "tree", **(segment or {"box": [0.5, 0.0, 1.0, 1.0]})}]}
+
+
+def test_segments_in_a_record_are_used_and_kept_in_the_sidecar(tmp_path):
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[:, 16:] = 255
+    Image.fromarray(mask).save(tmp_path / "tree.png")
+    runs = {"box": dense_record(), "png": dense_record(mask="tree.png"), "plain": record("a ball next to a tree", n=0)}
+    for name, layout in runs.items():   # one record each: the same seed
+        layouts = write_json(tmp_path / f"{name}.json", [layout])
+        assert run(["--input", layouts, "--folder", tmp_path / name, "--multi_instance", "0.5", *FAST]) == 0
+    sidecar = json.loads((tmp_path / "box/00000.json").read_text())
+    assert sidecar["segments"] == [{"phrase": "tree", "box": [0.5, 0.0, 1.0, 1.0]}] and sidecar["multi_instance"] == 0.5
+    box, png, plain = (pixels(tmp_path / f"{name}/00000.png").astype(int) for name in runs)
+    assert np.abs(box - png).max() <= 1   # the same region as a box and as a PNG mask (found beside the file)
+    assert np.abs(box - plain).max() > 0
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dense_record(mask=np.ones((8, 8)).tolist()), "record 1, segment 0.mask: 8x8 (height x width) does not match "
+                                                   "the image, 32x32"),
+    (dense_record(mask=[[0, 2], [1, 0]]), "record 1, segment 0.mask: not a binary mask"),
+    (dense_record(box=[0.5, 0.5, 0.5, 0.9]), "record 1, segment 0.box = [0.5, 0.5, 0.5, 0.9]: need x0 < x1"),
+    (dense_record(rle={"size": [32, 32], "counts": [5, 5]}), "record 1, segment 0.rle: the runs cover 10 pixels"),
+    (dense_record(rle={"size": [32, 32], "counts": [1024]}), "record 1, segment 0.rle: the region is empty at 32x32"),
+    (dense_record(prompt=""), "record 1: segments need a prompt"),
+    ({"prompt": "p", "segments": [{"phrase": "p", "bbox": [0, 0, 1, 1]}]}, "record 1, segment 0: unknown key(s) bbox"),
+])
+def test_bad_segments_fail_before_model_work(tmp_path, capsys, no_model, bad, message):
+    layouts = write_json(tmp_path / "l.json", [dense_record(), bad])
+    assert run(["--input", layouts, "--folder", tmp_path / "out", *FAST]) == 2
+    assert error_line(capsys).startswith(f"error: {layouts}: {message}")
+
+
+def test_a_segment_phrase_not_in_the_prompt_is_found_before_anything_is_written(tmp_path, capsys):
+    layouts = write_json(tmp_path / "l.json", [dense_record(), {"prompt": "a ball", "segments": [
+        {"phrase": "tree", "box": [0, 0, 1, 1]}]}])
+    assert run(["--input", layouts, "--folder", tmp_path / "out", *FAST]) == 2
+    assert error_line(capsys) == (f"error: {layouts}: record 1, segment 0.phrase = 'tree': not found in the prompt "
+                                  f"'a ball'")
+    assert not list((tmp_path / "out").glob("*.png")) if (tmp_path / "out").exists() else True
+
+
+def test_multi_instance_out_of_range_is_one_line(tmp_path, capsys, no_model):
+    layouts = write_json(tmp_path / "l.json", [record()])
+    assert run(["--input", layouts, "--folder", tmp_path / "out", "--multi_instance", "1.5", *FAST]) == 2
+    assert error_line(capsys) == "error: --multi_instance = 1.5: out of range (must be in [0, 1])"
