@@ -51,10 +51,16 @@ class ToyRow:
     sampling: tuple[tuple[str, object], ...] = ()
     # Scored on the first n test layouts with at least this many interactions (0: the first n).
     min_interactions: int = 0
+    trained_as: str = ""     # a row that reuses another row's trained runs (its key)
+    segments: bool = False   # DenseDiffusion with the layout's subject and object boxes as segments
 
     def run_name(self, seed: int) -> str:
-        """Its training run's folder under runs/, and its images' and scores' folder in the table."""
+        """Its images' and scores' folder in the table (and its training run's under runs/)."""
         return f"toy_{self.key}" + ("" if seed == 0 else f"_seed{seed}")
+
+    def train_name(self, seed: int) -> str:
+        """Its training run's folder under runs/."""
+        return f"toy_{self.trained_as or self.key}" + ("" if seed == 0 else f"_seed{seed}")
 
 
 TRAINED_ROWS = (
@@ -93,6 +99,12 @@ CONTROL_ROWS = (
     ToyRow("crowded_mis", "InteractDiffusion (embedded) + multi-instance sampler 0.36, 3-interaction layouts",
            "configs/toy_hoi.yaml", True, checkpoint=EMBEDDED, sampling=(("multi_instance", 0.36),),
            min_interactions=3),
+    ToyRow("dense_text_only", "text only + DenseDiffusion", "configs/toy_text_only.yaml", False,
+           trained_as="text_only", segments=True),
+    ToyRow("interact_dense", "InteractDiffusion (embedded) + DenseDiffusion", "configs/toy_hoi.yaml", True,
+           checkpoint=EMBEDDED, segments=True),
+    ToyRow("interact_dense_mis", "InteractDiffusion (embedded) + DenseDiffusion + multi-instance sampler 0.36",
+           "configs/toy_hoi.yaml", True, checkpoint=EMBEDDED, segments=True, sampling=(("multi_instance", 0.36),)),
 )
 TOY_ROWS = TRAINED_ROWS + SAMPLER_ROWS + CONTROL_ROWS
 ROW_GROUPS = {"samplers": SAMPLER_ROWS, "controls": CONTROL_ROWS}
@@ -103,7 +115,9 @@ ROW_NAMES = {r.key: r.name for r in TOY_ROWS}
 COMPARISONS = (("interact", "boxes"), ("interact", "text_only"), ("interact_plain", "boxes_plain"),
                ("interact", "interact_plain"), ("sampler_dpmpp20", "sampler_plms50"),
                ("sampler_dpmpp20k", "sampler_plms50"), ("sampler_unipc20", "sampler_plms50"),
-               ("sampler_plms25", "sampler_plms50"), ("mis", "sampler_plms25"), ("crowded_mis", "crowded"))
+               ("sampler_plms25", "sampler_plms50"), ("mis", "sampler_plms25"), ("crowded_mis", "crowded"),
+               ("dense_text_only", "text_only"), ("interact_dense", "sampler_plms25"),
+               ("interact_dense_mis", "sampler_plms25"))
 
 
 def select_rows(keys: str | None) -> list[ToyRow]:
@@ -124,7 +138,7 @@ def select_rows(keys: str | None) -> list[ToyRow]:
 
 def sampling_tag(row: ToyRow) -> str:
     """What, besides the checkpoint, the row's images come from (nothing for the config's own)."""
-    return f" sampling={dict(row.sampling)}" if row.sampling else ""
+    return (f" sampling={dict(row.sampling)}" if row.sampling else "") + (" segments" if row.segments else "")
 
 
 def ensure_toy_data(root: Path, log=print) -> None:
@@ -140,8 +154,8 @@ def ensure_toy_data(root: Path, log=print) -> None:
 
 def train_row(row: ToyRow, runs: Path, data_root: Path, seed: int = 0, device: str | None = None,
               log=print) -> Path:
-    """runs/<row.run_name(seed)>/model_final.pth, trained (or resumed) when missing."""
-    final = runs / row.run_name(seed) / "model_final.pth"
+    """runs/<row.train_name(seed)>/model_final.pth, trained (or resumed) when missing."""
+    final = runs / row.train_name(seed) / "model_final.pth"
     if final.is_file():
         log(f"[table] {row.name} (seed {seed}): reusing {final}")
         return final
@@ -150,9 +164,9 @@ def train_row(row: ToyRow, runs: Path, data_root: Path, seed: int = 0, device: s
     config = load_training_config(REPO_ROOT / row.config)
     config.data.root = str(data_root)
     config.train["seed"] = seed
-    log(f"[table] {row.name} (seed {seed}): training {row.config} into {runs / row.run_name(seed)}")
+    log(f"[table] {row.name} (seed {seed}): training {row.config} into {runs / row.train_name(seed)}")
     dataset, role_types = build_training_inputs(config, progress=True)
-    Trainer(config, runs / row.run_name(seed), dataset, role_types=role_types, device=device or "auto").run()
+    Trainer(config, runs / row.train_name(seed), dataset, role_types=role_types, device=device or "auto").run()
     return final
 
 
@@ -176,12 +190,15 @@ def generate_row(row: ToyRow, ckpt: Path, samples, out: Path, batch_size: int = 
     pipe = InteractDiffusionPipeline.from_checkpoint(ckpt, config=REPO_ROOT / row.config, device=device)
     log(f"[table] {row.name}: generating {len(todo)} images into {out}")
     sampling = dict(row.sampling)
+    if row.segments:
+        from interact.dense import segments_from_interactions
     from tqdm import tqdm
     start = time.perf_counter()
     for first in tqdm(range(0, len(todo), batch_size), desc=row.name, unit="batch"):
         chunk = todo[first:first + batch_size]
+        segments = [segments_from_interactions(samples[i].interactions) for i in chunk] if row.segments else None
         images = pipe([samples[i].caption for i in chunk],
-                      [samples[i].interactions if row.grounded else [] for i in chunk],
+                      [samples[i].interactions if row.grounded else [] for i in chunk], segments=segments,
                       seed=[seed + i for i in chunk], progress=False, **sampling)
         for i, image in zip(chunk, images):
             atomic_write(out / Path(samples[i].key).name, lambda tmp, im=image: im.save(tmp, format="PNG"))
@@ -205,6 +222,21 @@ def layout_gains(row: ToyRow, ckpt: Path, samples, groups: dict, device=None) ->
     gains = {name: losses.gain(torch.tensor(mask)) for name, mask in groups.items()}
     atomic_write(cache, lambda tmp: Path(tmp).write_text(json.dumps({"checkpoint": digest, "gains": gains})))
     return gains
+
+
+def colour_inside(folder: Path, samples) -> float:
+    """The mean over images and categories of the fraction of a category's key-colour pixels that
+    lie inside its layout boxes (evaluation/toy_colour.py)."""
+    from PIL import Image
+
+    from dataset.toy.categories import OBJECTS
+    from evaluation.toy_colour import key_colour_inside
+    colours = {o.name: o.colour for o in OBJECTS}
+    fractions = []
+    for s in samples:
+        with Image.open(folder / Path(s.key).name) as image:
+            fractions += key_colour_inside(np.asarray(image.convert("RGB")), s.interactions, colours)
+    return float(np.mean(fractions)) if fractions else float("nan")
 
 
 def score_run(folder: Path, gt: list[dict], categories: HOICategories, detector, role_types, extractor,
@@ -279,7 +311,7 @@ def run_toy(rows: list[ToyRow] | None = None, n: int = 250, data_root="data/toy"
         samples, gt, real_images, draws = layouts(row.min_interactions)
         subset = f":min{row.min_interactions}" if row.min_interactions else ""
         for seed in range(row.seeds):
-            run = runs / row.run_name(seed)
+            run = runs / row.train_name(seed)
             if row.checkpoint:
                 ckpt = REPO_ROOT / row.checkpoint
             elif not (run / "model_final.pth").is_file() and not train:
@@ -295,6 +327,8 @@ def run_toy(rows: list[ToyRow] | None = None, n: int = 250, data_root="data/toy"
             if "pair_verbs" not in scores:
                 detections = json.loads((folder.parent / "detections.json").read_text())
                 extra["pair_verbs"] = pair_verb_accuracy(gt, detections)
+            if "colour_inside" not in scores:
+                extra["colour_inside"] = colour_inside(folder, samples)
             if not math.isnan(per_image):
                 extra["seconds_per_image"] = per_image
             if row.grounded and not row.checkpoint:  # (a model's layout gain does not depend on the sampler)

@@ -167,13 +167,16 @@ def _short(value) -> str:
 
 # ----------------------------------------------------------------------------- the prompt's tokens
 
-def phrase_span(prompt_ids: Sequence[int], phrase_ids: Sequence[int]) -> tuple[int, int] | None:
-    """[start, end) of the first occurrence of `phrase_ids` in `prompt_ids`, or None."""
+def phrase_span(prompt_ids: Sequence[int], phrase_ids: Sequence[int],
+                taken: Sequence[tuple[int, int]] = ()) -> tuple[int, int] | None:
+    """[start, end) of the first occurrence of `phrase_ids` in `prompt_ids` that overlaps no span
+    in `taken` (else the first occurrence), or None. A phrase given for two segments ("a person
+    holding a ball, a person kicking a ball") so takes its occurrences in order."""
     n = len(phrase_ids)
-    for start in range(len(prompt_ids) - n + 1):
-        if list(prompt_ids[start:start + n]) == list(phrase_ids):
-            return start, start + n
-    return None
+    found = [(start, start + n) for start in range(len(prompt_ids) - n + 1)
+             if list(prompt_ids[start:start + n]) == list(phrase_ids)]
+    free = [s for s in found if all(s[1] <= a or b <= s[0] for a, b in taken)]
+    return (free or found or [None])[0]
 
 
 def text_tokens(ids: torch.Tensor, eos_id: int) -> list[int]:
@@ -247,13 +250,14 @@ def place_segments(prompt: str, segments: Sequence[Segment], tokenize: Callable[
     phrases = [check_phrase(s.phrase, f"{where}, segment {j}.phrase") for j, s in enumerate(segments)]
     tokens = text_tokens(tokenize([prompt])[0], eos_id)
     phrase_ids = tokenize(phrases)
-    placed = []
+    placed, taken = [], []
     for j, (segment, phrase) in enumerate(zip(segments, phrases)):
-        span = phrase_span(tokens, text_tokens(phrase_ids[j], eos_id))
+        span = phrase_span(tokens, text_tokens(phrase_ids[j], eos_id), taken)
         if span is None:
             raise ConditionError(f"{where}, segment {j}.phrase = {phrase!r}: not found in the prompt {prompt!r}")
         placed.append(PlacedSegment(phrase, (span[0] + 1, span[1] + 1),  # + 1: the prompt's BOS
                                     rasterize(segment, height, width, f"{where}, segment {j}")))
+        taken.append(span)
     return placed
 
 

@@ -249,3 +249,12 @@ def test_segments_from_a_layout():
     b = Interaction("person", "kick", "ball", (0.1, 0.1, 0.5, 0.9), (0.6, 0.1, 0.9, 0.3))
     assert segments_from_interactions([a, b]) == [Segment("person", box=a.subject_box), Segment("ball", box=a.object_box),
                                                   Segment("ball", box=b.object_box)]
+
+
+def test_a_repeated_phrase_takes_its_occurrences_in_order():
+    from interact.dense import phrase_span
+    prompt = [5, 7, 9, 5, 7, 2, 7]
+    assert phrase_span(prompt, [5, 7]) == (0, 2)
+    assert phrase_span(prompt, [5, 7], taken=[(0, 2)]) == (3, 5)
+    assert phrase_span(prompt, [5, 7], taken=[(0, 2), (3, 5)]) == (0, 2)   # all taken: the first again
+    assert phrase_span(prompt, [9, 9]) is None
