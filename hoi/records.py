@@ -82,6 +82,32 @@ class Interaction:
 
 
 @dataclass(frozen=True)
+class GroundedPhrase:
+    """GLIGEN's unit: a phrase and its box (normalised xyxy), as diffusers' GLIGEN pipeline takes
+    `gligen_phrases` and `gligen_boxes`."""
+    phrase: str
+    box: Box
+
+    def __post_init__(self):
+        object.__setattr__(self, "phrase", check_phrase(self.phrase, "phrase"))
+        object.__setattr__(self, "box", check_box(self.box, "box"))
+
+
+def phrases_from_interactions(items: Sequence) -> list[GroundedPhrase]:
+    """Interactions as GLIGEN's phrases: every subject and object with its box, each distinct
+    phrase and box once (one person doing two things is one phrase); GroundedPhrases kept."""
+    out, seen = [], set()
+    for item in items:
+        pairs = ([(item.phrase, item.box)] if isinstance(item, GroundedPhrase)
+                 else [(item.subject, item.subject_box), (item.object, item.object_box)])
+        for phrase, box in pairs:
+            if (phrase, tuple(box)) not in seen:
+                seen.add((phrase, tuple(box)))
+                out.append(GroundedPhrase(phrase, tuple(box)))
+    return out
+
+
+@dataclass(frozen=True)
 class Segment:
     """A DenseDiffusion segment (interact/dense.py): a phrase that occurs in the prompt and the
     image region it describes, given as exactly one of `box` (normalised xyxy), `polygon`
@@ -112,15 +138,16 @@ def check_interactions(interactions: Sequence[Interaction], max_interactions: in
     if len(interactions) > max_interactions:
         raise ConditionError(f"{prefix}interactions: {len(interactions)} given, at most {max_interactions} allowed")
     for i, item in enumerate(interactions):
-        if not isinstance(item, Interaction):
-            raise ConditionError(f"{prefix}interactions[{i}] = {item!r}: expected an Interaction")
+        if not isinstance(item, (Interaction, GroundedPhrase)):
+            raise ConditionError(f"{prefix}interactions[{i}] = {item!r}: expected an Interaction (or, for a GLIGEN "
+                                 f"model, a GroundedPhrase)")
     return interactions
 
 
 RECORD_LIST_FIELDS = ("subject_phrases", "action_phrases", "object_phrases", "subject_boxes", "object_boxes")
 # Every key a layout record may have: the prompt, the lists, and `source`, a free-text note of
 # where the layout comes from (the toy world's layout files carry one).
-RECORD_FIELDS = ("prompt", *RECORD_LIST_FIELDS, "source", "segments")
+RECORD_FIELDS = ("prompt", *RECORD_LIST_FIELDS, "source", "segments", "phrases", "boxes")
 SEGMENT_REGIONS = ("box", "polygon", "mask", "rle")
 
 
@@ -154,6 +181,19 @@ def segments_from_record(record: dict, where: str = "record", base_dir: str | No
     return out
 
 
+def phrases_from_record(record: dict, where: str) -> list[GroundedPhrase]:
+    """GLIGEN's record form {prompt, phrases: [...], boxes: [[x0, y0, x1, y1], ...]}."""
+    phrases, boxes = record.get("phrases"), record.get("boxes")
+    if not isinstance(phrases, list) or not isinstance(boxes, list):
+        raise ConditionError(f"{where}: phrases and boxes must both be given, as lists")
+    if len(phrases) != len(boxes):
+        raise ConditionError(f"{where}: {len(phrases)} phrases but {len(boxes)} boxes; give one box per phrase")
+    if len(phrases) > MAX_INTERACTIONS:
+        raise ConditionError(f"{where}: {len(phrases)} phrases; at most {MAX_INTERACTIONS}")
+    return [GroundedPhrase(check_phrase(p, f"{where}, phrase {j}"), check_box(b, f"{where}, boxes[{j}]"))
+            for j, (p, b) in enumerate(zip(phrases, boxes))]
+
+
 def interactions_from_record(record: dict, where: str = "record",
                              max_interactions: int = MAX_INTERACTIONS) -> list[Interaction]:
     """Parse a layout record {prompt, subject_phrases, action_phrases, object_phrases,
@@ -161,8 +201,11 @@ def interactions_from_record(record: dict, where: str = "record",
     and none of those lists has no interactions (a prompt for DenseDiffusion alone)."""
     if not isinstance(record, dict):
         raise ConditionError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    if "segments" in record and not any(f in record for f in RECORD_LIST_FIELDS):
-        return []
+    if not any(f in record for f in RECORD_LIST_FIELDS):
+        if "phrases" in record or "boxes" in record:
+            return phrases_from_record(record, where)
+        if "segments" in record:
+            return []
     missing = [f for f in RECORD_LIST_FIELDS if f not in record]
     if missing:
         raise ConditionError(f"{where}: missing field(s) {', '.join(missing)}")

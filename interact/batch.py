@@ -29,10 +29,10 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from hoi.io import atomic_write
-from hoi.records import (ConditionError, check_interactions, interactions_from_record, segments_from_record,
+from hoi.records import (ConditionError, GroundedPhrase, check_interactions, interactions_from_record, segments_from_record,
                          unknown_record_keys)
 from hoi.schema import check_options, option
-from interact.model import CONFIG_DIR, REPO_ROOT, SD_V1_CONFIG, InteractionOptions
+from interact.model import CONFIG_DIR, REPO_ROOT, SD_V1_CONFIG, SD_V1_GLIGEN_CONFIG, InteractionOptions
 
 DEFAULT_INPUT = REPO_ROOT / "examples" / "layouts.json"
 # The embedded default: the toy InteractDiffusion model (scripts/train_toy.sh), which draws
@@ -293,7 +293,8 @@ def sidecar(index: int, prompt: str, interactions: list, seed: int, sampling: di
     """A record's JSON sidecar; without model/device/dtype, the part a resume compares.
     `segments`: the record's own (as in the layouts file), when it has some."""
     out = {"record": index, "prompt": prompt,
-           "interactions": [{"subject": it.subject, "action": it.action, "object": it.object,
+           "interactions": [{"phrase": it.phrase, "box": list(it.box)} if isinstance(it, GroundedPhrase) else
+                            {"subject": it.subject, "action": it.action, "object": it.object,
                              "subject_box": list(it.subject_box), "object_box": list(it.object_box),
                              "action_box": list(it.action_box)} for it in interactions]}
     if segments:
@@ -378,7 +379,13 @@ def model_config_path(options: BatchOptions) -> Path:
     """The config the model is built from (and whose sampling section gives the defaults)."""
     if options.config:
         return Path(options.config)
-    return DEFAULT_CONFIG if options.uses_embedded_default else SD_V1_CONFIG
+    if options.uses_embedded_default:
+        return DEFAULT_CONFIG
+    if options.ckpt:  # a GLIGEN file gets GLIGEN's config (its tokenizer, its sampling defaults)
+        from interact.checkpoint.formats import peek_kind
+        if peek_kind(options.ckpt, options.allow_pickle) == "gligen":
+            return SD_V1_GLIGEN_CONFIG
+    return SD_V1_CONFIG
 
 
 def load_pipeline(ckpt: Path | None = None, sd_ckpt: Path | None = None, config: Path | None = None,

@@ -12,7 +12,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from hoi.records import MAX_INTERACTIONS, Interaction, between, check_interactions
+from hoi.records import (MAX_INTERACTIONS, ConditionError, GroundedPhrase, Interaction, between, check_interactions,
+                         phrases_from_interactions)
 from interact.dense import DenseLayout
 
 
@@ -44,6 +45,49 @@ class Grounding:
 
 
 @dataclass
+class PhraseGrounding:
+    """GLIGEN's grounding for a batch: phrase slots padded to the tokenizer's 30; the keyword
+    arguments of GLIGENPositionNet.forward."""
+    boxes: torch.Tensor        # [B, N, 4]
+    masks: torch.Tensor        # [B, N], 1 = a phrase
+    embeddings: torch.Tensor   # [B, N, D]
+
+    def as_kwargs(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def to(self, device=None, dtype=None) -> "PhraseGrounding":
+        return PhraseGrounding(**{k: v.to(device=device, dtype=dtype) for k, v in self.as_kwargs().items()})
+
+    def null(self) -> "PhraseGrounding":
+        return PhraseGrounding(**{k: torch.zeros_like(v) for k, v in self.as_kwargs().items()})
+
+    @classmethod
+    def cat(cls, groundings: Sequence["PhraseGrounding"]) -> "PhraseGrounding":
+        return cls(**{f.name: torch.cat([getattr(g, f.name) for g in groundings]) for f in fields(cls)})
+
+
+def build_phrase_grounding(batch: Sequence[Sequence[Interaction | GroundedPhrase]],
+                           encode_phrases: Callable[[list[str]], torch.Tensor], embed_dim: int,
+                           max_phrases: int = MAX_INTERACTIONS) -> PhraseGrounding:
+    """GLIGEN's input: each image's phrases and boxes, interactions turned into their subjects and
+    objects (phrases_from_interactions), padded to `max_phrases` slots."""
+    batch = [phrases_from_interactions(check_interactions(items, max_phrases, f"batch item {b}"))
+             for b, items in enumerate(batch)]
+    for b, items in enumerate(batch):
+        if len(items) > max_phrases:
+            raise ConditionError(f"batch item {b}: {len(items)} phrases (subjects and objects), at most {max_phrases}")
+    phrases = sorted({p.phrase for items in batch for p in items})
+    table = encode_phrases(phrases).float().cpu() if phrases else torch.zeros(0, embed_dim)
+    boxes, masks = torch.zeros(len(batch), max_phrases, 4), torch.zeros(len(batch), max_phrases)
+    embeddings = torch.zeros(len(batch), max_phrases, embed_dim)
+    index = {p: i for i, p in enumerate(phrases)}
+    for i, items in enumerate(batch):
+        for j, p in enumerate(items):
+            boxes[i, j], masks[i, j], embeddings[i, j] = torch.tensor(p.box), 1, table[index[p.phrase]]
+    return PhraseGrounding(boxes, masks, embeddings)
+
+
+@dataclass
 class Cond:
     """Everything a batch of B images is conditioned on: made by `InteractDiffusion.condition`,
     read by `InteractDiffusion.denoise`.
@@ -61,7 +105,7 @@ class Cond:
     An optional control's field may be None (absent); `cat` then fills the rows of the batches
     without it with its class's `absent(batch, length)`."""
     context: torch.Tensor     # [B, L, D]
-    grounding: Grounding
+    grounding: Grounding | PhraseGrounding   # PhraseGrounding for a GLIGEN model
     dense: DenseLayout | None = None
 
     def _controls(self) -> dict:
@@ -99,6 +143,10 @@ def build_grounding(batch: Sequence[Sequence[Interaction]], encode_phrases: Call
     """Pad each image's interactions to `max_interactions` slots. Each distinct phrase
     is encoded once (`encode_phrases(list[str]) -> [n, embed_dim]`)."""
     batch = [check_interactions(items, max_interactions, f"batch item {b}") for b, items in enumerate(batch)]
+    for b, items in enumerate(batch):
+        if any(isinstance(it, GroundedPhrase) for it in items):
+            raise ConditionError(f"batch item {b}: phrases with boxes are GLIGEN's input; InteractDiffusion needs "
+                                 f"(subject, action, object) interactions")
     phrases = sorted({p for items in batch for it in items for p in (it.subject, it.action, it.object)})
     table = encode_phrases(phrases) if phrases else torch.zeros(0, embed_dim)
     if table.shape != (len(phrases), embed_dim):

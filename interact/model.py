@@ -24,14 +24,15 @@ from torch import nn
 
 from hoi.records import Interaction, Segment
 from hoi.schema import check_options, option
-from interact.conditions import Cond, Grounding, build_grounding
+from interact.conditions import Cond, Grounding, PhraseGrounding, build_grounding, build_phrase_grounding
 from interact.dense import DenseControl, DenseWeights, build_dense
 from interact.fuser import FUSER_INITS, FUSER_TYPES, attach_fusers
-from interact.tokenizer import BOX_ATTENTION, ROLE_EMBEDDINGS
+from interact.tokenizer import BOX_ATTENTION, ROLE_EMBEDDINGS, GLIGENPositionNet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
 SD_V1_CONFIG = CONFIG_DIR / "sd_v1_interact.yaml"
+SD_V1_GLIGEN_CONFIG = CONFIG_DIR / "sd_v1_gligen.yaml"   # the released GLIGEN box + text model
 SECTIONS = ("model", "autoencoder", "text_encoder", "diffusion")
 REQUIRED_KEYS = SECTIONS + ("interaction", "scale_factor")
 
@@ -203,13 +204,18 @@ class InteractDiffusion(nn.Module):
         return self.model
 
     @property
+    def is_gligen(self) -> bool:
+        """A GLIGEN model: phrases with boxes, no interactions (interact/tokenizer.py GLIGENPositionNet)."""
+        return isinstance(self.interaction_tokenizer, GLIGENPositionNet)
+
+    @property
     def interaction_tokenizer(self) -> nn.Module:
         """Interaction slots -> the fusers' tokens (interact/tokenizer.py; released name `position_net`)."""
         return self.model.position_net
 
     # -------------------------------------------------------------- the two verbs
     def condition(self, captions: Sequence[str],
-                  interactions: Sequence[Sequence[Interaction]] | Grounding | None = None,
+                  interactions: Sequence[Sequence[Interaction]] | Grounding | PhraseGrounding | None = None,
                   encode_captions: Callable[[list[str]], torch.Tensor] | None = None,
                   encode_phrases: Callable[[list[str]], torch.Tensor] | None = None,
                   segments: Sequence[Sequence[Segment]] | None = None,
@@ -224,13 +230,14 @@ class InteractDiffusion(nn.Module):
         encode_captions = self.text_encoder.encode if encode_captions is None else encode_captions
         encode_phrases = self.text_encoder.encode_pooled if encode_phrases is None else encode_phrases
         captions = list(captions)
-        if not isinstance(interactions, Grounding):
+        if not isinstance(interactions, (Grounding, PhraseGrounding)):
             tokenizer = self.interaction_tokenizer
             interactions = [[] for _ in captions] if interactions is None else list(interactions)
             if len(interactions) != len(captions):
                 raise ValueError(f"interactions: {len(interactions)} lists for {len(captions)} captions; "
                                  f"give one list per caption")
-            interactions = build_grounding(interactions, encode_phrases, tokenizer.in_dim, tokenizer.max_interactions)
+            build = build_phrase_grounding if self.is_gligen else build_grounding
+            interactions = build(interactions, encode_phrases, tokenizer.in_dim, tokenizer.max_interactions)
         context, dense = encode_captions(captions), None
         if segments is not None and any(segments):
             if image_size is None:

@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 
 from hoi.captions import caption_from_triplets
-from hoi.records import Interaction
+from hoi.records import GroundedPhrase, Interaction
 
 
 @dataclass
@@ -63,7 +63,8 @@ def instance_branches(prompts: Sequence[str], interactions: Sequence[Sequence[In
         owner.append(b)
         branch_segments.append(list(segments[b]) if segments is not None else [])
         for item in items:
-            captions.append(caption_from_triplets([item]))
+            # (a GLIGEN phrase is its own caption)
+            captions.append(item.phrase if isinstance(item, GroundedPhrase) else caption_from_triplets([item]))
             branch_interactions.append([item])
             owner.append(b)
             branch_segments.append([])

@@ -35,8 +35,9 @@ from interact.checkpoint import CheckpointError, load_weights
 from interact.conditions import Cond
 from interact.dense import DenseWeights
 from interact.multi_instance import instance_branches
-from hoi.records import ConditionError, Interaction, Segment, check_interactions
-from interact.model import SD_V1_CONFIG, InteractDiffusion, build_model, load_config, set_interaction_options
+from hoi.records import ConditionError, GroundedPhrase, Interaction, Segment, check_interactions
+from interact.model import (SD_V1_CONFIG, SD_V1_GLIGEN_CONFIG, InteractDiffusion, build_model, load_config,
+                            set_interaction_options)
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.plms import PLMSSampler
 from ldm.models.diffusion.solvers import SOLVERS, SolverSampler, takes_karras_sigmas
@@ -170,7 +171,8 @@ class InteractDiffusionPipeline:
     @classmethod
     def from_checkpoint(cls, ckpt=None, sd_ckpt=None, config=None, text_encoder=None, device=None, half=False,
                         allow_pickle=False, interaction: dict | None = None):
-        """`ckpt`: an InteractDiffusion file; with `sd_ckpt` (an SD v1.x .ckpt/.safetensors) the
+        """`ckpt`: an InteractDiffusion file, or a GLIGEN one (then, without `config`, the model is
+        GLIGEN's, configs/sd_v1_gligen.yaml); with `sd_ckpt` (an SD v1.x .ckpt/.safetensors) the
         backbone comes from there and only the interaction weights from `ckpt`. `text_encoder`:
         a Hugging Face CLIP text model folder, for files without text encoder weights.
         Nothing is downloaded."""
@@ -179,6 +181,9 @@ class InteractDiffusionPipeline:
         for label, path in (("--ckpt", ckpt), ("--sd_ckpt", sd_ckpt), ("--text_encoder", text_encoder)):
             if path is not None and not Path(path).exists():
                 raise FileNotFoundError(f"{label} {path}: no such file or folder")
+        if config is None and ckpt is not None:  # a GLIGEN file gets GLIGEN's config
+            from interact.checkpoint.formats import peek_kind
+            config = SD_V1_GLIGEN_CONFIG if peek_kind(ckpt, allow_pickle) == "gligen" else None
         config = set_interaction_options(load_config(config or SD_V1_CONFIG), **(interaction or {}))
         device = resolve_device(device)
         # Built on the meta device: every tensor then comes from the files without a
@@ -245,7 +250,7 @@ class InteractDiffusionPipeline:
         b = len(prompts)
         if interactions is None:
             interactions = [[] for _ in range(b)]
-        elif len(interactions) == 0 or isinstance(interactions[0], Interaction):
+        elif len(interactions) == 0 or isinstance(interactions[0], (Interaction, GroundedPhrase)):
             interactions = [list(interactions)] * b  # one list, shared by every prompt
         if len(interactions) != b:
             raise ValueError(f"interactions: {len(interactions)} lists for {b} prompts; give one list per prompt")
@@ -376,14 +381,17 @@ LAYOUT_COLOURS = {"subject": (230, 40, 40), "object": (40, 90, 230), "action": (
 
 def draw_layout(image: Image.Image, interactions: Sequence[Interaction], min_size: int = 256) -> Image.Image:
     """A copy of `image` (upscaled to at least `min_size` for legibility) with each
-    interaction's subject, object and action boxes and phrases drawn on it."""
+    interaction's subject, object and action boxes and phrases drawn on it (a GLIGEN phrase's box
+    in the subject colour)."""
     scale = max(1, math.ceil(min_size / min(image.size)))
     canvas = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
     draw = ImageDraw.Draw(canvas)
     w, h = canvas.size
     for n, it in enumerate(interactions):
-        for role, box, phrase in (("subject", it.subject_box, it.subject), ("object", it.object_box, it.object),
-                                  ("action", it.action_box, it.action)):
+        roles = ((("subject", it.box, it.phrase),) if isinstance(it, GroundedPhrase) else
+                 (("subject", it.subject_box, it.subject), ("object", it.object_box, it.object),
+                  ("action", it.action_box, it.action)))
+        for role, box, phrase in roles:
             x0, y0, x1, y1 = box[0] * w, box[1] * h, box[2] * w, box[3] * h
             colour = LAYOUT_COLOURS[role]
             draw.rectangle([x0, y0, max(x1 - 1, x0), max(y1 - 1, y0)], outline=colour, width=2)

@@ -194,3 +194,43 @@ def role_type_loss(tokenizer: HOIPositionNet, embeddings: torch.Tensor, labels: 
     if not labelled.any():  # keeps the graph (and DDP) whole on a batch without labels
         return logits.sum() * 0.0
     return nn.functional.cross_entropy(logits[labelled].float(), labels[labelled])
+
+
+class GLIGENPositionNet(nn.Module):
+    """GLIGEN's box + text grounding tokenizer (its released `position_net`, the paper's baseline
+    row): per phrase slot, token = linears(concat(CLIP pooled phrase embedding, Fourier(box))),
+    padded slots taking `null_positive_feature` and `null_position_feature`; no instance or role
+    embedding, tokens in slot order, at most 30. It reads a PhraseGrounding (interact/conditions.py)."""
+
+    def __init__(self, in_dim: int = 768, out_dim: int = 768, max_interactions: int = 30, hidden_dim: int = 512,
+                 fourier_freqs: int = FOURIER_FREQS, role_embedding: str = "fixed", box_attention: str = "none"):
+        super().__init__()
+        # The InteractDiffusion-only switches, refused by name (a GLIGEN token has no role, and
+        # its fusers were trained without box attention).
+        if role_embedding != "fixed":
+            raise ValueError(f"role_embedding = {role_embedding!r}: an InteractDiffusion option; a GLIGEN model's "
+                             f"tokens have no roles")
+        if box_attention != "none":
+            raise ValueError(f"box_attention = {box_attention!r}: an InteractDiffusion (toy world) option; a GLIGEN "
+                             f"model has none")
+        # max_interactions: phrase slots (GLIGEN's max_objs), under the name the pipeline's limits use
+        self.in_dim, self.out_dim, self.max_interactions = in_dim, out_dim, max_interactions
+        self.fourier_freqs = fourier_freqs
+        self.box_attention, self.role_embedding, self.action_tokens = "none", "fixed", False
+        position_dim = fourier_freqs * 2 * 4
+        self.linears = _mlp(in_dim + position_dim, hidden_dim, out_dim)
+        self.null_positive_feature = nn.Parameter(torch.zeros(in_dim))
+        self.null_position_feature = nn.Parameter(torch.zeros(position_dim))
+
+    @property
+    def num_tokens(self) -> int:
+        return self.max_interactions
+
+    def forward(self, boxes: torch.Tensor, masks: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """boxes [B,N,4] normalised xyxy, masks [B,N] (1 = a phrase), embeddings [B,N,in_dim] -> [B,N,out_dim]."""
+        if boxes.shape[1] > self.max_interactions:
+            raise ValueError(f"{boxes.shape[1]} phrase slots given; this GLIGEN tokenizer has {self.max_interactions}")
+        mask = masks[..., None].to(embeddings.dtype)
+        position = fourier_embed(boxes, self.fourier_freqs) * mask + (1 - mask) * self.null_position_feature
+        text = embeddings * mask + (1 - mask) * self.null_positive_feature
+        return self.linears(torch.cat([text, position], dim=-1))

@@ -108,10 +108,14 @@ DOCUMENTED_TRAINING_YAMLS = {
 
 
 def shipped_training_yamls() -> list[str]:
-    """The YAMLs under configs/ that main.py trains from: those with a train section, a model_config or a
-    base_config (a training config they override)."""
-    return sorted(p.name for p in (REPO_ROOT / "configs").glob("*.yaml")
-                  if {"train", "model_config", "base_config"} & set(OmegaConf.load(p)))
+    """The YAMLs under configs/ that main.py trains from: those with a train section or a model_config,
+    or a base_config that is such a training config (a model config may extend a model config too)."""
+    def trains(path) -> bool:
+        config = OmegaConf.load(path)
+        if {"train", "model_config"} & set(config):
+            return True
+        return "base_config" in config and trains(path.parent / config.base_config)
+    return sorted(p.name for p in (REPO_ROOT / "configs").glob("*.yaml") if trains(p))
 
 
 def documented_value(config, model, dotted: str):

@@ -91,10 +91,13 @@ def check_file(raw: dict, model: InteractDiffusion) -> dict[str, SectionReport]:
     """Which of the file's sections would load strictly into `model` (for `inspect`)."""
     kind = classify(raw)
     sections = to_sections(raw)
+    as_is = model.is_gligen  # a GLIGEN model takes a GLIGEN file's names as they are
     if "model" in sections:
-        sections["model"] = with_typed_role_defaults(model, as_interaction_names(kind, sections["model"]))
+        state = sections["model"] if as_is else as_interaction_names(kind, sections["model"])
+        sections["model"] = with_typed_role_defaults(model, state)
     ignore = {"sd_original": is_interaction_key,  # an SD file holds the backbone only
-              "interaction_weights": lambda k: not is_interaction_key(k)}.get(kind, fresh_in_file(kind))
+              "interaction_weights": lambda k: not is_interaction_key(k)}.get(
+        kind, _keep_all if as_is else fresh_in_file(kind))
     return {name: compare(model.section(name), name, state, ignore if name == "model" else _keep_all)
             for name, state in sections.items()}
 

@@ -12,6 +12,7 @@ import torch
 from interact.checkpoint.checks import check_file, config_hint
 from interact.checkpoint.formats import CheckpointError, classify, describe_kind, read_file, to_sections
 from interact.checkpoint.writing import pack
+from interact.checkpoint.formats import default_config
 from interact.model import SD_V1_CONFIG, SECTIONS, build_model, load_config
 
 
@@ -29,7 +30,7 @@ def inspect(path: str | os.PathLike, config: str | os.PathLike | None = None, al
     extras = sorted(str(k) for k in raw if k not in SECTIONS and not isinstance(raw[k], torch.Tensor))
     if extras and classify(raw) != "sd_original":
         print(f"  other keys: {', '.join(extras)}", file=out)
-    config = config or SD_V1_CONFIG
+    config = config or default_config(raw)
     model = build_model(load_config(config), device="meta")
     reports = check_file(raw, model)
     problems = [line for name, r in reports.items() for line in r.lines(name)]
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="say what a checkpoint file is and check it against a model config")
     p.add_argument("file")
-    p.add_argument("--config", default=None, help=f"model YAML (default {SD_V1_CONFIG.relative_to(SD_V1_CONFIG.parents[1])})")
+    p.add_argument("--config", default=None, help=f"model YAML (default {SD_V1_CONFIG.relative_to(SD_V1_CONFIG.parents[1])}, "
+                        f"or configs/sd_v1_gligen.yaml for a GLIGEN file)")
     p.add_argument("--allow-pickle", action="store_true", help="unpickle arbitrary objects (trusted files only)")
     p = sub.add_parser("pack", help="a training export -> a shippable file (model sections, fp16)")
     p.add_argument("file")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from interact.model import SECTIONS, is_interaction_key
+from interact.model import SD_V1_CONFIG, SD_V1_GLIGEN_CONFIG, SECTIONS, is_interaction_key
 
 SD_PREFIXES = {
     "model.diffusion_model.": "model",
@@ -176,6 +176,31 @@ def classify(raw: dict) -> str:
     if isinstance(state, dict) and any(isinstance(k, str) and k.startswith("model.diffusion_model.") for k in state):
         return "sd_original"
     return "unknown"
+
+
+def default_config(raw: dict) -> Path:
+    """The model config a file is generated with when none is given: GLIGEN's for a GLIGEN file."""
+    return SD_V1_GLIGEN_CONFIG if classify(raw) == "gligen" else SD_V1_CONFIG
+
+
+def peek_kind(path: str | os.PathLike, allow_pickle: bool = False) -> str:
+    """classify() of a file without reading its tensors' data where the format allows: a torch
+    zip file is memory-mapped, a safetensors file's header read; other files are read whole."""
+    path = Path(path)
+    if path.is_file() and sniff_format(path) == "torch-zip":
+        try:
+            with torch.serialization.safe_globals(config_globals()):
+                return classify(torch.load(path, map_location="cpu", mmap=True, weights_only=not allow_pickle))
+        except Exception:  # noqa: BLE001  (read_file gives the proper message when the file is loaded)
+            return "unknown"
+    if path.is_file() and sniff_format(path) == "safetensors":
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return classify({k: torch.empty(0) for k in f.keys()})
+        except Exception:  # noqa: BLE001
+            return "unknown"
+    return classify(read_file(path, allow_pickle)) if path.is_file() else "unknown"
 
 
 def describe_kind(raw: dict) -> str:

@@ -139,15 +139,22 @@ def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt
             raise CheckpointError(f"--ckpt {ckpt}: is a Stable Diffusion v1.x original checkpoint, which holds no "
                                   f"interaction weights: pass it as {policy.sd_flag}, and {policy.ckpt_takes} "
                                   f"as --ckpt")
-        if kind == "gligen" and not policy.takes_gligen:
-            raise CheckpointError(f"--ckpt {ckpt}: is a GLIGEN checkpoint (box grounding), not InteractDiffusion: it "
-                                  f"can initialise InteractDiffusion training but cannot generate interactions")
+        if kind == "gligen" and not model.is_gligen and not policy.takes_gligen:
+            raise CheckpointError(f"--ckpt {ckpt}: is a GLIGEN checkpoint (box grounding), and the config is "
+                                  f"InteractDiffusion's: generate with configs/sd_v1_gligen.yaml (picked by itself "
+                                  f"when no --config is given); GLIGEN files initialise InteractDiffusion training")
+        if kind in ("interactdiffusion", "interaction_weights") and model.is_gligen:
+            raise CheckpointError(f"--ckpt {ckpt}: is an InteractDiffusion checkpoint, and the config is GLIGEN's: "
+                                  f"use an InteractDiffusion config (configs/sd_v1_interact.yaml)")
         sections = to_sections(raw)
         if "model" not in sections:
             raise CheckpointError(f"--ckpt {ckpt}: has no 'model' section with interaction weights")
-        interaction = (ckpt, raw, kind, as_interaction_names(kind, sections["model"]))
+        # A GLIGEN file into a GLIGEN model loads as it is; into InteractDiffusion it is converted.
+        converted = kind == "gligen" and not model.is_gligen
+        interaction = (ckpt, raw, kind, as_interaction_names(kind, sections["model"]) if converted
+                       else sections["model"])
         lines.append(f"interaction control: {ckpt} ({describe_kind(raw)})"
-                     + ("; instance and role embeddings: random (GLIGEN has none)" if kind == "gligen" else ""))
+                     + ("; instance and role embeddings: random (GLIGEN has none)" if converted else ""))
         if kind != "interaction_weights":
             backbone = (ckpt, raw, sections)
     else:
@@ -168,7 +175,7 @@ def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt
         lines.append(f"backbone: {source}")
     if interaction is not None:
         source, raw, kind, model_state = interaction
-        fresh = fresh_in_file(kind)
+        fresh = _keep_all if model.is_gligen else fresh_in_file(kind)
         check_variant(model, {k: v for k, v in model_state.items() if is_interaction_key(k) and not fresh(k)},
                       source, raw.get("config_dict"))
         parts.append(_checked(_Part(model.unet, "model", with_typed_role_defaults(model, model_state),
