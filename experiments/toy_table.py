@@ -101,8 +101,14 @@ CONTROL_ROWS = (
            min_interactions=3),
     ToyRow("dense_text_only", "text only + DenseDiffusion", "configs/toy_text_only.yaml", False,
            trained_as="text_only", segments=True),
+    ToyRow("dense_text_only_attention", "text only + DenseDiffusion's attention modulation alone",
+           "configs/toy_text_only.yaml", False, trained_as="text_only", segments=True,
+           sampling=(("dense_phrase_embeddings", False),)),
     ToyRow("interact_dense", "InteractDiffusion (embedded) + DenseDiffusion", "configs/toy_hoi.yaml", True,
            checkpoint=EMBEDDED, segments=True),
+    ToyRow("interact_dense_attention", "InteractDiffusion (embedded) + DenseDiffusion's attention modulation alone",
+           "configs/toy_hoi.yaml", True, checkpoint=EMBEDDED, segments=True,
+           sampling=(("dense_phrase_embeddings", False),)),
     ToyRow("interact_dense_mis", "InteractDiffusion (embedded) + DenseDiffusion + multi-instance sampler 0.36",
            "configs/toy_hoi.yaml", True, checkpoint=EMBEDDED, segments=True, sampling=(("multi_instance", 0.36),)),
 )
@@ -116,7 +122,8 @@ COMPARISONS = (("interact", "boxes"), ("interact", "text_only"), ("interact_plai
                ("interact", "interact_plain"), ("sampler_dpmpp20", "sampler_plms50"),
                ("sampler_dpmpp20k", "sampler_plms50"), ("sampler_unipc20", "sampler_plms50"),
                ("sampler_plms25", "sampler_plms50"), ("mis", "sampler_plms25"), ("crowded_mis", "crowded"),
-               ("dense_text_only", "text_only"), ("interact_dense", "sampler_plms25"),
+               ("dense_text_only", "text_only"), ("dense_text_only_attention", "text_only"),
+               ("interact_dense", "sampler_plms25"), ("interact_dense_attention", "sampler_plms25"),
                ("interact_dense_mis", "sampler_plms25"))
 
 

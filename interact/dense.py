@@ -263,10 +263,11 @@ def place_segments(prompt: str, segments: Sequence[Segment], tokenize: Callable[
 
 def build_dense(prompts: Sequence[str], segments: Sequence[Sequence[Segment]] | None, context: torch.Tensor,
                 tokenize: Callable[[list[str]], torch.Tensor], encode: Callable[[list[str]], torch.Tensor],
-                eos_id: int, height: int, width: int) -> tuple[torch.Tensor, DenseLayout | None]:
+                eos_id: int, height: int, width: int,
+                replace_phrases: bool = True) -> tuple[torch.Tensor, DenseLayout | None]:
     """The prompts' context with every segment phrase's tokens replaced by the phrase encoded
-    alone, and the DenseLayout of the batch (None without segments). `segments`: one list per
-    prompt (None: none)."""
+    alone (unless not `replace_phrases`), and the DenseLayout of the batch (None without
+    segments). `segments`: one list per prompt (None: none)."""
     b, length = context.shape[:2]
     if segments is None or not any(segments):
         return context, None
@@ -280,10 +281,11 @@ def build_dense(prompts: Sequence[str], segments: Sequence[Sequence[Segment]] | 
         if not items:
             continue
         placed = place_segments(prompts[i], items, tokenize, eos_id, height, width, f"prompt {i}")
-        alone = encode([p.phrase for p in placed]).to(context.device, context.dtype)
+        alone = encode([p.phrase for p in placed]).to(context.device, context.dtype) if replace_phrases else None
         for j, p in enumerate(placed):
             start, end = p.span
-            context[i, start:end] = alone[j, 1:1 + end - start]
+            if replace_phrases:
+                context[i, start:end] = alone[j, 1:1 + end - start]
             spans[i, j, start:end] = True
             masks[i, j] = p.mask
     active = torch.tensor([bool(items) for items in segments])

@@ -219,13 +219,14 @@ class InteractDiffusion(nn.Module):
                   encode_captions: Callable[[list[str]], torch.Tensor] | None = None,
                   encode_phrases: Callable[[list[str]], torch.Tensor] | None = None,
                   segments: Sequence[Sequence[Segment]] | None = None,
-                  image_size: tuple[int, int] | None = None) -> Cond:
+                  image_size: tuple[int, int] | None = None, replace_phrases: bool = True) -> Cond:
         """What the UNet is conditioned on for one image per caption, on the UNet's device and dtype.
         `interactions`: one list per caption (None: none, i.e. the null grounding) or a ready
         Grounding. `encode_captions` ([B] captions -> [B, L, D]) and `encode_phrases` ([n] phrases ->
         [n, D]) default to the text encoder; caches (interact/phrase_cache.py) plug in there.
         `segments`: DenseDiffusion's, one list per caption (interact/dense.py), rasterized at
-        `image_size` (height, width)."""
+        `image_size` (height, width); `replace_phrases`: their tokens replaced by the phrase
+        encoded alone (DenseDiffusion's; off keeps the prompt's own)."""
         # `is None`, not `or`: a cache with nothing in it yet is falsy (it has a length)
         encode_captions = self.text_encoder.encode if encode_captions is None else encode_captions
         encode_phrases = self.text_encoder.encode_pooled if encode_phrases is None else encode_phrases
@@ -244,7 +245,7 @@ class InteractDiffusion(nn.Module):
                 raise ValueError("segments need the image_size (height, width) their masks are drawn at")
             encoder = self.text_encoder
             context, dense = build_dense(captions, segments, context, encoder.tokenize, encoder.encode,
-                                         encoder.tokenizer.eos_token_id, *image_size)
+                                         encoder.tokenizer.eos_token_id, *image_size, replace_phrases)
         placed = next(self.unet.parameters())
         return Cond(context, interactions, dense).to(placed.device, placed.dtype)
 

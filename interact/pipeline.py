@@ -82,6 +82,8 @@ class SamplingOptions:
                                       rule=">= 0")
     dense_cross_weight: float = option(1.0, "DenseDiffusion's weight w of cross-attention", check=lambda v: v >= 0,
                                        rule=">= 0")
+    dense_phrase_embeddings: bool = option(True, "DenseDiffusion: replace each segment phrase's tokens by the phrase "
+                                                 "encoded alone (its own method); false keeps the prompt's")
     reference_compat: bool = option(False, "reproduce the reference code's images: one global seed with noise drawn "
                                            "record after record, LDM's timestep grid, PLMS 50 / DDIM 250 steps and "
                                            "its negative prompt unless given, pixels truncated to uint8")
@@ -285,7 +287,8 @@ class InteractDiffusionPipeline:
                  guidance_scale=None, steps=None, sampler=None, scheduled_sampling=None, height=None,
                  width=None, seed: int | Sequence[int] = 0, eta: float | None = None, scheduled_decay=None,
                  karras_sigmas=None, multi_instance=None, dense_steps=None, dense_self_weight=None,
-                 dense_cross_weight=None, reference_compat=None, generator: torch.Generator | None = None,
+                 dense_cross_weight=None, dense_phrase_embeddings=None, reference_compat=None,
+                 generator: torch.Generator | None = None,
                  progress: bool = True, output_type: str = "pil"):
         """Returns a list of PIL images (output_type "pil") or a [B,3,H,W] tensor in [0,1] ("pt").
         `interactions`: a list of Interaction for a single prompt (or for every prompt), or one
@@ -305,7 +308,8 @@ class InteractDiffusionPipeline:
                                  height=height, width=width, eta=eta, scheduled_decay=scheduled_decay,
                                  karras_sigmas=karras_sigmas, multi_instance=multi_instance,
                                  dense_steps=dense_steps, dense_self_weight=dense_self_weight,
-                                 dense_cross_weight=dense_cross_weight, reference_compat=reference_compat)
+                                 dense_cross_weight=dense_cross_weight,
+                                 dense_phrase_embeddings=dense_phrase_embeddings, reference_compat=reference_compat)
         latent_shape = self._latent_shape(o.height, o.width)
         model = self.model
         prompts, batch, negatives, seeds = self._batch(prompt, interactions, o.negative_prompt, seed,
@@ -315,14 +319,15 @@ class InteractDiffusionPipeline:
         size = (o.height, o.width)
         # The unconditional branch of guidance: the negative prompt, no controls.
         uncond = model.condition(negatives).null() if use_cfg else None
-        full = model.condition(prompts, batch, segments=per_prompt_segments, image_size=size)
+        replace = o.dense_phrase_embeddings
+        full = model.condition(prompts, batch, segments=per_prompt_segments, image_size=size, replace_phrases=replace)
         sampler_obj = make_sampler(model.diffusion, o)
         steps = sampler_obj.steps  # the sampler's own count: the reference grid may have more steps than asked for
         fuser_scales = [fuser_scale(i, steps, o.scheduled_sampling, o.scheduled_decay) for i in range(steps)]
         branch_steps = int(o.multi_instance * steps)
         branches = instance_branches(prompts, batch, per_prompt_segments) if branch_steps else None
         branch_cond = (model.condition(branches.captions, branches.interactions, segments=branches.segments,
-                                       image_size=size) if branches else None)
+                                       image_size=size, replace_phrases=replace) if branches else None)
         # DenseDiffusion's modulation runs for its share of the steps; the replaced phrase
         # embeddings stay in the context throughout.
         dense_steps = int(o.dense_steps * steps)

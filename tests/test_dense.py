@@ -258,3 +258,13 @@ def test_a_repeated_phrase_takes_its_occurrences_in_order():
     assert phrase_span(prompt, [5, 7], taken=[(0, 2)]) == (3, 5)
     assert phrase_span(prompt, [5, 7], taken=[(0, 2), (3, 5)]) == (0, 2)   # all taken: the first again
     assert phrase_span(prompt, [9, 9]) is None
+
+
+def test_phrase_replacement_can_be_left_out(pipe):
+    prompt, segments = "a ball next to a tree", [Segment("tree", box=(0.5, 0, 1, 1))]
+    kept = pipe.model.condition([prompt], segments=[segments], image_size=(32, 32), replace_phrases=False)
+    torch.testing.assert_close(kept.context, pipe.model.text_encoder.encode([prompt]))
+    assert kept.dense.any_active
+    with_it = pipe(prompt, segments=segments, seed=3, **FAST)
+    without = pipe(prompt, segments=segments, seed=3, dense_phrase_embeddings=False, **FAST)
+    assert (with_it - without).abs().max() > 1e-6
