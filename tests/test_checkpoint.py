@@ -791,3 +791,28 @@ def test_box_only_ablation_is_not_mistaken_for_gligen():
     assert classify(box_only) == "interactdiffusion"
     gligen = {"model": {"input_blocks.0.0.weight": t, "position_net.linears.0.weight": t}}
     assert classify(gligen) == "gligen"
+
+
+def test_webui_extension_file_gives_the_interaction_weights(tmp_path, source, fresh, sd_ckpt_file, capsys):
+    """The WebUI extension's ext_interactdiff_v1.2.pth: the fusers and position_net as one flat dict
+    (no `model` section), here in fp16; loaded beside an SD file, named by inspect."""
+    flat = {k: v.half() if v.is_floating_point() else v for k, v in weights(source)["model"].items()
+            if is_interaction_key(k)}
+    assert any(k.startswith("input_blocks.") and ".fuser." in k for k in flat)
+    path = tmp_path / "ext_interactdiff_v1.2.pth"
+    torch.save(flat, path)
+    raw = read_file(path)
+    assert classify(raw) == "webui_extension" and set(to_sections(raw)) == {"model"}
+    load_weights(fresh, ckpt=path, sd_ckpt=sd_ckpt_file, purpose="generate")
+    for key, value in fresh.model.state_dict().items():
+        expected = source.model.state_dict()[key]
+        if is_interaction_key(key):
+            torch.testing.assert_close(value, expected.half().float())
+        else:
+            assert torch.equal(value, expected)
+    with pytest.raises(CheckpointError, match="holds the interaction weights only: pass --sd_ckpt"):
+        load_weights(build_model(source.config, device="meta"), ckpt=path, purpose="generate")
+    from interact.checkpoint import inspect
+    assert inspect(path, source.config) == 0
+    out = capsys.readouterr().out
+    assert "InteractDiffusion WebUI extension file" in out and "loads strictly" in out

@@ -8,7 +8,8 @@ from typing import Callable
 
 import torch
 
-from interact.checkpoint.formats import GLIGEN_FRESH_KEYS, CheckpointError, classify, gligen_to_interaction, to_sections
+from interact.checkpoint.formats import (GLIGEN_FRESH_KEYS, INTERACTION_ONLY, CheckpointError, classify,
+                                         gligen_to_interaction, to_sections)
 from interact.model import (CONFIG_DIR, REPO_ROOT, InteractDiffusion, build_model, interaction_options,
                             is_interaction_key, load_config)
 
@@ -87,6 +88,10 @@ def as_interaction_names(kind: str, model_state: dict) -> dict:
     return gligen_to_interaction(model_state) if kind == "gligen" else model_state
 
 
+def _backbone_key(name: str) -> bool:
+    return not is_interaction_key(name)
+
+
 def check_file(raw: dict, model: InteractDiffusion) -> dict[str, SectionReport]:
     """Which of the file's sections would load strictly into `model` (for `inspect`)."""
     kind = classify(raw)
@@ -95,9 +100,12 @@ def check_file(raw: dict, model: InteractDiffusion) -> dict[str, SectionReport]:
     if "model" in sections:
         state = sections["model"] if as_is else as_interaction_names(kind, sections["model"])
         sections["model"] = with_typed_role_defaults(model, state)
-    ignore = {"sd_original": is_interaction_key,  # an SD file holds the backbone only
-              "interaction_weights": lambda k: not is_interaction_key(k)}.get(
-        kind, _keep_all if as_is else fresh_in_file(kind))
+    if kind == "sd_original":  # an SD file holds the backbone only
+        ignore = is_interaction_key
+    elif kind in INTERACTION_ONLY:
+        ignore = _backbone_key
+    else:
+        ignore = _keep_all if as_is else fresh_in_file(kind)
     return {name: compare(model.section(name), name, state, ignore if name == "model" else _keep_all)
             for name, state in sections.items()}
 

@@ -8,7 +8,9 @@ Layouts read:
 - Stable Diffusion v1.x originals (.ckpt or .safetensors): one `state_dict` with
   prefixes `model.diffusion_model.`, `first_stage_model.`, `cond_stage_model.transformer.`;
 - interaction-only files (this project's export): `model` holding only
-  `position_net.*` and the fusers.
+  `position_net.*` and the fusers;
+- the InteractDiffusion WebUI extension's file (`ext_interactdiff_v1.2.pth`): the same tensors
+  as one flat dict, `input_blocks.1.1.transformer_blocks.0.fuser.*` ... and `position_net.*`.
 
 Pickles load with `weights_only=True`; a file that needs arbitrary Python objects
 is refused unless the caller trusts it (`allow_pickle=True`, CLI `--allow-pickle`).
@@ -162,8 +164,15 @@ def _is_tensor_dict(value) -> bool:
     return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
 
 
+# Kinds that hold only the interaction control: the backbone must come from an SD file.
+INTERACTION_ONLY = ("interaction_weights", "webui_extension")
+
+
 def classify(raw: dict) -> str:
-    """One of: interactdiffusion, gligen, interaction_weights, sd_original, unknown."""
+    """One of: interactdiffusion, gligen, interaction_weights, webui_extension, sd_original, unknown."""
+    if (_is_tensor_dict(raw) and all(is_interaction_key(k) for k in raw)
+            and any(k.startswith("position_net.") for k in raw)):
+        return "webui_extension"
     model = raw.get("model")
     if _is_tensor_dict(model):
         has_backbone = any(not is_interaction_key(k) for k in model)
@@ -208,6 +217,7 @@ def describe_kind(raw: dict) -> str:
     names = {"interactdiffusion": "InteractDiffusion checkpoint (UNet + interaction tokenizer + fusers)",
              "gligen": "GLIGEN checkpoint (box grounding tokenizer + fusers)",
              "interaction_weights": "interaction weights only (position_net + fusers)",
+             "webui_extension": "InteractDiffusion WebUI extension file (position_net + fusers, one flat dict)",
              "sd_original": "Stable Diffusion v1.x original checkpoint",
              "unknown": "unrecognised layout"}
     text = names[kind]
@@ -240,6 +250,8 @@ def to_sections(raw: dict) -> dict[str, dict[str, torch.Tensor]]:
         return sections
     if kind == "unknown":
         raise CheckpointError(unknown_layout_message(raw))
+    if kind == "webui_extension":
+        return {"model": dict(raw)}
     return {s: raw[s] for s in SECTIONS if _is_tensor_dict(raw.get(s))}
 
 

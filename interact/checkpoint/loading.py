@@ -21,8 +21,8 @@ import torch
 
 from interact.checkpoint.checks import (Ignore, as_interaction_names, check_variant, compare_normalized, config_hint,
                                         fresh_in_file, normalize_section, with_typed_role_defaults)
-from interact.checkpoint.formats import CheckpointError, classify, describe_kind, read_file, to_sections, \
-    unknown_layout_message
+from interact.checkpoint.formats import (INTERACTION_ONLY, CheckpointError, classify, describe_kind, read_file,
+                                         to_sections, unknown_layout_message)
 from interact.model import SECTIONS, InteractDiffusion, is_interaction_key
 
 Purpose = Literal["generate", "train"]
@@ -143,7 +143,7 @@ def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt
             raise CheckpointError(f"--ckpt {ckpt}: is a GLIGEN checkpoint (box grounding), and the config is "
                                   f"InteractDiffusion's: generate with configs/sd_v1_gligen.yaml (picked by itself "
                                   f"when no --config is given); GLIGEN files initialise InteractDiffusion training")
-        if kind in ("interactdiffusion", "interaction_weights") and model.is_gligen:
+        if kind in ("interactdiffusion", *INTERACTION_ONLY) and model.is_gligen:
             raise CheckpointError(f"--ckpt {ckpt}: is an InteractDiffusion checkpoint, and the config is GLIGEN's: "
                                   f"use an InteractDiffusion config (configs/sd_v1_interact.yaml)")
         sections = to_sections(raw)
@@ -155,7 +155,7 @@ def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt
                        else sections["model"])
         lines.append(f"interaction control: {ckpt} ({describe_kind(raw)})"
                      + ("; instance and role embeddings: random (GLIGEN has none)" if converted else ""))
-        if kind != "interaction_weights":
+        if kind not in INTERACTION_ONLY:
             backbone = (ckpt, raw, sections)
     else:
         lines.append("interaction control: random initialisation")
