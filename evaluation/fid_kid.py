@@ -72,12 +72,37 @@ def _inception(weights, device):
     return load_fid_inception(weights, device)
 
 
+def _inception_fidelity(weights, device):
+    from evaluation.inception import FidelityInceptionV3, load_fid_inception
+    return load_fid_inception(weights, device, FidelityInceptionV3)
+
+
 def _toy(weights, device):
     from evaluation.toy_features import load_toy_extractor
     return load_toy_extractor(weights, device)
 
 
-EXTRACTORS: dict[str, Callable] = {"inception": _inception, "toy": _toy}
+EXTRACTORS: dict[str, Callable] = {"inception": _inception, "inception-fidelity": _inception_fidelity, "toy": _toy}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A published way of computing FID/KID, fixed as a whole (`--protocol NAME`)."""
+    name: str
+    extractor: str        # an EXTRACTORS name
+    image_size: int       # both folders: shorter side to this (bicubic), centre crop, before the extractor
+    fid_method: str       # "sqrtm" (pytorch-fid) or "eigvals" (torch-fidelity)
+    kid_float32: bool     # torch-fidelity computes the KID kernels in float32
+    kid_subsets: int = KID_SUBSETS
+    kid_subset_size: int = KID_SUBSET_SIZE
+    seed: int = KID_SEED
+
+
+PROTOCOLS = {
+    # The InteractDiffusion paper: torch-fidelity (its Inception input protocol and its FID and
+    # KID code, default KID subsets) on both folders resized to 512.
+    "interactdiffusion": Protocol("interactdiffusion", "inception-fidelity", 512, "eigvals", True),
+}
 
 
 def _user_extractor(name: str, weights: str | Path | None):
@@ -137,20 +162,37 @@ def list_image_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """One image file as uint8 [3, H, W] RGB."""
+def read_image(path: Path, size: int | None = None) -> torch.Tensor:
+    """One image file as uint8 [3, H, W] RGB; with `size`, its shorter side resized to `size`
+    (bicubic) and the centre `size` x `size` cropped (a protocol's common size)."""
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            im = im.convert("RGB")
+            if size is not None:
+                im = square_resize(im, size)
+            arr = np.asarray(im, dtype=np.uint8)
     except Exception as e:   # PIL raises several types for bad files
         raise ImageFolderError(f"cannot read image {path}: {e}") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
-def _read_files(files: Sequence[Path], size: tuple[int, int] | None) -> tuple[torch.Tensor, tuple[int, int]]:
+def square_resize(image: Image.Image, size: int) -> Image.Image:
+    """Shorter side to `size` (bicubic), then the centre `size` x `size` (as the reference code
+    prepares HICO-DET images); an image already `size` x `size` is returned unchanged."""
+    w, h = image.size
+    if (w, h) == (size, size):
+        return image
+    scale = size / min(w, h)
+    image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    left, top = (image.width - size) // 2, (image.height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def _read_files(files: Sequence[Path], size: tuple[int, int] | None,
+                square: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
     images = []
     for f in files:
-        img = read_image(f)
+        img = read_image(f, square)
         if size is None:
             size = tuple(img.shape[1:])
         elif tuple(img.shape[1:]) != size:
@@ -231,10 +273,12 @@ def _as_float(batch: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_features(images, extractor, batch_size: int = 50, device: str | torch.device = "cpu",
-                     progress: bool = True, desc: str = "features", mixed_sizes: bool = False) -> np.ndarray:
+                     progress: bool = True, desc: str = "features", mixed_sizes: bool = False,
+                     square: int | None = None) -> np.ndarray:
     """Features [N, D] (float64) of `images`: a uint8 tensor [N, 3, H, W] (0..255), a float tensor
     in [0, 1], or a folder of images (read batch by batch; with `mixed_sizes` its images may differ
-    in size, each batch then split into runs of one size)."""
+    in size, each batch then split into runs of one size; with `square` each is resized to that
+    square size first, square_resize)."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if isinstance(images, (str, Path)):
@@ -245,10 +289,10 @@ def extract_features(images, extractor, batch_size: int = 50, device: str | torc
         def batches():
             nonlocal size
             for a in range(0, n, batch_size):
-                if mixed_sizes:
+                if mixed_sizes and square is None:
                     yield from _equal_size_runs([read_image(f) for f in files[a:a + batch_size]])
                     continue
-                batch, size = _read_files(files[a:a + batch_size], size)
+                batch, size = _read_files(files[a:a + batch_size], size, square)
                 yield batch
     else:
         if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3:
@@ -295,6 +339,16 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = FID_EPS) -> float:
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 
+def frechet_distance_eigvals(mu1, sigma1, mu2, sigma2) -> float:
+    """The same distance as torch-fidelity computes it: tr((S1 S2)^(1/2)) as the sum of the square
+    roots of the eigenvalues of S1 S2 (complex square roots, real parts), which needs no
+    regularisation when the covariances are singular (fewer samples than dimensions)."""
+    diff = np.atleast_1d(mu1) - np.atleast_1d(mu2)
+    s1, s2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    tr_covmean = np.sum(np.sqrt(np.linalg.eigvals(s1 @ s2).astype(np.complex128)).real)
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+
+
 def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance (N-1 normalisation) of [N, D] features."""
     f = np.asarray(features, dtype=np.float64)
@@ -303,10 +357,15 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
-def fid_from_features(features1, features2, eps: float = FID_EPS) -> float:
-    """FID between two feature sets [N1, D] and [N2, D]."""
+def fid_from_features(features1, features2, eps: float = FID_EPS, method: str = "sqrtm") -> float:
+    """FID between two feature sets [N1, D] and [N2, D]; `method` "sqrtm" (pytorch-fid's, with
+    its eps retry) or "eigvals" (torch-fidelity's, frechet_distance_eigvals)."""
     mu1, s1 = feature_statistics(features1)
     mu2, s2 = feature_statistics(features2)
+    if method == "eigvals":
+        return frechet_distance_eigvals(mu1, s1, mu2, s2)
+    if method != "sqrtm":
+        raise ValueError(f"FID method = {method!r}: must be 'sqrtm' or 'eigvals'")
     return frechet_distance(mu1, s1, mu2, s2, eps)
 
 
@@ -322,24 +381,31 @@ def polynomial_kernel(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: floa
 
 def mmd2_unbiased(kxx: np.ndarray, kxy: np.ndarray, kyy: np.ndarray) -> float:
     """Unbiased MMD^2 from the kernel matrices of two samples of the same size m: the within-set
-    means leave out the diagonal (i == j) terms."""
+    means leave out the diagonal (i == j) terms. (Summed row by row, as torch-fidelity does, so a
+    float32 run rounds as it does.)"""
     m = kxx.shape[0]
-    txx = (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
-    tyy = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-    txy = kxy.sum() / (m * m)
+    txx = (kxx.sum(axis=1) - np.diagonal(kxx)).sum() / (m * (m - 1))
+    tyy = (kyy.sum(axis=1) - np.diagonal(kyy)).sum() / (m * (m - 1))
+    txy = kxy.sum(axis=0).sum() / (m * m)
     return float(txx + tyy - 2 * txy)
 
 
 def kid_from_features(features1, features2, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
                       seed: int = KID_SEED, degree: int = 3, gamma: float | None = None,
-                      coef0: float = 1.0) -> tuple[float, float]:
-    """KID (mean, std over subsets) between two feature sets [N1, D] and [N2, D]."""
-    f1, f2 = np.asarray(features1, dtype=np.float64), np.asarray(features2, dtype=np.float64)
+                      coef0: float = 1.0, float32: bool = False, clamp: bool = True) -> tuple[float, float]:
+    """KID (mean, std over subsets) between two feature sets [N1, D] and [N2, D]. `float32`: the
+    kernels in float32, as torch-fidelity; `clamp`: a subset size above a set's size is clamped
+    with a warning (else an error, as torch-fidelity)."""
+    dtype = np.float32 if float32 else np.float64
+    f1, f2 = np.asarray(features1, dtype=dtype), np.asarray(features2, dtype=dtype)
     if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
         raise ValueError(f"KID needs two [N, D] feature sets of one D, got {f1.shape} and {f2.shape}")
     if subsets < 1:
         raise ValueError(f"KID subsets must be >= 1, got {subsets}")
     n = min(len(f1), len(f2))
+    if subset_size > n and not clamp:
+        raise ValueError(f"KID subset size {subset_size} is larger than the smaller set ({n} images); pass "
+                         f"--kid-subset-size {n} or fewer")
     if subset_size > n:
         warnings.warn(f"KID subset size {subset_size} is larger than the smaller set ({n} samples); "
                       f"using {n}")
@@ -363,18 +429,23 @@ def kid_from_features(features1, features2, subsets: int = KID_SUBSETS, subset_s
 def compute_fid_kid(real_images, fake_images, extractor, batch_size: int = 50,
                     kid_subsets: int = KID_SUBSETS, kid_subset_size: int = KID_SUBSET_SIZE,
                     seed: int = KID_SEED, device: str | torch.device = "cpu", progress: bool = True,
-                    mixed_sizes: bool = False) -> dict:
+                    mixed_sizes: bool = False, protocol: Protocol | None = None) -> dict:
     """FID and KID between two image sets (uint8 or [0, 1] float tensors [N, 3, H, W], or folders)
     with `extractor` (an Extractor, or a name/spec for `build_extractor`); `mixed_sizes`: folders
-    may hold images of several sizes (see `extract_features`).
-    Returns dict(fid=, kid_mean=, kid_std=, n_real=, n_fake=)."""
+    may hold images of several sizes (see `extract_features`). `protocol`: its image size, FID
+    method and KID arithmetic (the extractor and KID settings are the caller's, e.g. the CLI takes
+    them from the protocol). Returns dict(fid=, kid_mean=, kid_std=, n_real=, n_fake=)."""
     if isinstance(extractor, str):
         extractor = build_extractor(extractor, device=device)
-    real = extract_features(real_images, extractor, batch_size, device, progress, "real features", mixed_sizes)
-    fake = extract_features(fake_images, extractor, batch_size, device, progress, "fake features", mixed_sizes)
-    kid_mean, kid_std = kid_from_features(real, fake, kid_subsets, kid_subset_size, seed)
-    return {"fid": fid_from_features(real, fake), "kid_mean": kid_mean, "kid_std": kid_std,
-            "n_real": len(real), "n_fake": len(fake)}
+    square = protocol.image_size if protocol else None
+    real = extract_features(real_images, extractor, batch_size, device, progress, "real features", mixed_sizes,
+                            square)
+    fake = extract_features(fake_images, extractor, batch_size, device, progress, "fake features", mixed_sizes,
+                            square)
+    kid_mean, kid_std = kid_from_features(real, fake, kid_subsets, kid_subset_size, seed,
+                                          float32=bool(protocol and protocol.kid_float32), clamp=protocol is None)
+    fid = fid_from_features(real, fake, method=protocol.fid_method if protocol else "sqrtm")
+    return {"fid": fid, "kid_mean": kid_mean, "kid_std": kid_std, "n_real": len(real), "n_fake": len(fake)}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -398,6 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kid-subset-size", type=int, default=KID_SUBSET_SIZE)
     p.add_argument("--seed", type=int, default=KID_SEED, help="seed of the KID subsets")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS),
+                   help="a published protocol as a whole: interactdiffusion = the paper's torch-fidelity (its "
+                        "Inception input and FID/KID arithmetic, KID 100 subsets of 1000) on both folders resized "
+                        "to 512 (shorter side, bicubic, centre crop); needs --weights, fixes --extractor, "
+                        "--kid-subsets, --kid-subset-size, --seed and --resize")
     p.add_argument("--resize", action="store_true",
                    help="allow folders whose images differ in size or colour mode (e.g. real HICO-DET images "
                         "against 512x512 samples): each image is converted to RGB and the extractor resizes it "
@@ -405,8 +481,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def apply_protocol(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Protocol | None:
+    """The protocol's settings into `args`; a flag given with another value than the protocol's is
+    an error naming it (one line, exit 2)."""
+    if args.protocol is None:
+        return None
+    protocol = PROTOCOLS[args.protocol]
+    fixed = {"extractor": protocol.extractor, "kid_subsets": protocol.kid_subsets,
+             "kid_subset_size": protocol.kid_subset_size, "seed": protocol.seed}
+    for name, value in fixed.items():
+        given = getattr(args, name)
+        if given != parser.get_default(name) and given != value:
+            parser.error(f"--{name.replace('_', '-')} {given}: --protocol {protocol.name} fixes it to {value}")
+        setattr(args, name, value)
+    args.resize = True
+    return protocol
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    protocol = apply_protocol(args, parser)
     try:
         device = resolve_device(args.device)
         # fail on a bad folder, or two folders that do not compare, before loading a model
@@ -415,12 +510,12 @@ def main(argv=None) -> int:
             check_comparable(*formats)
         extractor = build_extractor(args.extractor, args.weights, device)
         r = compute_fid_kid(args.real, args.fake, extractor, args.batch_size, args.kid_subsets,
-                            args.kid_subset_size, args.seed, device, mixed_sizes=args.resize)
+                            args.kid_subset_size, args.seed, device, mixed_sizes=args.resize, protocol=protocol)
     except (ImageFolderError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"real: {r['n_real']} images ({args.real}), fake: {r['n_fake']} images ({args.fake}), "
-          f"extractor: {args.extractor}")
+          f"extractor: {args.extractor}" + (f", protocol: {protocol.name}" if protocol else ""))
     print(f"FID: {r['fid']:.4f}")
     print(f"KID: {r['kid_mean']:.6f} ± {r['kid_std']:.6f}")
     return 0

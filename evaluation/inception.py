@@ -172,6 +172,23 @@ def preprocess(images: torch.Tensor) -> torch.Tensor:
     return 2 * x - 1
 
 
+def tf1_bilinear_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """TensorFlow 1.x's bilinear resize (align_corners=False, no half-pixel centres), which
+    torch-fidelity reproduces: output pixel i samples the input at i * in/out (no 0.5 offset),
+    between floor and floor + 1 (clamped to the last pixel), linearly in x then in y. Differs from
+    F.interpolate's bilinear, which samples at (i + 0.5) * in/out - 0.5."""
+    def axis(n_in: int):
+        pos = torch.arange(size, dtype=x.dtype, device=x.device) * torch.tensor(n_in / size, dtype=torch.float32)
+        lo = pos.long()
+        return lo, (lo + 1).clamp_max(n_in - 1), pos - lo.to(x.dtype)
+    y_lo, y_hi, dy = axis(x.shape[2])
+    x_lo, x_hi, dx = axis(x.shape[3])
+    top, bottom = x[:, :, y_lo], x[:, :, y_hi]
+    top = top[..., x_lo] + (top[..., x_hi] - top[..., x_lo]) * dx
+    bottom = bottom[..., x_lo] + (bottom[..., x_hi] - bottom[..., x_lo]) * dx
+    return top + (bottom - top) * dy[:, None]
+
+
 class FIDInceptionV3(nn.Module):
     """The FID Inception-v3. `forward(images in [0, 1], [B, 3, H, W]) -> [B, 2048]` pool3
     features (the `Extractor` protocol of evaluation.fid_kid); `logits` gives the 1008-way
@@ -217,6 +234,17 @@ class FIDInceptionV3(nn.Module):
         return self.fc(self.forward(images))
 
 
+class FidelityInceptionV3(FIDInceptionV3):
+    """The same network with torch-fidelity's input protocol (the paper's FID/KID tool): images as
+    8-bit values, TensorFlow 1.x's bilinear resize to 299 (tf1_bilinear_resize), then (x - 128) / 128.
+    torch-fidelity's weights file (weights-inception-2015-12-05-6726825d.pth) has pytorch-fid's
+    names and loads as it is. forward takes [0, 1] images (exact multiples of 1/255, as read)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        levels = (images.float() * 255).round()
+        return self.pool3((tf1_bilinear_resize(levels, INPUT_SIZE) - 128) / 128)
+
+
 def missing_weights_message(path) -> str:
     where = "no --weights path was given" if path is None else f"weights file not found: {path}"
     return (f"FID Inception: {where}. The inception extractor needs pytorch-fid's TF-ported weights "
@@ -224,14 +252,16 @@ def missing_weights_message(path) -> str:
             "and pass its path with --weights (or weights= in Python).")
 
 
-def load_fid_inception(weights: str | Path | None, device: str | torch.device = "cpu") -> FIDInceptionV3:
+def load_fid_inception(weights: str | Path | None, device: str | torch.device = "cpu",
+                       protocol: type[FIDInceptionV3] = FIDInceptionV3) -> FIDInceptionV3:
     """The FID Inception-v3 with the weights of `weights` (pytorch-fid's
     pt_inception-2015-12-05-6726825d.pth, or any state dict with its names), loaded strictly,
     in eval mode, without gradients. FileNotFoundError without the file (saying where to get
-    it); evaluation.weights.WeightsError (one line) when it is not that state dict."""
+    it); evaluation.weights.WeightsError (one line) when it is not that state dict. `protocol`:
+    FIDInceptionV3 (pytorch-fid's input protocol) or FidelityInceptionV3 (torch-fidelity's)."""
     if weights is None or not Path(weights).is_file():
         raise FileNotFoundError(missing_weights_message(weights))
     what = f"a FID Inception-v3 state dict ({WEIGHTS_NAME} from {WEIGHTS_URL})"
-    model = FIDInceptionV3()
+    model = protocol()
     load_strictly(model, load_state_dict_file(weights, what), weights, what)
     return model.eval().requires_grad_(False).to(device)

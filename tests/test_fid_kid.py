@@ -519,3 +519,67 @@ def test_toy_extractor_features_and_fid_separates_corruption(toy_extractor):
           f"KID {real['kid_mean']:.5f} vs {bad['kid_mean']:.5f}")
     assert bad["fid"] > 5 * real["fid"]
     assert bad["kid_mean"] > 10 * max(real["kid_mean"], real["kid_std"])
+
+
+# --------------------------------------------------------------------------- parity with torch-fidelity
+
+
+def test_protocol_interactdiffusion_matches_torch_fidelity(tmp_path):
+    """The paper's tool, torch-fidelity, run in its own process (tests/tools/torch_fidelity_reference.py)
+    on the same Inception weights file (random weights in its layout, which is pytorch-fid's) and the
+    same folders: features within 1e-4 relative, FID and KID within 1e-3."""
+    from evaluation.fid_kid import PROTOCOLS, build_extractor, extract_features, fid_from_features, kid_from_features
+    from evaluation.inception import FIDInceptionV3
+    torch.manual_seed(0)
+    weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    model = FIDInceptionV3()
+    # Random convolutions with batch-norm statistics measured on noise images, so that features
+    # keep depending on the input through the 94 layers (default statistics saturate them).
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.momentum = None   # a plain average over the batches seen
+    with torch.no_grad():
+        model.train().pool3(torch.rand(6, 3, 299, 299) * 2 - 1)
+    torch.save(model.state_dict(), weights)
+    rng = np.random.default_rng(0)
+    for folder, count, shift in (("real", 7, 0), ("fake", 6, 40)):
+        (tmp_path / folder).mkdir()
+        for i in range(count):   # odd sizes: the resize to 299 matters
+            pixels = np.clip(rng.normal(120 + shift, 60, (37, 53, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / folder / f"{i:02d}.png")
+    out = tmp_path / "reference.npz"
+    script = Path(__file__).parent / "tools" / "torch_fidelity_reference.py"
+    done = subprocess.run([sys.executable, str(script), str(weights), str(tmp_path / "real"), str(tmp_path / "fake"),
+                           str(out), "10", "5"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    reference = np.load(out)
+    protocol = PROTOCOLS["interactdiffusion"]
+    extractor = build_extractor(protocol.extractor, weights)
+    ours = [extract_features(tmp_path / f, extractor, progress=False, mixed_sizes=True) for f in ("real", "fake")]
+    for mine, theirs in zip(ours, (reference["real"], reference["fake"])):
+        assert np.abs(mine - theirs).max() <= 1e-4 * np.abs(theirs).max()
+        assert np.abs(theirs).max() > 0 and theirs.std(axis=0).max() > 0
+    fid = fid_from_features(*ours, method=protocol.fid_method)
+    kid_mean, kid_std = kid_from_features(*ours, subsets=10, subset_size=5, seed=protocol.seed, float32=True,
+                                          clamp=False)
+    assert fid == pytest.approx(float(reference["fid"]), rel=1e-3)
+    assert kid_mean == pytest.approx(float(reference["kid_mean"]), rel=1e-3)
+    assert kid_std == pytest.approx(float(reference["kid_std"]), rel=1e-3)
+
+
+def test_protocol_resize_is_shorter_side_then_centre_crop():
+    from evaluation.fid_kid import square_resize
+    image = Image.fromarray(np.arange(30 * 60 * 3, dtype=np.uint8).reshape(30, 60, 3) % 251)
+    out = square_resize(image, 20)
+    expected = image.resize((40, 20), Image.BICUBIC).crop((10, 0, 30, 20))
+    assert out.size == (20, 20) and np.array_equal(np.asarray(out), np.asarray(expected))
+    same = Image.new("RGB", (20, 20))
+    assert square_resize(same, 20) is same
+
+
+def test_protocol_flags_conflicts_are_one_line(tmp_path, capsys):
+    from evaluation.fid_kid import main
+    with pytest.raises(SystemExit) as exit_:
+        main(["--real", str(tmp_path), "--fake", str(tmp_path), "--protocol", "interactdiffusion",
+              "--kid-subset-size", "50"])
+    assert exit_.value.code == 2
+    assert "--kid-subset-size 50: --protocol interactdiffusion fixes it to 1000" in capsys.readouterr().err
