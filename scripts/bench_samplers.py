@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Benchmark of the samplers on the embedded default model: time per image of each sampler
-against PLMS 50 (the paper's), measured in one run in interleaved rounds (order rotating), as the
-median and min-max of the per-round ratio. Not a test: nothing asserts timings.
+"""Benchmark of the samplers and the training-free controls on the embedded default model: time
+per image of each against PLMS 50 (the paper's), measured in one run in interleaved rounds (order
+rotating), as the median and min-max of the per-round ratio. Not a test: nothing asserts timings.
 
 Each round generates one batch of the demo layouts (examples/toy_layouts.json, guidance 3, the
 config's other options) with every sampler. The quality side of the comparison (HOI mAP,
@@ -27,13 +27,17 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from evaluation.benchmark import fmt_t, log, machine_line, per_round_ratios, ratio_str, rotated, timed_call  # noqa: E402
 
-# name -> pipeline call options; the first is the baseline
+# name -> pipeline call options; the first is the baseline. "segments": DenseDiffusion with the
+# layout's subject and object boxes.
 SAMPLERS = {
     "PLMS 50": dict(sampler="plms", steps=50),
     "PLMS 25": dict(sampler="plms", steps=25),
     "DPM-Solver++ 2M 20": dict(sampler="dpmpp_2m", steps=20),
     "UniPC 20": dict(sampler="unipc", steps=20),
     "Euler a 20": dict(sampler="euler_a", steps=20),
+    "PLMS 25 + multi-instance 0.36": dict(sampler="plms", steps=25, multi_instance=0.36),
+    "PLMS 25 + DenseDiffusion": dict(sampler="plms", steps=25, segments=True),
+    "PLMS 25 + both": dict(sampler="plms", steps=25, multi_instance=0.36, segments=True),
 }
 
 
@@ -48,28 +52,37 @@ def main(argv=None) -> int:
 
     from hoi.records import interactions_from_record
     from interact.batch import DEFAULT_TOY_INPUT, load_pipeline
+    from interact.dense import segments_from_interactions
     records = json.loads(Path(DEFAULT_TOY_INPUT).read_text())
     records = [records[i % len(records)] for i in range(args.batch)]
     prompts = [r["prompt"] for r in records]
     interactions = [interactions_from_record(r) for r in records]
+    segments = [segments_from_interactions(items) for items in interactions]
+
+    def call_options(options: dict, count: int) -> dict:
+        options = dict(options)
+        if options.pop("segments", False):
+            options["segments"] = segments[:count]
+        return options
     pipe = load_pipeline(None, None, None, None, args.device, False, False, {})
     log(machine_line(pipe.device))
     log(f"model: {pipe.source}; batch {args.batch}, {args.rounds} rounds")
 
     names = list(SAMPLERS)
     for options in SAMPLERS.values():  # warm-up: imports (diffusers), first-call allocations
-        pipe(prompts[:1], interactions[:1], seed=0, progress=False, output_type="pt", **{**options, "steps": 2})
+        pipe(prompts[:1], interactions[:1], seed=0, progress=False, output_type="pt",
+             **{**call_options(options, 1), "steps": 2})
     times = {n: [] for n in names}
     for r in range(args.rounds):
         for name in rotated(names, r):
-            def generate(options=SAMPLERS[name]):
+            def generate(options=call_options(SAMPLERS[name], len(prompts))):
                 return pipe(prompts, interactions, seed=0, progress=False, output_type="pt", **options)
             times[name].append(timed_call(generate, pipe.device)[0] / args.batch)
     base = names[0]
-    log(f"{'sampler':<22} {'s / image':>24}   time / {base}")
+    log(f"{'sampler':<30} {'s / image':>24}   time / {base}")
     for name in names:
         ratio = ratio_str(per_round_ratios(times[name], times[base]))
-        log(f"{name:<22} {fmt_t(times[name]):>24}   {ratio}")
+        log(f"{name:<30} {fmt_t(times[name]):>24}   {ratio}")
     return 0
 
 

@@ -19,7 +19,7 @@ if ! "$VPY" -c "import interact, torch, transformers, omegaconf, safetensors, py
   "$VPY" -m pip install -q --no-deps open_clip_torch
   # The paper's FID/KID tool, for the parity test (tests/test_fid_kid.py) only: --no-deps, as it
   # pulls torchvision; the test runs its torchvision-free parts in a separate process.
-  "$VPY" -m pip install -q --no-deps torch-fidelity
+  "$VPY" -m pip install -q --no-deps "torch-fidelity==0.4.0"
 fi
 # A torchvision that fails to import breaks transformers; it must not be in the CPU install.
 if "$VPY" -c "import importlib.util as u; assert u.find_spec('torchvision')" 2>/dev/null \
