@@ -100,7 +100,7 @@ def check_file(raw: dict, model: InteractDiffusion) -> dict[str, SectionReport]:
     if "model" in sections:
         state = sections["model"] if as_is else as_interaction_names(kind, sections["model"])
         sections["model"] = with_typed_role_defaults(model, state)
-    if kind == "sd_original":  # an SD file holds the backbone only
+    if kind in ("sd_original", "sd_backbone"):  # an SD file holds the backbone only
         ignore = is_interaction_key
     elif kind in INTERACTION_ONLY:
         ignore = _backbone_key

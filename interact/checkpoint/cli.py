@@ -1,4 +1,5 @@
-"""python -m interact.checkpoint inspect FILE [--config YAML] | pack FILE OUT [--fp32]"""
+"""python -m interact.checkpoint inspect FILE|DIR [--config YAML] | pack FILE OUT [--fp32]
+| export --format diffusers OUT [--ckpt FILE] [--sd_ckpt FILE] [--config YAML] [--fp16]"""
 from __future__ import annotations
 
 import argparse
@@ -13,21 +14,28 @@ from interact.checkpoint.checks import check_file, config_hint
 from interact.checkpoint.formats import CheckpointError, classify, describe_kind, read_file, to_sections
 from interact.checkpoint.writing import pack
 from interact.checkpoint.formats import default_config
-from interact.model import SD_V1_CONFIG, SECTIONS, build_model, load_config
+from interact.model import SD_V1_CONFIG, SD_V1_GLIGEN_CONFIG, SECTIONS, build_model, load_config
 
 
 def inspect(path: str | os.PathLike, config: str | os.PathLike | None = None, allow_pickle: bool = False,
             out: TextIO | None = None) -> int:
     """Say what a checkpoint file is and whether it loads strictly into `config`'s model (0 if so, 1 if not)."""
     out = out or sys.stdout  # looked up at call time so redirected stdout is honoured
-    raw = read_file(path, allow_pickle)
+    if os.path.isdir(path):  # a diffusers folder: read with the name maps of the config's model
+        from interact.checkpoint.diffusers_folder import read_folder
+        from interact.checkpoint.formats import peek_kind
+        config = config or (SD_V1_GLIGEN_CONFIG if peek_kind(path) == "gligen" else SD_V1_CONFIG)
+        raw = read_folder(path, build_model(load_config(config), device="meta"))
+    else:
+        raw = read_file(path, allow_pickle)
     print(f"{path}: {describe_kind(raw)}", file=out)
     sections = to_sections(raw)
     for name, state in sections.items():
         params = sum(v.numel() for v in state.values())
         dtypes = sorted({str(v.dtype).replace("torch.", "") for v in state.values()})
         print(f"  {name:13s} {len(state):5d} tensors  {params / 1e6:9.2f} M values  {','.join(dtypes)}", file=out)
-    extras = sorted(str(k) for k in raw if k not in SECTIONS and not isinstance(raw[k], torch.Tensor))
+    extras = sorted(str(k) for k in raw if k not in SECTIONS and k != "diffusers_folder"
+                    and not isinstance(raw[k], torch.Tensor))
     if extras and classify(raw) != "sd_original":
         print(f"  other keys: {', '.join(extras)}", file=out)
     config = config or default_config(raw)
@@ -43,6 +51,20 @@ def inspect(path: str | os.PathLike, config: str | os.PathLike | None = None, al
     return 0
 
 
+def export(out: str, ckpt: str | None = None, sd_ckpt: str | None = None, config: str | None = None,
+           half: bool = False, allow_pickle: bool = False) -> int:
+    """A model (a checkpoint, or the embedded toy model) written as a diffusers folder."""
+    from interact.batch import DEFAULT_CKPT, DEFAULT_CONFIG
+    from interact.checkpoint.diffusers_folder import export_diffusers
+    from interact.pipeline import InteractDiffusionPipeline
+    if ckpt is None and sd_ckpt is None:
+        ckpt, config = DEFAULT_CKPT, config or DEFAULT_CONFIG
+    pipe = InteractDiffusionPipeline.from_checkpoint(ckpt, sd_ckpt, config, device="cpu", allow_pickle=allow_pickle)
+    folder = export_diffusers(pipe.model, out, half=half)
+    print(f"wrote {folder} (diffusers layout, {'fp16' if half else 'fp32'}) from {pipe.source}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m interact.checkpoint",
                                      description="Reading, checking and writing checkpoints.")
@@ -52,6 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=None, help=f"model YAML (default {SD_V1_CONFIG.relative_to(SD_V1_CONFIG.parents[1])}, "
                         f"or configs/sd_v1_gligen.yaml for a GLIGEN file)")
     p.add_argument("--allow-pickle", action="store_true", help="unpickle arbitrary objects (trusted files only)")
+    p = sub.add_parser("export", help="a model -> a diffusers folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/)")
+    p.add_argument("out", help="the folder to write (must not exist)")
+    p.add_argument("--format", choices=("diffusers",), default="diffusers")
+    p.add_argument("--ckpt", default=None, help="the model's checkpoint (default: the embedded toy model)")
+    p.add_argument("--sd_ckpt", default=None, help="SD v1.x backbone for an interaction-only --ckpt")
+    p.add_argument("--config", default=None, help="model YAML (default: chosen as for generation)")
+    p.add_argument("--fp16", action="store_true", help="write fp16 weights (*.fp16.safetensors)")
+    p.add_argument("--allow-pickle", action="store_true", help="unpickle arbitrary objects (trusted files only)")
     p = sub.add_parser("pack", help="a training export -> a shippable file (model sections, fp16)")
     p.add_argument("file")
     p.add_argument("out")
@@ -59,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-pickle", action="store_true", help="unpickle arbitrary objects (trusted files only)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "export":
+            return export(args.out, args.ckpt, args.sd_ckpt, args.config, args.fp16, args.allow_pickle)
         if args.command == "pack":
             pack(args.file, args.out, half=not args.fp32, allow_pickle=args.allow_pickle)
             print(f"wrote {args.out} ({Path(args.out).stat().st_size / 2**20:.2f} MiB)")

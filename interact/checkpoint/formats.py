@@ -169,11 +169,14 @@ INTERACTION_ONLY = ("interaction_weights", "webui_extension")
 
 
 def classify(raw: dict) -> str:
-    """One of: interactdiffusion, gligen, interaction_weights, webui_extension, sd_original, unknown."""
+    """One of: interactdiffusion, gligen, interaction_weights, webui_extension, sd_original, sd_backbone,
+    unknown."""
     if (_is_tensor_dict(raw) and all(is_interaction_key(k) for k in raw)
             and any(k.startswith("position_net.") for k in raw)):
         return "webui_extension"
     model = raw.get("model")
+    if _is_tensor_dict(model) and not any(is_interaction_key(k) for k in model):
+        return "sd_backbone"   # a diffusers SD folder read into sections: the backbone alone
     if _is_tensor_dict(model):
         has_backbone = any(not is_interaction_key(k) for k in model)
         # GLIGEN's tokenizer has neither; a box-only InteractDiffusion ablation lacks linear_action.
@@ -194,8 +197,15 @@ def default_config(raw: dict) -> Path:
 
 def peek_kind(path: str | os.PathLike, allow_pickle: bool = False) -> str:
     """classify() of a file without reading its tensors' data where the format allows: a torch
-    zip file is memory-mapped, a safetensors file's header read; other files are read whole."""
+    zip file is memory-mapped, a safetensors file's header read; other files are read whole. A
+    diffusers folder is told by its UNet's tensor names."""
     path = Path(path)
+    if path.is_dir():
+        from interact.checkpoint.diffusers_folder import folder_unet_keys
+        try:
+            return classify({"model": {k: torch.empty(0) for k in folder_unet_keys(path)}})
+        except CheckpointError:
+            return "unknown"
     if path.is_file() and sniff_format(path) == "torch-zip":
         try:
             with torch.serialization.safe_globals(config_globals()):
@@ -219,8 +229,11 @@ def describe_kind(raw: dict) -> str:
              "interaction_weights": "interaction weights only (position_net + fusers)",
              "webui_extension": "InteractDiffusion WebUI extension file (position_net + fusers, one flat dict)",
              "sd_original": "Stable Diffusion v1.x original checkpoint",
+             "sd_backbone": "Stable Diffusion v1.x backbone (UNet, autoencoder, text encoder)",
              "unknown": "unrecognised layout"}
     text = names[kind]
+    if "diffusers_folder" in raw:
+        text = "diffusers folder: " + text
     if "iters" in raw:
         text += f", training checkpoint at iteration {int(raw['iters'])}"
     return text

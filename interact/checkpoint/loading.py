@@ -68,6 +68,15 @@ def _keep_all(name: str) -> bool:
     return False
 
 
+def read_weights(path: PathLike, model: InteractDiffusion, allow_pickle: bool = False) -> dict:
+    """A checkpoint file (read_file), or a diffusers folder read into sections with the name maps
+    of `model`'s config (interact/checkpoint/diffusers_folder.py)."""
+    if os.path.isdir(path):
+        from interact.checkpoint.diffusers_folder import read_folder
+        return read_folder(path, model)
+    return read_file(path, allow_pickle)
+
+
 def _checked(part: _Part) -> _Part:
     state = normalize_section(part.module, part.section, part.state)
     report = compare_normalized(part.module, state, part.ignore)
@@ -131,14 +140,13 @@ def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt
     backbone = None
     interaction = None  # (source, raw, kind, model section under this project's names)
     if ckpt is not None:
-        raw = read_file(ckpt, allow_pickle)
+        raw = read_weights(ckpt, model, allow_pickle)
         kind = classify(raw)
         if kind == "unknown":
             raise CheckpointError(f"--ckpt {ckpt}: {unknown_layout_message(raw)}")
-        if kind == "sd_original":
-            raise CheckpointError(f"--ckpt {ckpt}: is a Stable Diffusion v1.x original checkpoint, which holds no "
-                                  f"interaction weights: pass it as {policy.sd_flag}, and {policy.ckpt_takes} "
-                                  f"as --ckpt")
+        if kind in ("sd_original", "sd_backbone"):
+            raise CheckpointError(f"--ckpt {ckpt}: holds no interaction weights ({describe_kind(raw)}): pass it "
+                                  f"as {policy.sd_flag}, and {policy.ckpt_takes} as --ckpt")
         if kind == "gligen" and not model.is_gligen and not policy.takes_gligen:
             raise CheckpointError(f"--ckpt {ckpt}: is a GLIGEN checkpoint (box grounding), and the config is "
                                   f"InteractDiffusion's: generate with configs/sd_v1_gligen.yaml (picked by itself "
@@ -160,7 +168,7 @@ def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt
     else:
         lines.append("interaction control: random initialisation")
     if sd_ckpt is not None:
-        sd_raw = read_file(sd_ckpt, allow_pickle)
+        sd_raw = read_weights(sd_ckpt, model, allow_pickle)
         backbone = (sd_ckpt, sd_raw, to_sections(sd_raw))
 
     if backbone is None:
