@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     model = p.add_argument_group("model")
     add_flags(model, BatchOptions, only=("ckpt", "sd_ckpt", "text_encoder", "config", "allow_pickle"))
     add_flags(model, InteractionOptions, default_note="without a config value")
+    model.add_argument("--lora", action="append", default=None, metavar="FILE[:WEIGHT]",
+                       help="a LoRA for the base (kohya or diffusers/PEFT safetensors), merged into the UNet and "
+                            "text encoder with this weight (default 1); repeatable")
     io = p.add_argument_group("input and output")
     add_flags(io, BatchOptions, only=("input", "folder", "grid"))
     add_flags(io.add_mutually_exclusive_group(), BatchOptions, only=("no_overwrite", "overwrite"))
@@ -60,6 +63,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[BatchOptions, dict]:
         check_options(SamplingOptions, sampling, _FLAG_PREFIX)
         values = given_flags(args, _names(BatchOptions))
         values["interaction"] = given_flags(args, list(SWITCHES))
+        values["lora"] = args.lora or []
         return batch_options(values, _FLAG_PREFIX), sampling
     except ValueError as err:
         message = str(err)

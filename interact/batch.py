@@ -82,6 +82,7 @@ class BatchOptions:
     half: bool = option(False, "fp16 weights and activations (CUDA only)")
     interaction: dict = option({}, "overrides of the config's interaction section (InteractionOptions)",
                                cli=False)
+    lora: list = option([], "LoRA files for the base, FILE[:weight] (interact/checkpoint/lora.py)", cli=False)
 
     @property
     def uses_embedded_default(self) -> bool:
@@ -94,6 +95,9 @@ def batch_options(values: dict, where: str = "options") -> BatchOptions:
     if options.overwrite and options.no_overwrite:
         raise ValueError("--overwrite and --no-overwrite exclude each other")
     check_options(InteractionOptions, options.interaction, f"{where}.interaction")
+    from interact.checkpoint.lora import parse_lora
+    for item in options.lora:
+        parse_lora(item)  # a bad weight is a ValueError naming it
     return options
 
 
@@ -390,7 +394,7 @@ def model_config_path(options: BatchOptions) -> Path:
 
 def load_pipeline(ckpt: Path | None = None, sd_ckpt: Path | None = None, config: Path | None = None,
                   text_encoder: Path | None = None, device: str = "auto", half: bool = False,
-                  allow_pickle: bool = False, interaction: dict | None = None):
+                  allow_pickle: bool = False, interaction: dict | None = None, lora: list[str] | None = None):
     """The pipeline for these files. Neither `ckpt` nor `sd_ckpt`: the embedded toy model, or
     with `config` random weights of that config. `interaction`: overrides of its switches."""
     from interact.pipeline import InteractDiffusionPipeline
@@ -406,8 +410,9 @@ def load_pipeline(ckpt: Path | None = None, sd_ckpt: Path | None = None, config:
         return InteractDiffusionPipeline.from_checkpoint(DEFAULT_CKPT, config=DEFAULT_CONFIG, device=device,
                                                          half=half, interaction=interaction)
     print(f"loading weights: {' + '.join(str(p) for p in (sd_ckpt, ckpt) if p)}", file=sys.stderr)
+    from interact.checkpoint.lora import parse_lora
     return InteractDiffusionPipeline.from_checkpoint(ckpt, sd_ckpt, config, text_encoder, device, half, allow_pickle,
-                                                     interaction)
+                                                     interaction, lora=[parse_lora(x) for x in lora or []])
 
 
 def checkpoint_ids(ckpt: Path | None, sd_ckpt: Path | None, config: Path | None) -> dict:
@@ -471,7 +476,7 @@ def run_batch(options: BatchOptions, sampling: dict | None = None) -> list[Path]
         return []
     try:
         pipe = load_pipeline(ckpt, sd_ckpt, config, _path(options.text_encoder), options.device, options.half,
-                             options.allow_pickle, options.interaction)
+                             options.allow_pickle, options.interaction, options.lora)
         # Checked once against the real model, before the first batch.
         resolved = pipe.check_call_options(**requested)
     except (CheckpointError, FileNotFoundError, ValueError) as err:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
@@ -172,12 +173,13 @@ class InteractDiffusionPipeline:
 
     @classmethod
     def from_checkpoint(cls, ckpt=None, sd_ckpt=None, config=None, text_encoder=None, device=None, half=False,
-                        allow_pickle=False, interaction: dict | None = None):
+                        allow_pickle=False, interaction: dict | None = None, lora=None):
         """`ckpt`: an InteractDiffusion file, or a GLIGEN one (then, without `config`, the model is
         GLIGEN's, configs/sd_v1_gligen.yaml); with `sd_ckpt` (an SD v1.x .ckpt/.safetensors) the
         backbone comes from there and only the interaction weights from `ckpt`. `text_encoder`:
-        a Hugging Face CLIP text model folder, for files without text encoder weights.
-        Nothing is downloaded."""
+        a Hugging Face CLIP text model folder, for files without text encoder weights. `ckpt` and
+        `sd_ckpt` may be diffusers folders. `lora`: LoraSpecs (or FILE[:weight] strings) merged into
+        the UNet and text encoder after loading. Nothing is downloaded."""
         from ldm.modules.encoders.clip_tokenizer import load_clip_tokenizer
         from ldm.modules.encoders.modules import FrozenCLIPEmbedder
         for label, path in (("--ckpt", ckpt), ("--sd_ckpt", sd_ckpt), ("--text_encoder", text_encoder)):
@@ -201,7 +203,11 @@ class InteractDiffusionPipeline:
             model = build_model(config, tokenizer=load_clip_tokenizer(folder), device="meta")
         load_weights(model, ckpt, sd_ckpt, purpose="generate", allow_pickle=allow_pickle,
                      text_encoder_given=text_encoder is not None)
-        source = " + ".join(str(p) for p in (sd_ckpt, ckpt) if p is not None)
+        from interact.checkpoint.lora import apply_loras, parse_lora
+        specs = [parse_lora(x) if isinstance(x, (str, os.PathLike)) else x for x in lora or []]
+        apply_loras(model, specs, allow_pickle)
+        source = " + ".join([str(p) for p in (sd_ckpt, ckpt) if p is not None]
+                            + [f"LoRA {s.path}:{s.weight:g}" for s in specs])
         return cls(model, device, resolve_dtype(device, half), source=source)
 
     # ------------------------------------------------------------------ validation

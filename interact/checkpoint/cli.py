@@ -29,6 +29,10 @@ def inspect(path: str | os.PathLike, config: str | os.PathLike | None = None, al
     else:
         raw = read_file(path, allow_pickle)
     print(f"{path}: {describe_kind(raw)}", file=out)
+    if classify(raw) == "lora":
+        from interact.checkpoint.lora import describe_lora
+        print("  " + describe_lora(raw), file=out)
+        return 0
     sections = to_sections(raw)
     for name, state in sections.items():
         params = sum(v.numel() for v in state.values())

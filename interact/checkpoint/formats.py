@@ -168,9 +168,14 @@ def _is_tensor_dict(value) -> bool:
 INTERACTION_ONLY = ("interaction_weights", "webui_extension")
 
 
+LORA_SUFFIXES = (".lora_up.weight", ".lora_B.weight", ".processor.to_q_lora.up.weight")
+
+
 def classify(raw: dict) -> str:
     """One of: interactdiffusion, gligen, interaction_weights, webui_extension, sd_original, sd_backbone,
-    unknown."""
+    lora, unknown."""
+    if any(isinstance(k, str) and k.endswith(LORA_SUFFIXES) for k in raw):
+        return "lora"
     if (_is_tensor_dict(raw) and all(is_interaction_key(k) for k in raw)
             and any(k.startswith("position_net.") for k in raw)):
         return "webui_extension"
@@ -230,6 +235,7 @@ def describe_kind(raw: dict) -> str:
              "webui_extension": "InteractDiffusion WebUI extension file (position_net + fusers, one flat dict)",
              "sd_original": "Stable Diffusion v1.x original checkpoint",
              "sd_backbone": "Stable Diffusion v1.x backbone (UNet, autoencoder, text encoder)",
+             "lora": "LoRA for the base (pass it with --lora FILE[:weight])",
              "unknown": "unrecognised layout"}
     text = names[kind]
     if "diffusers_folder" in raw:
