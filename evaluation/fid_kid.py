@@ -90,7 +90,7 @@ class Protocol:
     """A published way of computing FID/KID, fixed as a whole (`--protocol NAME`)."""
     name: str
     extractor: str        # an EXTRACTORS name
-    image_size: int       # both folders: shorter side to this (bicubic), centre crop, before the extractor
+    image_size: int       # both folders: square_resize to this before the extractor
     fid_method: str       # "sqrtm" (pytorch-fid) or "eigvals" (torch-fidelity)
     kid_float32: bool     # torch-fidelity computes the KID kernels in float32
     kid_subsets: int = KID_SUBSETS
@@ -163,8 +163,8 @@ def list_image_files(folder: str | Path) -> list[Path]:
 
 
 def read_image(path: Path, size: int | None = None) -> torch.Tensor:
-    """One image file as uint8 [3, H, W] RGB; with `size`, its shorter side resized to `size`
-    (bicubic) and the centre `size` x `size` cropped (a protocol's common size)."""
+    """One image file as uint8 [3, H, W] RGB; with `size`, square_resize to `size` (a protocol's
+    common size)."""
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
@@ -177,15 +177,18 @@ def read_image(path: Path, size: int | None = None) -> torch.Tensor:
 
 
 def square_resize(image: Image.Image, size: int) -> Image.Image:
-    """Shorter side to `size` (bicubic), then the centre `size` x `size` (as the reference code
-    prepares HICO-DET images); an image already `size` x `size` is returned unchanged."""
+    """torch-fidelity's `samples_resize_and_crop=size` (torchvision's Resize(size) then
+    CenterCrop(size) on a PIL image): the shorter side to `size` and the longer to
+    int(size * long / short), PIL bilinear, skipped when the shorter side already is `size`; then
+    the centre `size` x `size`, its corner at round((H - size) / 2), round((W - size) / 2)."""
     w, h = image.size
-    if (w, h) == (size, size):
-        return image
-    scale = size / min(w, h)
-    image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-    left, top = (image.width - size) // 2, (image.height - size) // 2
-    return image.crop((left, top, left + size, top + size))
+    if min(w, h) != size:
+        short, long = min(w, h), max(w, h)
+        new_long = int(size * long / short)
+        image = image.resize((size, new_long) if w <= h else (new_long, size), Image.BILINEAR)
+        w, h = image.size
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return image if (w, h) == (size, size) else image.crop((left, top, left + size, top + size))
 
 
 def _read_files(files: Sequence[Path], size: tuple[int, int] | None,
@@ -472,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS),
                    help="a published protocol as a whole: interactdiffusion = the paper's torch-fidelity (its "
                         "Inception input and FID/KID arithmetic, KID 100 subsets of 1000) on both folders resized "
-                        "to 512 (shorter side, bicubic, centre crop); needs --weights, fixes --extractor, "
+                        "to 512 (torch-fidelity's samples_resize_and_crop); needs --weights, fixes --extractor, "
                         "--kid-subsets, --kid-subset-size, --seed and --resize")
     p.add_argument("--resize", action="store_true",
                    help="allow folders whose images differ in size or colour mode (e.g. real HICO-DET images "

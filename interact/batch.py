@@ -32,13 +32,13 @@ from hoi.io import atomic_write
 from hoi.records import (ConditionError, GroundedPhrase, check_interactions, interactions_from_record, segments_from_record,
                          unknown_record_keys)
 from hoi.schema import check_options, option
-from interact.model import CONFIG_DIR, REPO_ROOT, SD_V1_CONFIG, SD_V1_GLIGEN_CONFIG, InteractionOptions
+from interact.model import (EMBEDDED_CKPT, EMBEDDED_CONFIG, REPO_ROOT, SD_V1_CONFIG, SD_V1_GLIGEN_CONFIG,
+                            InteractionOptions)
 
 DEFAULT_INPUT = REPO_ROOT / "examples" / "layouts.json"
 # The embedded default: the toy InteractDiffusion model (scripts/train_toy.sh), which draws
 # toy-world scenes, and layouts in its vocabulary.
-DEFAULT_CKPT = REPO_ROOT / "assets" / "toy_interactdiffusion.pth"
-DEFAULT_CONFIG = CONFIG_DIR / "toy_hoi.yaml"
+DEFAULT_CKPT, DEFAULT_CONFIG = EMBEDDED_CKPT, EMBEDDED_CONFIG
 DEFAULT_TOY_INPUT = REPO_ROOT / "examples" / "toy_layouts.json"
 
 # What torch.Generator.manual_seed accepts; record i uses seed + i, so all of them must fit.
@@ -386,7 +386,7 @@ def model_config_path(options: BatchOptions) -> Path:
     if options.uses_embedded_default:
         return DEFAULT_CONFIG
     if options.ckpt:  # a GLIGEN file gets GLIGEN's config (its tokenizer, its sampling defaults)
-        from interact.checkpoint.formats import peek_kind
+        from interact.checkpoint.diffusers_folder import peek_kind
         if peek_kind(options.ckpt, options.allow_pickle) == "gligen":
             return SD_V1_GLIGEN_CONFIG
     return SD_V1_CONFIG

@@ -186,7 +186,7 @@ class InteractDiffusionPipeline:
             if path is not None and not Path(path).exists():
                 raise FileNotFoundError(f"{label} {path}: no such file or folder")
         if config is None and ckpt is not None:  # a GLIGEN file gets GLIGEN's config
-            from interact.checkpoint.formats import peek_kind
+            from interact.checkpoint.diffusers_folder import peek_kind
             config = SD_V1_GLIGEN_CONFIG if peek_kind(ckpt, allow_pickle) == "gligen" else None
         config = set_interaction_options(load_config(config or SD_V1_CONFIG), **(interaction or {}))
         device = resolve_device(device)

@@ -566,12 +566,17 @@ def test_protocol_interactdiffusion_matches_torch_fidelity(tmp_path):
     assert kid_std == pytest.approx(float(reference["kid_std"]), rel=1e-3)
 
 
-def test_protocol_resize_is_shorter_side_then_centre_crop():
+def test_protocol_resize_is_torch_fidelitys_resize_and_crop():
+    """torchvision's Resize(20) + CenterCrop(20) on PIL images, written out: 30x61 -> 40x20
+    (int(20 * 61 / 30) = 40), bilinear, crop at round(20 / 2) = 10; a shorter side of 20 is not
+    resized, only cropped, with a rounded half offset."""
     from evaluation.fid_kid import square_resize
-    image = Image.fromarray(np.arange(30 * 60 * 3, dtype=np.uint8).reshape(30, 60, 3) % 251)
+    image = Image.fromarray(np.arange(30 * 61 * 3, dtype=np.uint8).reshape(30, 61, 3) % 251)
     out = square_resize(image, 20)
-    expected = image.resize((40, 20), Image.BICUBIC).crop((10, 0, 30, 20))
+    expected = image.resize((40, 20), Image.BILINEAR).crop((10, 0, 30, 20))
     assert out.size == (20, 20) and np.array_equal(np.asarray(out), np.asarray(expected))
+    tall = Image.fromarray(np.arange(25 * 20 * 3, dtype=np.uint8).reshape(25, 20, 3))
+    assert np.array_equal(np.asarray(square_resize(tall, 20)), np.asarray(tall)[2:22])  # round(2.5) = 2
     same = Image.new("RGB", (20, 20))
     assert square_resize(same, 20) is same
 

@@ -15,7 +15,8 @@ import inference_batch
 from helpers import fourier_reference, randomize_
 from hoi.records import ConditionError, GroundedPhrase, Interaction, phrases_from_interactions
 from interact.checkpoint import CheckpointError, save_checkpoint
-from interact.checkpoint.formats import classify, default_config, peek_kind, read_file
+from interact.checkpoint.diffusers_folder import peek_kind
+from interact.checkpoint.formats import classify, default_config, read_file
 from interact.model import CONFIG_DIR, SD_V1_GLIGEN_CONFIG, load_config
 from interact.pipeline import InteractDiffusionPipeline
 from interact.tokenizer import GLIGENPositionNet

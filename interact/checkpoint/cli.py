@@ -23,7 +23,7 @@ def inspect(path: str | os.PathLike, config: str | os.PathLike | None = None, al
     out = out or sys.stdout  # looked up at call time so redirected stdout is honoured
     if os.path.isdir(path):  # a diffusers folder: read with the name maps of the config's model
         from interact.checkpoint.diffusers_folder import read_folder
-        from interact.checkpoint.formats import peek_kind
+        from interact.checkpoint.diffusers_folder import peek_kind
         config = config or (SD_V1_GLIGEN_CONFIG if peek_kind(path) == "gligen" else SD_V1_CONFIG)
         raw = read_folder(path, build_model(load_config(config), device="meta"))
     else:
@@ -58,14 +58,19 @@ def inspect(path: str | os.PathLike, config: str | os.PathLike | None = None, al
 def export(out: str, ckpt: str | None = None, sd_ckpt: str | None = None, config: str | None = None,
            half: bool = False, allow_pickle: bool = False) -> int:
     """A model (a checkpoint, or the embedded toy model) written as a diffusers folder."""
-    from interact.batch import DEFAULT_CKPT, DEFAULT_CONFIG
-    from interact.checkpoint.diffusers_folder import export_diffusers
-    from interact.pipeline import InteractDiffusionPipeline
+    from interact.checkpoint.diffusers_folder import export_diffusers, peek_kind
+    from interact.checkpoint.loading import load_weights
+    from interact.model import EMBEDDED_CKPT, EMBEDDED_CONFIG
+    from ldm.modules.encoders.clip_tokenizer import load_clip_tokenizer
     if ckpt is None and sd_ckpt is None:
-        ckpt, config = DEFAULT_CKPT, config or DEFAULT_CONFIG
-    pipe = InteractDiffusionPipeline.from_checkpoint(ckpt, sd_ckpt, config, device="cpu", allow_pickle=allow_pickle)
-    folder = export_diffusers(pipe.model, out, half=half)
-    print(f"wrote {folder} (diffusers layout, {'fp16' if half else 'fp32'}) from {pipe.source}")
+        ckpt, config = EMBEDDED_CKPT, config or EMBEDDED_CONFIG
+    if config is None:  # as for generation: a GLIGEN file gets GLIGEN's config
+        config = SD_V1_GLIGEN_CONFIG if ckpt is not None and peek_kind(ckpt, allow_pickle) == "gligen" else SD_V1_CONFIG
+    model = build_model(load_config(config), tokenizer=load_clip_tokenizer(), device="meta")
+    load_weights(model, ckpt, sd_ckpt, purpose="generate", allow_pickle=allow_pickle)
+    folder = export_diffusers(model, out, half=half)
+    source = " + ".join(str(p) for p in (sd_ckpt, ckpt) if p is not None)
+    print(f"wrote {folder} (diffusers layout, {'fp16' if half else 'fp32'}) from {source}")
     return 0
 
 

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from interact.checkpoint.formats import CheckpointError
+from interact.checkpoint.formats import (CheckpointError, classify, config_globals, read_file,
+                                         sniff_format)
 from interact.model import InteractDiffusion, is_interaction_key
 
 WEIGHT_FILES = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
@@ -301,3 +302,29 @@ def scheduler_mismatch(path: str | os.PathLike, model: InteractDiffusion) -> str
             abs(float(a) - float(b)) > 1e-9 for a, b in zip(theirs[1:3], ours[1:3]) if a is not None):
         return f"the folder's schedule {theirs} differs from the config's {ours}"
     return None
+
+
+def peek_kind(path: str | os.PathLike, allow_pickle: bool = False) -> str:
+    """classify() of a file without reading its tensors' data where the format allows: a torch
+    zip file is memory-mapped, a safetensors file's header read; other files are read whole. A
+    diffusers folder is told by its UNet's tensor names."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            return classify({"model": {k: torch.empty(0) for k in folder_unet_keys(path)}})
+        except CheckpointError:
+            return "unknown"
+    if path.is_file() and sniff_format(path) == "torch-zip":
+        try:
+            with torch.serialization.safe_globals(config_globals()):
+                return classify(torch.load(path, map_location="cpu", mmap=True, weights_only=not allow_pickle))
+        except Exception:  # noqa: BLE001  (read_file gives the proper message when the file is loaded)
+            return "unknown"
+    if path.is_file() and sniff_format(path) == "safetensors":
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return classify({k: torch.empty(0) for k in f.keys()})
+        except Exception:  # noqa: BLE001
+            return "unknown"
+    return classify(read_file(path, allow_pickle)) if path.is_file() else "unknown"

@@ -200,33 +200,6 @@ def default_config(raw: dict) -> Path:
     return SD_V1_GLIGEN_CONFIG if classify(raw) == "gligen" else SD_V1_CONFIG
 
 
-def peek_kind(path: str | os.PathLike, allow_pickle: bool = False) -> str:
-    """classify() of a file without reading its tensors' data where the format allows: a torch
-    zip file is memory-mapped, a safetensors file's header read; other files are read whole. A
-    diffusers folder is told by its UNet's tensor names."""
-    path = Path(path)
-    if path.is_dir():
-        from interact.checkpoint.diffusers_folder import folder_unet_keys
-        try:
-            return classify({"model": {k: torch.empty(0) for k in folder_unet_keys(path)}})
-        except CheckpointError:
-            return "unknown"
-    if path.is_file() and sniff_format(path) == "torch-zip":
-        try:
-            with torch.serialization.safe_globals(config_globals()):
-                return classify(torch.load(path, map_location="cpu", mmap=True, weights_only=not allow_pickle))
-        except Exception:  # noqa: BLE001  (read_file gives the proper message when the file is loaded)
-            return "unknown"
-    if path.is_file() and sniff_format(path) == "safetensors":
-        from safetensors import safe_open
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return classify({k: torch.empty(0) for k in f.keys()})
-        except Exception:  # noqa: BLE001
-            return "unknown"
-    return classify(read_file(path, allow_pickle)) if path.is_file() else "unknown"
-
-
 def describe_kind(raw: dict) -> str:
     kind = classify(raw)
     names = {"interactdiffusion": "InteractDiffusion checkpoint (UNet + interaction tokenizer + fusers)",
