@@ -157,6 +157,7 @@ class InteractDiffusionPipeline:
         self.model = model.to(self.device, dtype).eval()
         self.source = source
         self.sampling_defaults = sampling_defaults(model.config)
+        self.plain_sd = False  # True: Stable Diffusion alone, layouts ignored (the paper's SD row)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -208,7 +209,9 @@ class InteractDiffusionPipeline:
         apply_loras(model, specs, allow_pickle)
         source = " + ".join([str(p) for p in (sd_ckpt, ckpt) if p is not None]
                             + [f"LoRA {s.path}:{s.weight:g}" for s in specs])
-        return cls(model, device, resolve_dtype(device, half), source=source)
+        pipe = cls(model, device, resolve_dtype(device, half), source=source)
+        pipe.plain_sd = ckpt is None  # an SD file alone: no interaction control (see load_weights)
+        return pipe
 
     # ------------------------------------------------------------------ validation
     def _latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
@@ -323,6 +326,8 @@ class InteractDiffusionPipeline:
         model = self.model
         prompts, batch, negatives, seeds = self._batch(prompt, interactions, o.negative_prompt, seed,
                                                        model.interaction_tokenizer.max_interactions)
+        if self.plain_sd:  # the layouts have nothing to act on: prompts alone, fusers skipped
+            batch = [[] for _ in prompts]
         per_prompt_segments = self._per_prompt(segments, len(prompts), Segment, "segments")
         use_cfg = o.guidance_scale != 1.0
         size = (o.height, o.width)
@@ -332,7 +337,8 @@ class InteractDiffusionPipeline:
         full = model.condition(prompts, batch, segments=per_prompt_segments, image_size=size, replace_phrases=replace)
         sampler_obj = make_sampler(model.diffusion, o)
         steps = sampler_obj.steps  # the sampler's own count: the reference grid may have more steps than asked for
-        fuser_scales = [fuser_scale(i, steps, o.scheduled_sampling, o.scheduled_decay) for i in range(steps)]
+        fuser_scales = [0.0 if self.plain_sd else fuser_scale(i, steps, o.scheduled_sampling, o.scheduled_decay)
+                        for i in range(steps)]
         branch_steps = int(o.multi_instance * steps)
         branches = instance_branches(prompts, batch, per_prompt_segments) if branch_steps else None
         branch_cond = (model.condition(branches.captions, branches.interactions, segments=branches.segments,

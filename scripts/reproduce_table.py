@@ -3,6 +3,8 @@
     python scripts/reproduce_table.py --world toy            # trains (or reuses) every row, then the table
     python scripts/reproduce_table.py --world toy --rows interact,boxes   # only these rows now (a part)
     python scripts/reproduce_table.py --world toy --rows samplers   # the samplers, on the embedded model
+    python scripts/reproduce_table.py --world hico --generate test_layouts.json --sd_ckpt v1-4.ckpt \\
+        --gligen_ckpt gligen-generation-text-box.pth --interact_ckpt interact-diffusion-v1.pth   # the 3 rows
     python scripts/reproduce_table.py --world hico --real HICO/images/test2015 --gt test_hico.json \\
         --train trainval_hico.json --weights pt_inception-2015-12-05-6726825d.pth \\
         --row "GLIGEN" gen/gligen dets/gligen.pkl --row "InteractDiffusion" gen/id dets/id.pkl --format fgahoi
@@ -45,7 +47,20 @@ def parse_args(argv=None):
     real.add_argument("--allow-pickle", action="store_true")
     real.add_argument("--extractor", default="inception")
     real.add_argument("--weights", help="feature extractor weights (pt_inception-2015-12-05-6726825d.pth)")
+    gen = p.add_argument_group("generating the paper's three rows (--world hico --generate LAYOUTS)")
+    gen.add_argument("--generate", metavar="LAYOUTS", help="a layouts file: generate the SD, GLIGEN and "
+                     "InteractDiffusion rows into --gen_out (same seeds), then stop; run the detector on them")
+    gen.add_argument("--gen_out", default="runs/table_hico")
+    gen.add_argument("--sd_ckpt", help="SD v1.x file or diffusers folder (the SD row, and the backbone)")
+    gen.add_argument("--gligen_ckpt", help="GLIGEN box + text checkpoint")
+    gen.add_argument("--interact_ckpt", help="InteractDiffusion checkpoint (or interaction weights)")
+    gen.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.generate:
+        missing = [f for f in ("sd_ckpt", "gligen_ckpt", "interact_ckpt") if not getattr(args, f)]
+        if missing:
+            p.error(f"--generate needs {', '.join('--' + m for m in missing)}")
+        return args
     if args.world == "hico" and not (args.row and args.real and args.gt):
         p.error("--world hico needs --real, --gt and at least one --row NAME IMAGES DETECTIONS")
     if args.n < 2:
@@ -63,6 +78,17 @@ def main(argv=None) -> int:
     from experiments.hico_table import run_hico
     from experiments.toy_table import ROW_NAMES, run_toy, select_rows
     try:
+        if args.generate:
+            from experiments.hico_table import generate_rows
+            from interact.batch import BatchError
+            try:
+                folders = generate_rows(args.generate, args.gen_out, args.sd_ckpt, args.gligen_ckpt,
+                                        args.interact_ckpt, args.seed, device=args.device or "auto")
+            except BatchError as err:
+                raise ValueError(str(err)) from None
+            for name, folder in folders.items():
+                print(f"{name}: {folder}")
+            return 0
         if args.world == "toy":
             results = run_toy(select_rows(args.rows), args.n, args.data, args.runs, args.out, args.device, args.gain_n,
                               args.bootstrap, args.train)

@@ -156,3 +156,17 @@ def tiny_train_config(tmp_path, **train) -> DictConfig:
     options.update(train)
     config.train = check_train_options(options)
     return config
+
+
+def sd_original_file(model, path):
+    """`model`'s backbone written as an SD v1.x original checkpoint (`state_dict` with the
+    `model.diffusion_model.`, `first_stage_model.` and `cond_stage_model.` prefixes)."""
+    from interact.checkpoint import export_sections
+    from interact.model import is_interaction_key
+    sections = export_sections(model)
+    state = {"model.diffusion_model." + k: v for k, v in sections["model"].items() if not is_interaction_key(k)}
+    state.update({"first_stage_model." + k: v for k, v in sections.get("autoencoder", {}).items()})
+    state.update({"cond_stage_model." + k: v for k, v in sections.get("text_encoder", {}).items()})
+    state.update(sections.get("diffusion", {}))
+    torch.save({"state_dict": state}, path)
+    return path

@@ -147,3 +147,36 @@ def test_batch_records_with_phrases_and_their_errors(gligen_file, tiny_gligen_co
         err = capsys.readouterr().err
         assert f"error: {layouts}: {message}" in err and "Traceback" not in err
     assert np.asarray(Image.open(tmp_path / "out/00001.png")).std() > 0
+
+
+def test_the_papers_three_rows_from_one_layout_file(gligen_file, tiny_gligen_config, tmp_path):
+    """SD alone (an SD file, no interaction weights: every fuser gate 0), GLIGEN and
+    InteractDiffusion, generated from one layouts file with the same seeds."""
+    from experiments.hico_table import generate_rows
+    from helpers import sd_original_file
+    source = InteractDiffusionPipeline.from_config(TINY, seed=8, device="cpu")
+    for _, block in source.model.unet.transformer_blocks():
+        block.fuser.alpha_attn.data.fill_(1.0)
+    sd_file = sd_original_file(source.model, tmp_path / "sd.ckpt")
+    interaction = tmp_path / "interaction.pth"
+    save_checkpoint(interaction, source.model, interaction_only=True)
+    layouts = tmp_path / "layouts.json"
+    record = {"prompt": "a person holding a cup", "subject_phrases": ["person"], "action_phrases": ["holding"],
+              "object_phrases": ["cup"], "subject_boxes": [[0.1, 0.1, 0.5, 0.9]], "object_boxes": [[0.4, 0.4, 0.6, 0.6]]}
+    layouts.write_text(json.dumps([record]))
+    folders = generate_rows(str(layouts), str(tmp_path / "gen"), str(sd_file), str(gligen_file), str(interaction),
+                            seed=5, sampling={"steps": 2, "height": 32, "width": 32},
+                            configs={"sd": TINY, "gligen": tiny_gligen_config, "interactdiffusion": TINY},
+                            device="cpu")
+    assert list(folders) == ["Stable Diffusion", "GLIGEN", "InteractDiffusion"]
+    images = {name: np.asarray(Image.open(f"{folder}/00000.png")).astype(int) for name, folder in folders.items()}
+    plain = np.asarray(source(record["prompt"], None, seed=5, steps=2, height=32, width=32, scheduled_sampling=0.0,
+                              progress=False)[0]).astype(int)
+    assert np.abs(images["Stable Diffusion"] - plain).max() <= 1   # the SD row is the backbone alone
+    grounded = np.asarray(source(record["prompt"], [Interaction("person", "holding", "cup", (0.1, 0.1, 0.5, 0.9),
+                                                                (0.4, 0.4, 0.6, 0.6))],
+                                 seed=5, steps=2, height=32, width=32, progress=False)[0]).astype(int)
+    assert np.abs(images["InteractDiffusion"] - grounded).max() <= 1
+    assert np.abs(images["InteractDiffusion"] - images["Stable Diffusion"]).max() > 0
+    sidecar = json.loads((tmp_path / "gen/gligen/00000.json").read_text())
+    assert sidecar["model"] == str(gligen_file) and sidecar["interactions"][0]["subject"] == "person"

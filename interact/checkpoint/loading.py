@@ -5,7 +5,7 @@ any tensor is loaded (a refused file leaves the model as it was). What differs i
 
 | purpose  | --ckpt            | GLIGEN --ckpt                  | backbone              | SD file flag          |
 |----------|-------------------|--------------------------------|-----------------------|-----------------------|
-| generate | required          | refused (no interaction verbs) | required from a file  | --sd_ckpt             |
+| generate | required, or none for plain SD | loads into a GLIGEN config | required from a file | --sd_ckpt |
 | train    | optional (random) | converted; new parts random    | random when no file   | --official_ckpt_name  |
 
 Generation builds its model on the meta device, so afterwards what no file holds is rebuilt
@@ -129,12 +129,10 @@ def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt
     if purpose not in POLICIES:
         raise ValueError(f"purpose = {purpose!r}: must be one of {', '.join(POLICIES)}")
     policy = POLICIES[purpose]
-    if ckpt is None and policy.needs_ckpt:
-        if sd_ckpt is None:
-            raise CheckpointError("no weights given: pass --ckpt (an InteractDiffusion checkpoint) and optionally "
-                                  "--sd_ckpt (an SD v1.x .ckpt/.safetensors for the backbone)")
-        raise CheckpointError(f"--sd_ckpt {sd_ckpt} gives the backbone only: pass --ckpt with the interaction "
-                              f"weights (an InteractDiffusion checkpoint or an interaction-weights export)")
+    if ckpt is None and sd_ckpt is None and policy.needs_ckpt:
+        raise CheckpointError("no weights given: pass --ckpt (an InteractDiffusion checkpoint) and optionally "
+                              "--sd_ckpt (an SD v1.x .ckpt/.safetensors for the backbone)")
+    plain_sd = ckpt is None and policy.needs_ckpt  # generation from an SD file alone: the paper's SD row
     lines: list[str] = []
     parts: list[_Part] = []
     backbone = None
@@ -165,6 +163,8 @@ def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt
                      + ("; instance and role embeddings: random (GLIGEN has none)" if converted else ""))
         if kind not in INTERACTION_ONLY:
             backbone = (ckpt, raw, sections)
+    elif plain_sd:
+        lines.append("interaction control: none (plain Stable Diffusion: every fuser's gate is 0)")
     else:
         lines.append("interaction control: random initialisation")
     if sd_ckpt is not None:
@@ -191,6 +191,10 @@ def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt
 
     for part in parts:  # every check passed: now load
         _load(part)
+    if plain_sd:  # zero gates: each fuser adds exactly nothing, so the model is the SD file's
+        zeros = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in model.unet.state_dict().items()
+                 if is_interaction_key(k)}
+        model.unet.load_state_dict(zeros, strict=False, assign=any(v.is_meta for v in model.unet.state_dict().values()))
     if policy.finish_meta:
         model.finish_meta_load()
     return WeightSources(lines, backbone is not None)
