@@ -559,9 +559,16 @@ def test_wrong_tensor_rejected_by_name(tmp_path, source, fresh, full_file, secti
     assert shown in msg
 
 
-def test_sd_ckpt_without_ckpt(fresh, sd_ckpt_file):
-    with pytest.raises(CheckpointError, match="pass --ckpt"):
-        load_weights(fresh, sd_ckpt=sd_ckpt_file, purpose="generate")
+def test_sd_ckpt_without_ckpt_is_plain_sd(fresh, source, sd_ckpt_file):
+    """An SD file alone generates as Stable Diffusion (the paper's SD row): the backbone is the
+    file's, every interaction tensor is zero, so each fuser's gate tanh(0) adds nothing."""
+    sources = load_weights(fresh, sd_ckpt=sd_ckpt_file, purpose="generate")
+    assert "plain Stable Diffusion" in sources.lines[0]
+    for key, value in fresh.model.state_dict().items():
+        if is_interaction_key(key):
+            assert not value.any(), key
+        else:
+            assert torch.equal(value, source.model.state_dict()[key]), key
     with pytest.raises(CheckpointError, match="--ckpt"):
         load_weights(fresh, purpose="generate")
 
