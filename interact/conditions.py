@@ -17,8 +17,28 @@ from hoi.records import (MAX_INTERACTIONS, ConditionError, GroundedPhrase, Inter
 from interact.dense import DenseLayout
 
 
+class PaddedTensors:
+    """A dataclass of batch-first tensors, padded slots zero: the keyword arguments of a
+    tokenizer, moved, nulled (every slot masked: the unconditional branch) and concatenated as a
+    whole."""
+
+    def as_kwargs(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def to(self, device=None, dtype=None):
+        return type(self)(**{k: v.to(device=device, dtype=dtype) for k, v in self.as_kwargs().items()})
+
+    def null(self):
+        """The same shapes with every slot masked out (the unconditional branch)."""
+        return type(self)(**{k: torch.zeros_like(v) for k, v in self.as_kwargs().items()})
+
+    @classmethod
+    def cat(cls, groundings: Sequence):
+        return cls(**{f.name: torch.cat([getattr(g, f.name) for g in groundings]) for f in fields(cls)})
+
+
 @dataclass
-class Grounding:
+class Grounding(PaddedTensors):
     """Padded grounding tensors for a batch; the keyword arguments of the interaction tokenizer
     (HOIPositionNet.forward), in the order subject, action, object."""
     subject_boxes: torch.Tensor        # [B, N, 4]
@@ -29,41 +49,14 @@ class Grounding:
     action_embeddings: torch.Tensor    # [B, N, D]
     object_embeddings: torch.Tensor    # [B, N, D]
 
-    def as_kwargs(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def to(self, device=None, dtype=None) -> "Grounding":
-        return Grounding(**{k: v.to(device=device, dtype=dtype) for k, v in self.as_kwargs().items()})
-
-    def null(self) -> "Grounding":
-        """The same shapes with every slot masked out (the unconditional branch)."""
-        return Grounding(**{k: torch.zeros_like(v) for k, v in self.as_kwargs().items()})
-
-    @classmethod
-    def cat(cls, groundings: Sequence["Grounding"]) -> "Grounding":
-        return cls(**{f.name: torch.cat([getattr(g, f.name) for g in groundings]) for f in fields(cls)})
-
 
 @dataclass
-class PhraseGrounding:
+class PhraseGrounding(PaddedTensors):
     """GLIGEN's grounding for a batch: phrase slots padded to the tokenizer's 30; the keyword
     arguments of GLIGENPositionNet.forward."""
     boxes: torch.Tensor        # [B, N, 4]
     masks: torch.Tensor        # [B, N], 1 = a phrase
     embeddings: torch.Tensor   # [B, N, D]
-
-    def as_kwargs(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def to(self, device=None, dtype=None) -> "PhraseGrounding":
-        return PhraseGrounding(**{k: v.to(device=device, dtype=dtype) for k, v in self.as_kwargs().items()})
-
-    def null(self) -> "PhraseGrounding":
-        return PhraseGrounding(**{k: torch.zeros_like(v) for k, v in self.as_kwargs().items()})
-
-    @classmethod
-    def cat(cls, groundings: Sequence["PhraseGrounding"]) -> "PhraseGrounding":
-        return cls(**{f.name: torch.cat([getattr(g, f.name) for g in groundings]) for f in fields(cls)})
 
 
 def build_phrase_grounding(batch: Sequence[Sequence[Interaction | GroundedPhrase]],
