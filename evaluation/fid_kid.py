@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -96,6 +97,16 @@ class Protocol:
     kid_subsets: int = KID_SUBSETS
     kid_subset_size: int = KID_SUBSET_SIZE
     seed: int = KID_SEED
+    extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg")   # torch-fidelity's samples_find_ext
+
+    def list_files(self, folder: str | Path) -> list[Path]:
+        """The images torch-fidelity reads from a folder, in its order: these extensions only,
+        sorted by resolved path (a folder of links is ordered by their targets), which decides
+        the KID subsets."""
+        files = [f for f in list_image_files(folder) if f.suffix.lower() in self.extensions]
+        if not files:
+            raise ImageFolderError(f"no images ({', '.join(self.extensions)}) in folder {folder}")
+        return sorted(files, key=lambda f: os.path.realpath(f))
 
 
 PROTOCOLS = {
@@ -277,15 +288,17 @@ def _as_float(batch: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def extract_features(images, extractor, batch_size: int = 50, device: str | torch.device = "cpu",
                      progress: bool = True, desc: str = "features", mixed_sizes: bool = False,
-                     square: int | None = None) -> np.ndarray:
+                     square: int | None = None,
+                     list_files: Callable[[str | Path], list[Path]] | None = None) -> np.ndarray:
     """Features [N, D] (float64) of `images`: a uint8 tensor [N, 3, H, W] (0..255), a float tensor
     in [0, 1], or a folder of images (read batch by batch; with `mixed_sizes` its images may differ
     in size, each batch then split into runs of one size; with `square` each is resized to that
-    square size first, square_resize)."""
+    square size first, square_resize; `list_files` picks and orders a folder's files,
+    list_image_files by default)."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if isinstance(images, (str, Path)):
-        files = list_image_files(images)
+        files = (list_files or list_image_files)(images)
         n = len(files)
         size = None
 
@@ -441,10 +454,11 @@ def compute_fid_kid(real_images, fake_images, extractor, batch_size: int = 50,
     if isinstance(extractor, str):
         extractor = build_extractor(extractor, device=device)
     square = protocol.image_size if protocol else None
+    lister = protocol.list_files if protocol else None
     real = extract_features(real_images, extractor, batch_size, device, progress, "real features", mixed_sizes,
-                            square)
+                            square, lister)
     fake = extract_features(fake_images, extractor, batch_size, device, progress, "fake features", mixed_sizes,
-                            square)
+                            square, lister)
     kid_mean, kid_std = kid_from_features(real, fake, kid_subsets, kid_subset_size, seed,
                                           float32=bool(protocol and protocol.kid_float32), clamp=protocol is None)
     fid = fid_from_features(real, fake, method=protocol.fid_method if protocol else "sqrtm")

@@ -11,10 +11,13 @@ from evaluation.table_stats import CEILING_ROW
 
 def run_hico(rows: list[tuple[str, str, str]], real: str, gt_path: str, train_path: str | None,
              categories_path: str | None, extractor: str, weights: str | None, fmt: str = "json",
-             allow_pickle: bool = False, ceiling: str | None = None, device: str = "cpu") -> dict:
+             allow_pickle: bool = False, ceiling: str | None = None, device: str = "cpu",
+             protocol: str | None = None) -> dict:
     """`rows`: (name, generated image folder, detections file). `ceiling`: detections on the
-    real test images (the real-data row)."""
-    from evaluation.fid_kid import build_extractor, compute_fid_kid
+    real test images (the real-data row). `protocol`: a FID/KID protocol of evaluation.fid_kid
+    ("interactdiffusion": the paper's torch-fidelity numbers), which fixes the extractor."""
+    from evaluation.fid_kid import PROTOCOLS, build_extractor, compute_fid_kid
+    fid_protocol = PROTOCOLS[protocol] if protocol else None
     gt = read_ground_truth(gt_path)
     if categories_path:
         categories = HOICategories.from_file(categories_path)
@@ -22,7 +25,7 @@ def run_hico(rows: list[tuple[str, str, str]], real: str, gt_path: str, train_pa
         if train_path is None:
             raise ValueError("--train trainval_hico.json (for the rare categories) or --categories is needed")
         categories = HOICategories.hico(train_records=read_ground_truth(train_path))
-    feature_net = build_extractor(extractor, weights, device)
+    feature_net = build_extractor(fid_protocol.extractor if fid_protocol else extractor, weights, device)
 
     def detections(path):
         if fmt == "fgahoi":
@@ -31,7 +34,12 @@ def run_hico(rows: list[tuple[str, str, str]], real: str, gt_path: str, train_pa
 
     results = {}
     for name, folder, dets in rows:
-        metrics = compute_fid_kid(real, folder, feature_net, device=device)
+        if fid_protocol:
+            metrics = compute_fid_kid(real, folder, feature_net, kid_subsets=fid_protocol.kid_subsets,
+                                      kid_subset_size=fid_protocol.kid_subset_size, seed=fid_protocol.seed,
+                                      device=device, mixed_sizes=True, protocol=fid_protocol)
+        else:
+            metrics = compute_fid_kid(real, folder, feature_net, device=device)
         results[name] = {**metrics, "map": evaluate_hoi_map(gt, detections(dets), categories).summary}
     if ceiling:
         results[CEILING_ROW] = {"map": evaluate_hoi_map(gt, detections(ceiling), categories).summary}

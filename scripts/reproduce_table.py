@@ -46,6 +46,8 @@ def parse_args(argv=None):
     real.add_argument("--format", choices=("json", "fgahoi"), default="json")
     real.add_argument("--allow-pickle", action="store_true")
     real.add_argument("--extractor", default="inception")
+    real.add_argument("--protocol", choices=("interactdiffusion",), default=None,
+                      help="FID/KID as the paper computed them (torch-fidelity's; fixes the extractor)")
     real.add_argument("--weights", help="feature extractor weights (pt_inception-2015-12-05-6726825d.pth)")
     gen = p.add_argument_group("generating the paper's three rows (--world hico --generate LAYOUTS)")
     gen.add_argument("--generate", metavar="LAYOUTS", help="a layouts file: generate the SD, GLIGEN and "
@@ -98,7 +100,8 @@ def main(argv=None) -> int:
                                             else "") + "\n")
         else:
             results = run_hico(args.row, args.real, args.gt, args.train, args.categories, args.extractor,
-                               args.weights, args.format, args.allow_pickle, args.ceiling)
+                               args.weights, args.format, args.allow_pickle, args.ceiling,
+                               protocol=args.protocol)
     except (ValueError, OSError) as err:     # OSError: a missing, unreadable or unwritable path
         print(f"error: {err}", file=sys.stderr)
         return 2

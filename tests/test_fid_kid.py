@@ -581,6 +581,20 @@ def test_protocol_resize_is_torch_fidelitys_resize_and_crop():
     assert square_resize(same, 20) is same
 
 
+def test_protocol_reads_torch_fidelitys_files_in_its_order(tmp_path):
+    """png/jpg/jpeg only, sorted by the resolved path: links are ordered by their targets."""
+    from evaluation.fid_kid import PROTOCOLS
+    (tmp_path / "targets").mkdir()
+    (tmp_path / "folder").mkdir()
+    for name in ("b.png", "a.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / "targets" / name)
+    (tmp_path / "folder" / "1.png").symlink_to(tmp_path / "targets" / "b.png")
+    (tmp_path / "folder" / "2.png").symlink_to(tmp_path / "targets" / "a.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "folder" / "3.webp")
+    files = PROTOCOLS["interactdiffusion"].list_files(tmp_path / "folder")
+    assert [f.name for f in files] == ["2.png", "1.png"]
+
+
 def test_protocol_flags_conflicts_are_one_line(tmp_path, capsys):
     from evaluation.fid_kid import main
     with pytest.raises(SystemExit) as exit_:
