@@ -11,11 +11,17 @@ import torch
 
 
 def file_digest(path, length: int = 12) -> str:
-    """Short sha256 of a file, recorded in output sidecars."""
+    """Short sha256 of a file, recorded in output sidecars; of a folder (a diffusers model), of
+    every file in it, each under its relative path, in sorted order."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    for file in files:
+        if root.is_dir():
+            digest.update(file.relative_to(root).as_posix().encode() + b"\0")
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
     return digest.hexdigest()[:length]
 
 

@@ -1,29 +1,25 @@
-"""Diffusers folders, both ways: reading an SD v1.x or InteractDiffusion/GLIGEN model saved in
-diffusers' layout, and writing a model of this project as such a folder.
+"""Diffusers folders, both ways: reading an SD v1.x, InteractDiffusion or GLIGEN model saved in
+diffusers' layout, and writing a model of this project as such a folder (docs/reference.md §3):
 
-A folder (docs/reference.md §3):
-
-    unet/config.json + diffusion_pytorch_model[.fp16].safetensors   diffusers names; with the
-        interaction control, the fusers inside the transformer blocks
-        (`down_blocks.0.attentions.0.transformer_blocks.0.fuser.*`, attention_type "gated") and
-        `position_net.*` under its original sub-names
+    unet/config.json + diffusion_pytorch_model[.fp16].safetensors (or .bin)   diffusers' block names;
+        with the interaction control, each fuser inside its transformer block
+        (`down_blocks.0.attentions.0.transformer_blocks.0.fuser.*`, diffusers' GatedSelfAttentionDense
+        names, attention_type "gated") and the tokenizer as `position_net.*` under its original
+        sub-names (linears, linear_action, null_*_feature, interaction_embedding, position_embedding)
     vae/config.json + diffusion_pytorch_model[.fp16].safetensors
-    text_encoder/config.json + model[.fp16].safetensors              a transformers CLIPTextModel
-    tokenizer/                                                       CLIP tokenizer files
-    scheduler/scheduler_config.json                                  the noise schedule
+    text_encoder/config.json + model[.fp16].safetensors        a transformers CLIPTextModel
+    tokenizer/                                                 CLIP tokenizer files (vocab.json, merges.txt)
+    scheduler/scheduler_config.json                            the noise schedule
 
-The names are translated with diffusers' own converter for SD originals
-(`convert_ldm_unet_checkpoint`, `convert_ldm_vae_checkpoint`), a maintained mapping: it is run on
-this project's LDM-named tensors and each output is matched to its input by storage (the converter
-copies or reshapes, never computes), which gives the name map in both directions; the fusers take
-the map of the transformer block they sit in. Reading goes through the same map reversed, so
-export and import agree by construction, and the tests compare the exported UNet with diffusers'
-own UNet2DConditionModel.
+The name maps below are this project's own, one function per direction, from tensor names alone;
+tests check them against diffusers' converter for SD originals and numerically against diffusers'
+UNet2DConditionModel and AutoencoderKL.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,30 +28,261 @@ import torch
 
 from interact.checkpoint.formats import (CheckpointError, classify, config_globals, read_file,
                                          sniff_format)
-from interact.model import InteractDiffusion, is_interaction_key
+from interact.model import InteractDiffusion
 
 WEIGHT_FILES = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
 NEEDED = ("unet", "text_encoder")   # and vae/ for a model whose first stage has weights
+FOLDER_MARK = "diffusers_folder"    # in a read folder's dict: where it came from (describe_kind says so)
 
 
 # ----------------------------------------------------------------------------- the name maps
+#
+# Our own maps, written from the two layouts (facts: LDM's openaimodel / autoencoder module
+# names, diffusers' UNet2DConditionModel / AutoencoderKL names), one function per direction.
+# Both work from tensor names alone, so a folder of another architecture still gets LDM
+# names and the strict checks then say what differs. A module map {prefix: (prefix, inner)}
+# renames a module; `inner` renames the first part of what follows (a ResNet's layers).
+
+_RESNET = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
+           "out_layers.0": "norm2", "out_layers.3": "conv2", "skip_connection": "conv_shortcut"}
+_VAE_RESNET = {"nin_shortcut": "conv_shortcut"}
+_VAE_ATTENTION = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
+_UNET_FIXED = {"time_embed.0": "time_embedding.linear_1", "time_embed.2": "time_embedding.linear_2",
+               "input_blocks.0.0": "conv_in", "out.0": "conv_norm_out", "out.2": "conv_out"}
+_VAE_FIXED = ("encoder.conv_in", "encoder.conv_out", "decoder.conv_in", "decoder.conv_out", "quant_conv",
+              "post_quant_conv")
+# The part after `<block>.<child>.` tells an LDM child module's kind.
+_LDM_KIND = {"in_layers": "resnet", "emb_layers": "resnet", "out_layers": "resnet", "skip_connection": "resnet",
+             "op": "downsample", "conv": "upsample", "norm": "attention", "proj_in": "attention",
+             "proj_out": "attention", "transformer_blocks": "attention"}
+
+ModuleMap = dict[str, tuple[str, dict[str, str]]]
+
+
+def _inverse(table: dict[str, str]) -> dict[str, str]:
+    return {b: a for a, b in table.items()}
+
+
+def _rename(key: str, modules: ModuleMap) -> str | None:
+    """`key` under the longest module prefix of `modules` that it starts with, or None."""
+    parts = key.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+        entry = modules.get(".".join(parts[:n]))
+        if entry is not None:
+            target, inner = entry
+            rest = ".".join(parts[n:])
+            for old, new in inner.items():
+                if rest == old or rest.startswith(old + "."):
+                    rest = new + rest[len(old):]
+                    break
+            return f"{target}.{rest}"
+    return None
+
+
+def _children(keys, group: str) -> dict[int, dict[int, str]]:
+    """{block: {child: kind}} of LDM's `input_blocks` / `middle_block` / `output_blocks`."""
+    out: dict[int, dict[int, str]] = {}
+    for key in keys:
+        parts = key.split(".")
+        if group == "middle_block" and parts[0] == group and len(parts) > 2:
+            out.setdefault(0, {})[int(parts[1])] = _LDM_KIND.get(parts[2], "unknown")
+        elif parts[0] == group and len(parts) > 3:
+            out.setdefault(int(parts[1]), {})[int(parts[2])] = _LDM_KIND.get(parts[3], "unknown")
+    return out
+
+
+def _ldm_unet_modules(keys) -> ModuleMap:
+    """LDM -> diffusers, module by module: input block i of level l holds ResBlock j (and its
+    transformer), or the level's Downsample; output blocks go level by level from the bottom,
+    an Upsample closing each level but the last."""
+    keys = list(keys)
+    modules: ModuleMap = {old: (new, {}) for old, new in _UNET_FIXED.items()}
+    level, j = 0, 0
+    for i, kinds in sorted(_children(keys, "input_blocks").items()):
+        if i == 0:
+            continue
+        if "downsample" in kinds.values():
+            modules[f"input_blocks.{i}.0.op"] = (f"down_blocks.{level}.downsamplers.0.conv", {})
+            level, j = level + 1, 0
+            continue
+        for c, kind in kinds.items():
+            if kind == "resnet":
+                modules[f"input_blocks.{i}.{c}"] = (f"down_blocks.{level}.resnets.{j}", _RESNET)
+            elif kind == "attention":
+                modules[f"input_blocks.{i}.{c}"] = (f"down_blocks.{level}.attentions.{j}", {})
+        j += 1
+    resnets = 0
+    for c, kind in sorted(_children(keys, "middle_block").get(0, {}).items()):
+        if kind == "resnet":
+            modules[f"middle_block.{c}"] = (f"mid_block.resnets.{resnets}", _RESNET)
+            resnets += 1
+        elif kind == "attention":
+            modules[f"middle_block.{c}"] = ("mid_block.attentions.0", {})
+    level, j = 0, 0
+    for i, kinds in sorted(_children(keys, "output_blocks").items()):
+        for c, kind in kinds.items():
+            if kind == "resnet":
+                modules[f"output_blocks.{i}.{c}"] = (f"up_blocks.{level}.resnets.{j}", _RESNET)
+            elif kind == "attention":
+                modules[f"output_blocks.{i}.{c}"] = (f"up_blocks.{level}.attentions.{j}", {})
+            elif kind == "upsample":
+                modules[f"output_blocks.{i}.{c}.conv"] = (f"up_blocks.{level}.upsamplers.0.conv", {})
+        j += 1
+        if "upsample" in kinds.values():
+            level, j = level + 1, 0
+    return modules
+
+
+def _indices(keys, pattern: str) -> set[tuple[int, ...]]:
+    found = set()
+    for key in keys:
+        m = re.match(pattern, key)
+        if m:
+            found.add(tuple(int(g) for g in m.groups()))
+    return found
+
+
+def _diffusers_unet_modules(keys) -> ModuleMap:
+    """diffusers -> LDM, module by module (the inverse arithmetic of _ldm_unet_modules): with
+    R ResNets per down level, down level l's ResNet j is input block 1 + l(R+1) + j and its
+    Downsample input block 1 + l(R+1) + R; up level u's ResNet j is output block u(R+1) + j,
+    its Upsample the last child of output block u(R+1) + R."""
+    keys = list(keys)
+    modules: ModuleMap = {new: (old, {}) for old, new in _UNET_FIXED.items()}
+    down = _indices(keys, r"down_blocks\.(\d+)\.resnets\.(\d+)\.")
+    if not down:
+        return modules
+    per_level = 1 + max(j for _, j in down)
+    resnet = _inverse(_RESNET)
+    for l, j in down:
+        modules[f"down_blocks.{l}.resnets.{j}"] = (f"input_blocks.{1 + l * (per_level + 1) + j}.0", resnet)
+    for l, j in _indices(keys, r"down_blocks\.(\d+)\.attentions\.(\d+)\."):
+        modules[f"down_blocks.{l}.attentions.{j}"] = (f"input_blocks.{1 + l * (per_level + 1) + j}.1", {})
+    for (l,) in _indices(keys, r"down_blocks\.(\d+)\.downsamplers\.0\."):
+        modules[f"down_blocks.{l}.downsamplers.0.conv"] = (f"input_blocks.{1 + l * (per_level + 1) + per_level}.0.op",
+                                                           {})
+    mid_attention = any(k.startswith("mid_block.attentions.0.") for k in keys)
+    modules["mid_block.resnets.0"] = ("middle_block.0", resnet)
+    modules["mid_block.attentions.0"] = ("middle_block.1", {})
+    modules["mid_block.resnets.1"] = (f"middle_block.{2 if mid_attention else 1}", resnet)
+    up_attention = {u for u, _ in _indices(keys, r"up_blocks\.(\d+)\.attentions\.(\d+)\.")}
+    for u, j in _indices(keys, r"up_blocks\.(\d+)\.resnets\.(\d+)\."):
+        modules[f"up_blocks.{u}.resnets.{j}"] = (f"output_blocks.{u * (per_level + 1) + j}.0", resnet)
+    for u, j in _indices(keys, r"up_blocks\.(\d+)\.attentions\.(\d+)\."):
+        modules[f"up_blocks.{u}.attentions.{j}"] = (f"output_blocks.{u * (per_level + 1) + j}.1", {})
+    for (u,) in _indices(keys, r"up_blocks\.(\d+)\.upsamplers\.0\."):
+        child = 2 if u in up_attention else 1
+        modules[f"up_blocks.{u}.upsamplers.0.conv"] = (f"output_blocks.{u * (per_level + 1) + per_level}.{child}.conv",
+                                                       {})
+    return modules
+
+
+def _ldm_vae_modules(keys) -> ModuleMap:
+    keys = list(keys)
+    modules: ModuleMap = {name: (name, {}) for name in _VAE_FIXED}
+    levels = 1 + max((l for (l,) in _indices(keys, r"decoder\.up\.(\d+)\.")), default=-1)
+    for side in ("encoder", "decoder"):
+        modules[f"{side}.mid.block_1"] = (f"{side}.mid_block.resnets.0", _VAE_RESNET)
+        modules[f"{side}.mid.block_2"] = (f"{side}.mid_block.resnets.1", _VAE_RESNET)
+        modules[f"{side}.mid.attn_1"] = (f"{side}.mid_block.attentions.0", _VAE_ATTENTION)
+        modules[f"{side}.norm_out"] = (f"{side}.conv_norm_out", {})
+    for l, j in _indices(keys, r"encoder\.down\.(\d+)\.block\.(\d+)\."):
+        modules[f"encoder.down.{l}.block.{j}"] = (f"encoder.down_blocks.{l}.resnets.{j}", _VAE_RESNET)
+    for (l,) in _indices(keys, r"encoder\.down\.(\d+)\.downsample\."):
+        modules[f"encoder.down.{l}.downsample"] = (f"encoder.down_blocks.{l}.downsamplers.0", {})
+    for l, j in _indices(keys, r"decoder\.up\.(\d+)\.block\.(\d+)\."):   # LDM counts up levels from the bottom
+        modules[f"decoder.up.{l}.block.{j}"] = (f"decoder.up_blocks.{levels - 1 - l}.resnets.{j}", _VAE_RESNET)
+    for (l,) in _indices(keys, r"decoder\.up\.(\d+)\.upsample\."):
+        modules[f"decoder.up.{l}.upsample"] = (f"decoder.up_blocks.{levels - 1 - l}.upsamplers.0", {})
+    return modules
+
+
+def _diffusers_vae_modules(keys) -> ModuleMap:
+    keys = list(keys)
+    modules: ModuleMap = {name: (name, {}) for name in _VAE_FIXED}
+    levels = 1 + max((u for (u,) in _indices(keys, r"decoder\.up_blocks\.(\d+)\.")), default=-1)
+    resnet, attention = _inverse(_VAE_RESNET), _inverse(_VAE_ATTENTION)
+    for side in ("encoder", "decoder"):
+        modules[f"{side}.mid_block.resnets.0"] = (f"{side}.mid.block_1", resnet)
+        modules[f"{side}.mid_block.resnets.1"] = (f"{side}.mid.block_2", resnet)
+        modules[f"{side}.mid_block.attentions.0"] = (f"{side}.mid.attn_1", attention)
+        modules[f"{side}.conv_norm_out"] = (f"{side}.norm_out", {})
+    for l, j in _indices(keys, r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\."):
+        modules[f"encoder.down_blocks.{l}.resnets.{j}"] = (f"encoder.down.{l}.block.{j}", resnet)
+    for (l,) in _indices(keys, r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\."):
+        modules[f"encoder.down_blocks.{l}.downsamplers.0"] = (f"encoder.down.{l}.downsample", {})
+    for u, j in _indices(keys, r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\."):
+        modules[f"decoder.up_blocks.{u}.resnets.{j}"] = (f"decoder.up.{levels - 1 - u}.block.{j}", resnet)
+    for (u,) in _indices(keys, r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\."):
+        modules[f"decoder.up_blocks.{u}.upsamplers.0"] = (f"decoder.up.{levels - 1 - u}.upsample", {})
+    return modules
+
+
+def _names(keys, modules: ModuleMap, keep=lambda key: False) -> dict[str, str | None]:
+    """{key: renamed key, or None where no module of the map holds it}; `keep`: names that stay."""
+    return {key: key if keep(key) else _rename(key, modules) for key in keys}
+
+
+def _interaction_tokenizer(key: str) -> bool:
+    return key.startswith("position_net.")
+
+
+def ldm_to_diffusers_unet(keys) -> dict[str, str | None]:
+    """{LDM UNet name: diffusers name}: the backbone's blocks renamed, each fuser under the
+    transformer block it sits in (the suffix is diffusers' GatedSelfAttentionDense's already),
+    `position_net.*` as it is."""
+    keys = list(keys)
+    return _names(keys, _ldm_unet_modules(keys), _interaction_tokenizer)
+
+
+def diffusers_to_ldm_unet(keys) -> dict[str, str | None]:
+    keys = list(keys)
+    return _names(keys, _diffusers_unet_modules(keys), _interaction_tokenizer)
+
+
+def ldm_to_diffusers_vae(keys) -> dict[str, str | None]:
+    keys = list(keys)
+    return _names(keys, _ldm_vae_modules(keys))
+
+
+def diffusers_to_ldm_vae(keys) -> dict[str, str | None]:
+    keys = list(keys)
+    return _names(keys, _diffusers_vae_modules(keys))
+
+
+def _all_named(names: dict, what: str) -> dict[str, str]:
+    unnamed = sorted(k for k, v in names.items() if v is None)
+    if unnamed:
+        raise CheckpointError(f"the {what} has {len(unnamed)} tensors with no diffusers name (an architecture "
+                              f"diffusers' SD v1.x blocks cannot hold), e.g. {unnamed[:3]}")
+    return names
+
+
+def unet_names(model: InteractDiffusion, unet_config: dict | None = None) -> dict[str, str]:
+    """{LDM name: diffusers name} for every tensor of the model's UNet section (`unet_config`
+    is not needed: kept for callers that pass it)."""
+    return _all_named(ldm_to_diffusers_unet(model.unet.state_dict()), "UNet")
+
+
+def vae_names(model: InteractDiffusion) -> dict[str, str]:
+    return _all_named(ldm_to_diffusers_vae(model.autoencoder.state_dict()), "autoencoder")
+
+
+# ----------------------------------------------------------------------------- configs
 
 def _diffusers_unet_config(params, context_dim: int, gated: bool) -> dict:
-    """diffusers' UNet2DConditionModel config for an LDM UNet's params (SD v1.x's family)."""
+    """diffusers' UNet2DConditionModel config for an LDM UNet's params (SD v1.x's family).
+    diffusers' `attention_head_dim` is, for SD v1.x, the number of heads."""
     mult, levels = list(params.channel_mult), len(params.channel_mult)
     attn = set(params.attention_resolutions)
-    down, up = [], []
-    for level in range(levels):
-        with_attention = 2 ** level in attn
-        down.append("CrossAttnDownBlock2D" if with_attention else "DownBlock2D")
-    for level in reversed(range(levels)):
-        with_attention = 2 ** level in attn
-        up.append("CrossAttnUpBlock2D" if with_attention else "UpBlock2D")
+    down = ["CrossAttnDownBlock2D" if 2 ** level in attn else "DownBlock2D" for level in range(levels)]
+    up = ["CrossAttnUpBlock2D" if 2 ** level in attn else "UpBlock2D" for level in reversed(range(levels))]
     config = {
         "sample_size": params.image_size, "in_channels": params.in_channels, "out_channels": params.out_channels,
         "down_block_types": down, "up_block_types": up, "block_out_channels": [params.model_channels * m for m in mult],
         "layers_per_block": params.num_res_blocks, "cross_attention_dim": context_dim,
         "attention_head_dim": params.num_heads, "norm_num_groups": params.get("norm_groups", 32),
+        "transformer_layers_per_block": params.get("transformer_depth", 1), "use_linear_projection": False,
         "mid_block_type": "UNetMidBlock2DCrossAttn",
     }
     if gated:
@@ -71,59 +298,9 @@ def _diffusers_vae_config(params) -> dict:
             "norm_num_groups": params.get("norm_groups", 32), "sample_size": 512}
 
 
-def _markers(state: dict, prefix: str) -> dict:
-    """Stand-ins of the tensors' shapes, one storage of one element each (zero strides): the
-    converter is run on these, so a model built on the meta device (no data) has its map too."""
-    return {prefix + k: torch.zeros(1).expand(v.shape) for k, v in state.items()}
-
-
-def _map_by_storage(converted: dict, original: dict) -> dict[str, str]:
-    """{diffusers name: LDM name} from a converter's output and input (the same storages)."""
-    by_pointer = {t.untyped_storage().data_ptr(): name for name, t in original.items()}
-    mapping = {}
-    for name, tensor in converted.items():
-        source = by_pointer.get(tensor.untyped_storage().data_ptr())
-        if source is None:
-            raise RuntimeError(f"diffusers' converter computed {name} instead of copying it: no name map")
-        mapping[name] = source
-    return mapping
-
-
-def unet_names(model: InteractDiffusion, unet_config: dict) -> dict[str, str]:
-    """{LDM name: diffusers name} for every tensor of the model's `model` section."""
-    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
-    state = model.unet.state_dict()
-    backbone = _markers({k: v for k, v in state.items() if not is_interaction_key(k)}, "model.diffusion_model.")
-    converted = convert_ldm_unet_checkpoint(backbone, {k: v for k, v in unet_config.items() if k != "attention_type"})
-    names = {ldm[len("model.diffusion_model."):]: new for new, ldm in _map_by_storage(converted, backbone).items()}
-    missing = sorted(set(k for k in state if not is_interaction_key(k)) - set(names))
-    if missing:
-        raise RuntimeError(f"diffusers' converter left {len(missing)} UNet tensors unnamed, e.g. {missing[:3]}")
-    # A fuser sits in a transformer block: it takes that block's prefix.
-    prefixes = {}
-    for ldm, new in names.items():
-        if ".transformer_blocks." in ldm and ".attn1." in ldm:
-            prefixes[ldm.split(".attn1.")[0] + "."] = new.split(".attn1.")[0] + "."
-    for key in state:
-        if ".fuser." in key:
-            block = key.split("fuser.")[0]
-            names[key] = prefixes[block] + key[len(block):]
-        elif key.startswith("position_net."):
-            names[key] = key
-    return names
-
-
-def vae_names(model: InteractDiffusion) -> dict[str, str]:
-    """{LDM name: diffusers name} for the autoencoder."""
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-    state = _markers(model.autoencoder.state_dict(), "first_stage_model.")
-    converted = convert_ldm_vae_checkpoint(state, _diffusers_vae_config(model.config.autoencoder.params))
-    return {ldm[len("first_stage_model."):]: new for new, ldm in _map_by_storage(converted, state).items()}
-
-
-def _reshape_like(value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """LDM's VAE attention uses 1x1 convolutions where diffusers uses linear layers."""
-    return value if value.shape == shape else value.reshape(shape)
+# LDM's VAE attention uses 1x1 convolutions where diffusers uses linear layers: the same numbers.
+_VAE_LINEAR = re.compile(r".*\.attentions\.0\.(to_q|to_k|to_v|to_out\.0)\.weight$")
+_VAE_CONV = re.compile(r".*\.attn_1\.(q|k|v|proj_out)\.weight$")
 
 
 # ----------------------------------------------------------------------------- writing
@@ -135,39 +312,43 @@ def export_diffusers(model: InteractDiffusion, out: str | os.PathLike, half: boo
     out = Path(out)
     if out.exists():
         raise CheckpointError(f"{out}: exists; choose a new folder")
+    unet_state = model.unet.state_dict()
+    unet_map = unet_names(model)
+    vae_state = model.autoencoder.state_dict()
+    vae_map = vae_names(model) if vae_state else {}
     params = model.config.model.params
-    gated = any(".fuser." in k for k in model.unet.state_dict())
+    gated = any(".fuser." in k for k in unet_state)
     unet_config = _diffusers_unet_config(params, params.context_dim, gated)
-    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    suffix = ".fp16.safetensors" if half else ".safetensors"
+
+    def tensors(state: dict, names: dict) -> dict:
+        written = {}
+        for key, value in state.items():
+            value = value.detach().cpu()
+            if _VAE_LINEAR.match(names[key]) and value.dim() == 4:
+                value = value[:, :, 0, 0]
+            if half and value.is_floating_point():
+                value = value.half()
+            written[names[key]] = value.contiguous()
+        return written
+
+    parent = out.parent if out.parent.exists() else None
+    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
     try:
-        dtype = torch.float16 if half else None
-
-        def tensors(state: dict, names: dict, shapes: dict | None = None) -> dict:
-            out_state = {}
-            for key, value in state.items():
-                value = value.detach().cpu().contiguous()
-                if shapes is not None:
-                    value = _reshape_like(value, shapes[names[key]]).contiguous()
-                out_state[names[key]] = value.to(dtype) if dtype is not None and value.is_floating_point() else value
-            return out_state
-
-        suffix = ".fp16.safetensors" if half else ".safetensors"
         (temp / "unet").mkdir()
-        save_file(tensors(model.unet.state_dict(), unet_names(model, unet_config)),
-                  str(temp / "unet" / (WEIGHT_FILES["unet"] + suffix)))
+        save_file(tensors(unet_state, unet_map), str(temp / "unet" / (WEIGHT_FILES["unet"] + suffix)))
         unet_json = {"_class_name": "UNet2DConditionModel", **unet_config}
-        if gated:
-            unet_json["interaction_tokenizer"] = dict(model.config.interaction.position_net)
+        if gated:  # what diffusers' own classes do not say: which tokenizer, which fuser variant
+            from interact.model import interaction_options
+            unet_json["interaction_tokenizer"] = _plain(model.config.interaction.position_net)
+            unet_json["interaction"] = {k: v for k, v in interaction_options(model.config).items()}
         (temp / "unet" / "config.json").write_text(json.dumps(_plain(unet_json), indent=2))
-        if model.autoencoder.state_dict():
-            from diffusers import AutoencoderKL
-            vae_config = _diffusers_vae_config(model.config.autoencoder.params)
-            shapes = {k: v.shape for k, v in AutoencoderKL(**vae_config).state_dict().items()}
+        if vae_state:  # (a parameter-free first stage, the toy world's, has no vae/)
             (temp / "vae").mkdir()
-            save_file(tensors(model.autoencoder.state_dict(), vae_names(model), shapes),
-                      str(temp / "vae" / (WEIGHT_FILES["vae"] + suffix)))
+            save_file(tensors(vae_state, vae_map), str(temp / "vae" / (WEIGHT_FILES["vae"] + suffix)))
             (temp / "vae" / "config.json").write_text(json.dumps(
-                {"_class_name": "AutoencoderKL", **vae_config, "scaling_factor": float(model.scale_factor)}, indent=2))
+                {"_class_name": "AutoencoderKL", **_diffusers_vae_config(model.config.autoencoder.params),
+                 "scaling_factor": float(model.scale_factor)}, indent=2))
         _write_text_encoder(model, temp, half)
         _write_scheduler(model, temp)
         os.replace(temp, out)
@@ -179,8 +360,9 @@ def export_diffusers(model: InteractDiffusion, out: str | os.PathLike, half: boo
 
 def _plain(value):
     from omegaconf import OmegaConf
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else (
-        {k: _plain(v) for k, v in value.items()} if isinstance(value, dict) else value)
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return {k: _plain(v) for k, v in value.items()} if isinstance(value, dict) else value
 
 
 def _write_text_encoder(model: InteractDiffusion, folder: Path, half: bool) -> None:
@@ -237,44 +419,50 @@ def _weights_file(folder: Path, stem: str) -> Path:
 
 
 def _read_weights(file: Path) -> dict:
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(file))
-    return torch.load(file, map_location="cpu", weights_only=True)
+    raw = read_file(file)   # safetensors, or a weights-only torch load; damaged files say so
+    if not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise CheckpointError(f"{file}: expected a flat dict of tensors")
+    return raw
 
 
-def read_folder(path: str | os.PathLike, model: InteractDiffusion) -> dict:
-    """A diffusers folder as this project's sections (LDM names): `model` (the UNet, with the
-    interaction control when the folder has it), `autoencoder`, `text_encoder`. The name maps come
-    from `model`'s config (its architecture must be the folder's; the strict checks that follow
-    say where it is not)."""
-    path = check_folder(path, vae=bool(model.autoencoder.state_dict()))
-    mismatch = scheduler_mismatch(path, model)
-    if mismatch:
-        raise CheckpointError(f"{path}: {mismatch}")
-    unet_file = _read_weights(_weights_file(path / "unet", WEIGHT_FILES["unet"]))
-    params = model.config.model.params
-    gated = any(".fuser." in k for k in unet_file)
-    to_ldm = {new: ldm for ldm, new in unet_names(model, _diffusers_unet_config(params, params.context_dim,
-                                                                               gated)).items()}
-    unknown = sorted(k for k in unet_file if k not in to_ldm)
-    if unknown:
-        raise CheckpointError(f"{path / 'unet'}: {len(unknown)} tensors have no counterpart in the model config, e.g. "
-                              f"{unknown[:3]} (is the --config right for this folder?)")
-    sections = {"model": {to_ldm[k]: v for k, v in unet_file.items()}}
-    shapes = model.autoencoder.state_dict()
-    if shapes:  # (a parameter-free first stage, the toy world's, has no vae/)
-        vae_file = _read_weights(_weights_file(path / "vae", WEIGHT_FILES["vae"]))
-        vae_to_ldm = {new: ldm for ldm, new in vae_names(model).items()}
-        sections["autoencoder"] = {vae_to_ldm[k]: _reshape_like(v, shapes[vae_to_ldm[k]].shape)
-                                   for k, v in vae_file.items() if k in vae_to_ldm}
+def read_folder(path: str | os.PathLike, model: InteractDiffusion | None = None) -> dict:
+    """A diffusers folder as this project's sections under LDM names: `model` (the UNet, with the
+    interaction control when the folder has it), `autoencoder`, `text_encoder`. Names that have
+    no LDM counterpart stay as they are, so the strict checks list them. With `model`: its
+    schedule must be the folder's, and vae/ is required when its first stage has weights."""
+    path = check_folder(path, vae=model is not None and bool(model.autoencoder.state_dict()))
+    if model is not None:
+        mismatch = scheduler_mismatch(path, model)
+        if mismatch:
+            raise CheckpointError(f"{path}: {mismatch}")
+    unet = _read_weights(_weights_file(path / "unet", WEIGHT_FILES["unet"]))
+    to_ldm = diffusers_to_ldm_unet(unet)
+    sections = {"model": {to_ldm[k] or k: v for k, v in unet.items()}}
+    if model is not None:
+        _fit_instance_slots(sections["model"], model)
+    if (path / "vae").is_dir():
+        vae = _read_weights(_weights_file(path / "vae", WEIGHT_FILES["vae"]))
+        vae_to_ldm = diffusers_to_ldm_vae(vae)
+        autoencoder = {}
+        for key, value in vae.items():
+            name = vae_to_ldm[key] or key
+            autoencoder[name] = value[:, :, None, None] if _VAE_CONV.match(name) and value.dim() == 2 else value
+        sections["autoencoder"] = autoencoder
     text = _read_weights(_weights_file(path / "text_encoder", WEIGHT_FILES["text_encoder"]))
     sections["text_encoder"] = {"transformer." + k: v for k, v in text.items()}
     sections[FOLDER_MARK] = str(path)
     return sections
 
 
-FOLDER_MARK = "diffusers_folder"   # in a read folder's dict: where it came from (describe_kind says so)
+def _fit_instance_slots(state: dict, model: InteractDiffusion) -> None:
+    """The released diffusers InteractDiffusion class declares 32 instance embeddings where the
+    tokenizer uses 30 (its pipeline pads to 30): rows past the model's slot count are never
+    read, so they are dropped."""
+    key = "position_net.interaction_embedding.emb.weight"
+    ours = model.unet.state_dict().get(key)
+    if key in state and ours is not None and state[key].shape[0] > ours.shape[0] \
+            and state[key].shape[1:] == ours.shape[1:]:
+        state[key] = state[key][:ours.shape[0]]
 
 
 def folder_unet_keys(path: str | os.PathLike) -> list[str]:

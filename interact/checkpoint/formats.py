@@ -11,6 +11,8 @@ Layouts read:
   `position_net.*` and the fusers;
 - the InteractDiffusion WebUI extension's file (`ext_interactdiff_v1.2.pth`): the same tensors
   as one flat dict, `input_blocks.1.1.transformer_blocks.0.fuser.*` ... and `position_net.*`.
+- diffusers folders (unet/ vae/ text_encoder/ tokenizer/ scheduler/), read into the same sections
+  by interact/checkpoint/diffusers_folder.py: FOLDER_NAMES names them.
 
 Pickles load with `weights_only=True`; a file that needs arbitrary Python objects
 is refused unless the caller trusts it (`allow_pickle=True`, CLI `--allow-pickle`).
@@ -200,6 +202,15 @@ def default_config(raw: dict) -> Path:
     return SD_V1_GLIGEN_CONFIG if classify(raw) == "gligen" else SD_V1_CONFIG
 
 
+FOLDER_NAMES = {
+    "interactdiffusion": "diffusers InteractDiffusion folder (unet/ with fusers + interaction tokenizer, vae/, "
+                         "text_encoder/, tokenizer/, scheduler/)",
+    "gligen": "diffusers GLIGEN folder (unet/ with fusers + box grounding tokenizer, vae/, text_encoder/, tokenizer/, "
+              "scheduler/)",
+    "sd_backbone": "diffusers Stable Diffusion folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)",
+}
+
+
 def describe_kind(raw: dict) -> str:
     kind = classify(raw)
     names = {"interactdiffusion": "InteractDiffusion checkpoint (UNet + interaction tokenizer + fusers)",
@@ -211,8 +222,8 @@ def describe_kind(raw: dict) -> str:
              "lora": "LoRA for the base (pass it with --lora FILE[:weight])",
              "unknown": "unrecognised layout"}
     text = names[kind]
-    if "diffusers_folder" in raw:
-        text = "diffusers folder: " + text
+    if "diffusers_folder" in raw:  # read by interact/checkpoint/diffusers_folder.py
+        text = FOLDER_NAMES.get(kind, "diffusers folder: " + text)
     if "iters" in raw:
         text += f", training checkpoint at iteration {int(raw['iters'])}"
     return text
