@@ -198,10 +198,8 @@ class InteractDiffusionPipeline:
             model = build_model(config, tokenizer=encoder.tokenizer, device="meta")
             model.text_encoder = encoder
         else:
-            # A diffusers folder's own tokenizer/ (a fine-tune may have changed it), else CLIP's.
-            folders = [Path(p) / "tokenizer" for p in (ckpt, sd_ckpt) if p is not None and Path(p).is_dir()]
-            folder = next((str(f) for f in folders if f.is_dir()), None)
-            model = build_model(config, tokenizer=load_clip_tokenizer(folder), device="meta")
+            from interact.checkpoint.diffusers_folder import tokenizer_folder
+            model = build_model(config, tokenizer=load_clip_tokenizer(tokenizer_folder(ckpt, sd_ckpt)), device="meta")
         load_weights(model, ckpt, sd_ckpt, purpose="generate", allow_pickle=allow_pickle,
                      text_encoder_given=text_encoder is not None)
         from interact.checkpoint.lora import apply_loras, parse_lora

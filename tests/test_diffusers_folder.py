@@ -339,3 +339,14 @@ def test_export_cli_writes_the_embedded_model(tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", str(tmp_path / "toy")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'toy'}: exists; choose a new folder"
+
+
+def test_an_empty_tokenizer_folder_is_an_error_not_a_tiny_vocabulary(exported, tmp_path):
+    """transformers would build a 3-token vocabulary from an empty folder without complaint."""
+    folder = tmp_path / "no-vocab"
+    folder.mkdir()
+    for part in ("unet", "vae", "text_encoder", "scheduler"):
+        (folder / part).symlink_to(exported / part)
+    (folder / "tokenizer").mkdir()
+    with pytest.raises(FileNotFoundError, match="tokenizer holds no CLIP tokenizer .*vocab.json"):
+        InteractDiffusionPipeline.from_checkpoint(folder, config=TINY, device="cpu")

@@ -58,7 +58,7 @@ def inspect(path: str | os.PathLike, config: str | os.PathLike | None = None, al
 def export(out: str, ckpt: str | None = None, sd_ckpt: str | None = None, config: str | None = None,
            half: bool = False, allow_pickle: bool = False) -> int:
     """A model (a checkpoint, or the embedded toy model) written as a diffusers folder."""
-    from interact.checkpoint.diffusers_folder import export_diffusers, peek_kind
+    from interact.checkpoint.diffusers_folder import export_diffusers, peek_kind, tokenizer_folder
     from interact.checkpoint.loading import load_weights
     from interact.model import EMBEDDED_CKPT, EMBEDDED_CONFIG
     from ldm.modules.encoders.clip_tokenizer import load_clip_tokenizer
@@ -66,7 +66,8 @@ def export(out: str, ckpt: str | None = None, sd_ckpt: str | None = None, config
         ckpt, config = EMBEDDED_CKPT, config or EMBEDDED_CONFIG
     if config is None:  # as for generation: a GLIGEN file gets GLIGEN's config
         config = SD_V1_GLIGEN_CONFIG if ckpt is not None and peek_kind(ckpt, allow_pickle) == "gligen" else SD_V1_CONFIG
-    model = build_model(load_config(config), tokenizer=load_clip_tokenizer(), device="meta")
+    model = build_model(load_config(config), tokenizer=load_clip_tokenizer(tokenizer_folder(ckpt, sd_ckpt)),
+                        device="meta")
     load_weights(model, ckpt, sd_ckpt, purpose="generate", allow_pickle=allow_pickle)
     folder = export_diffusers(model, out, half=half)
     source = " + ".join(str(p) for p in (sd_ckpt, ckpt) if p is not None)
@@ -78,16 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m interact.checkpoint",
                                      description="Reading, checking and writing checkpoints.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("inspect", help="say what a checkpoint file is and check it against a model config")
-    p.add_argument("file")
+    p = sub.add_parser("inspect", help="say what a checkpoint file or diffusers folder is and check it against "
+                                       "a model config")
+    p.add_argument("file", help="a checkpoint file, or a diffusers folder (unet/ vae/ text_encoder/ ...)")
     p.add_argument("--config", default=None, help=f"model YAML (default {SD_V1_CONFIG.relative_to(SD_V1_CONFIG.parents[1])}, "
                         f"or configs/sd_v1_gligen.yaml for a GLIGEN file)")
     p.add_argument("--allow-pickle", action="store_true", help="unpickle arbitrary objects (trusted files only)")
     p = sub.add_parser("export", help="a model -> a diffusers folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/)")
     p.add_argument("out", help="the folder to write (must not exist)")
     p.add_argument("--format", choices=("diffusers",), default="diffusers")
-    p.add_argument("--ckpt", default=None, help="the model's checkpoint (default: the embedded toy model)")
-    p.add_argument("--sd_ckpt", default=None, help="SD v1.x backbone for an interaction-only --ckpt")
+    p.add_argument("--ckpt", default=None, help="the model's checkpoint file or diffusers folder (default: the "
+                                                 "embedded toy model)")
+    p.add_argument("--sd_ckpt", default=None, help="SD v1.x backbone (file or diffusers folder) for an "
+                                                   "interaction-only --ckpt")
     p.add_argument("--config", default=None, help="model YAML (default: chosen as for generation)")
     p.add_argument("--fp16", action="store_true", help="write fp16 weights (*.fp16.safetensors)")
     p.add_argument("--allow-pickle", action="store_true", help="unpickle arbitrary objects (trusted files only)")

@@ -465,6 +465,13 @@ def _fit_instance_slots(state: dict, model: InteractDiffusion) -> None:
         state[key] = state[key][:ours.shape[0]]
 
 
+def tokenizer_folder(*paths) -> str | None:
+    """The `tokenizer/` of the first diffusers folder among `paths` that has one (a fine-tune may
+    have changed the vocabulary), else None (CLIP's own)."""
+    found = [Path(p) / "tokenizer" for p in paths if p is not None and (Path(p) / "tokenizer").is_dir()]
+    return str(found[0]) if found else None
+
+
 def folder_unet_keys(path: str | os.PathLike) -> list[str]:
     """The UNet tensor names of a diffusers folder, read from its weights file's header when it is
     safetensors (for telling an InteractDiffusion, GLIGEN or plain SD folder apart cheaply)."""
