@@ -5,6 +5,7 @@ read by us and compared numerically with their forwards; inspect; bad folders.""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -350,3 +351,60 @@ def test_an_empty_tokenizer_folder_is_an_error_not_a_tiny_vocabulary(exported, t
     (folder / "tokenizer").mkdir()
     with pytest.raises(FileNotFoundError, match="tokenizer holds no CLIP tokenizer .*vocab.json"):
         InteractDiffusionPipeline.from_checkpoint(folder, config=TINY, device="cpu")
+
+
+class ReleasedInteractionTokenizer(torch.nn.Module):
+    """The tensors of the released diffusers InteractDiffusion UNet's `position_net` (names and
+    widths: 512-wide MLPs, 32 instance embeddings, 3 role embeddings), for writing the layout."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        mlp = lambda: torch.nn.Sequential(torch.nn.Linear(dim + 64, 512), torch.nn.SiLU(),  # noqa: E731
+                                          torch.nn.Linear(512, 512), torch.nn.SiLU(), torch.nn.Linear(512, dim))
+        self.linears, self.linear_action = mlp(), mlp()
+        self.null_positive_feature = torch.nn.Parameter(torch.randn(dim))
+        self.null_action_feature = torch.nn.Parameter(torch.randn(dim))
+        self.null_position_feature = torch.nn.Parameter(torch.randn(64))
+        self.interaction_embedding = torch.nn.Module()
+        self.interaction_embedding.emb = torch.nn.Embedding(32, dim)
+        self.position_embedding = torch.nn.Module()
+        self.position_embedding.emb = torch.nn.Embedding(3, dim)
+
+
+def test_released_layout_written_by_diffusers_loads(tmp_path):
+    """The released diffusers-v1-2 layout at tiny size: diffusers' gated UNet with the released
+    tokenizer's tensors, saved by diffusers' save_pretrained as an fp16 variant: every tensor
+    lands where our names say (the 2 instance rows past 30 dropped), and the UNet output equals
+    diffusers' fed the same tokens."""
+    config = load_config(TINY)
+    config.interaction.position_net.params.hidden_dim = 512
+    config_path = tmp_path / "tiny512.yaml"
+    OmegaConf.save(config, config_path)
+    folder = tmp_path / "released"
+    _tiny_sd_folder(folder, swapped=("a</w>", "a</w>"))
+    torch.manual_seed(7)
+    theirs = UNet2DConditionModel(sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
+                                  down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                                  up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                  attention_head_dim=4, norm_num_groups=8, attention_type="gated")
+    theirs.position_net = ReleasedInteractionTokenizer(32)
+    _perturb(theirs, seed=8)   # fuser gates open, nothing at its initial value
+    shutil.rmtree(folder / "unet")
+    theirs.half().save_pretrained(folder / "unet", variant="fp16")
+    theirs.float().eval()
+    assert (folder / "unet/diffusion_pytorch_model.fp16.safetensors").is_file()
+    model = InteractDiffusionPipeline.from_checkpoint(folder, config=config_path, device="cpu").model
+    ours = model.unet.state_dict()
+    to_ldm = diffusers_to_ldm_unet(theirs.state_dict())
+    for key, value in theirs.state_dict().items():
+        expected = value[:30] if key == "position_net.interaction_embedding.emb.weight" else value
+        assert torch.equal(ours[to_ldm[key]], expected), key
+    cond = model.condition(["a person touching a cat"], [[HOI]])
+    x, t = torch.randn(1, 4, 16, 16, generator=G().manual_seed(2)), torch.tensor([400])
+    with torch.no_grad():
+        tokens = model.interaction_tokenizer(**cond.grounding.as_kwargs())
+        theirs.position_net = GivenTokens()
+        torch.testing.assert_close(model.unet(x, t, cond.context, tokens, 1.0),
+                                   theirs(x, t, encoder_hidden_states=cond.context,
+                                          cross_attention_kwargs={"gligen": {"objs": tokens}}).sample,
+                                   atol=1e-5, rtol=1e-5)
