@@ -44,7 +44,7 @@ def decode_rle(rle, field: str) -> np.ndarray:
     """COCO RLE ({"size": [h, w], "counts": list of ints, or the compressed string}) -> bool [h, w].
     Runs alternate 0s and 1s, starting with 0s, in column-major order. The compressed string
     stores each run in 5-bit groups (offset 48, bit 0x20 = more groups follow, bit 0x10 of the last
-    group = negative), and from the third run on, as the difference to the run two before."""
+    group = negative), and from the fourth run on, as the difference to the run two before."""
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise ConditionError(f"{field} = {_short(rle)}: expected COCO RLE {{'size': [h, w], 'counts': ...}}")
     size = rle["size"]

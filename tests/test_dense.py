@@ -124,7 +124,7 @@ def rle_counts(mask: np.ndarray) -> list[int]:
 
 def rle_string(counts: list[int]) -> str:
     """COCO's compressed counts, written from its description: 5-bit groups + 48, 0x20 = more,
-    deltas to the run two before from the third run on."""
+    deltas to the run two before from the fourth run on."""
     out = []
     for i, c in enumerate(counts):
         x = c - counts[i - 2] if i > 2 else c
