@@ -32,8 +32,7 @@ from hoi.io import atomic_write
 from hoi.records import (ConditionError, GroundedPhrase, check_interactions, interactions_from_record, segments_from_record,
                          unknown_record_keys)
 from hoi.schema import check_options, option
-from interact.model import (EMBEDDED_CKPT, EMBEDDED_CONFIG, REPO_ROOT, SD_V1_CONFIG, SD_V1_GLIGEN_CONFIG,
-                            InteractionOptions)
+from interact.model import EMBEDDED_CKPT, EMBEDDED_CONFIG, REPO_ROOT, InteractionOptions
 
 DEFAULT_INPUT = REPO_ROOT / "examples" / "layouts.json"
 # The embedded default: the toy InteractDiffusion model (scripts/train_toy.sh), which draws
@@ -385,11 +384,9 @@ def model_config_path(options: BatchOptions) -> Path:
         return Path(options.config)
     if options.uses_embedded_default:
         return DEFAULT_CONFIG
-    if options.ckpt:  # a GLIGEN file gets GLIGEN's config (its tokenizer, its sampling defaults)
-        from interact.checkpoint.diffusers_folder import peek_kind
-        if peek_kind(options.ckpt, options.allow_pickle) == "gligen":
-            return SD_V1_GLIGEN_CONFIG
-    return SD_V1_CONFIG
+    # a GLIGEN file gets GLIGEN's config (its tokenizer, its sampling defaults)
+    from interact.checkpoint.diffusers_folder import generation_config
+    return generation_config(options.ckpt or None, options.allow_pickle)
 
 
 def load_pipeline(ckpt: Path | None = None, sd_ckpt: Path | None = None, config: Path | None = None,

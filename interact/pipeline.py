@@ -37,7 +37,7 @@ from interact.conditions import Cond
 from interact.dense import DenseWeights
 from interact.multi_instance import instance_branches
 from hoi.records import ConditionError, GroundedPhrase, Interaction, Segment, check_interactions
-from interact.model import (SD_V1_CONFIG, SD_V1_GLIGEN_CONFIG, InteractDiffusion, build_model, load_config,
+from interact.model import (SD_V1_CONFIG, InteractDiffusion, build_model, load_config,
                             set_interaction_options)
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.plms import PLMSSampler
@@ -186,10 +186,10 @@ class InteractDiffusionPipeline:
         for label, path in (("--ckpt", ckpt), ("--sd_ckpt", sd_ckpt), ("--text_encoder", text_encoder)):
             if path is not None and not Path(path).exists():
                 raise FileNotFoundError(f"{label} {path}: no such file or folder")
-        if config is None and ckpt is not None:  # a GLIGEN file gets GLIGEN's config
-            from interact.checkpoint.diffusers_folder import peek_kind
-            config = SD_V1_GLIGEN_CONFIG if peek_kind(ckpt, allow_pickle) == "gligen" else None
-        config = set_interaction_options(load_config(config or SD_V1_CONFIG), **(interaction or {}))
+        if config is None:  # a GLIGEN file gets GLIGEN's config
+            from interact.checkpoint.diffusers_folder import generation_config
+            config = generation_config(ckpt, allow_pickle)
+        config = set_interaction_options(load_config(config), **(interaction or {}))
         device = resolve_device(device)
         # Built on the meta device: every tensor then comes from the files without a
         # random initialisation first (SD v1.x: ~25 s and 4 GB saved).
@@ -243,7 +243,7 @@ class InteractDiffusionPipeline:
         self._latent_shape(options.height, options.width)
 
     @staticmethod
-    def _per_prompt(items, count: int, kind: type, name: str):
+    def _per_prompt(items, count: int, kind: type | tuple[type, ...], name: str):
         """None, one list of `kind` for every prompt, or one list per prompt -> one list per prompt (or None)."""
         if items is None:
             return None
@@ -260,12 +260,8 @@ class InteractDiffusionPipeline:
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"prompt = {prompt!r}: must be a string or a non-empty list of strings")
         b = len(prompts)
-        if interactions is None:
-            interactions = [[] for _ in range(b)]
-        elif len(interactions) == 0 or isinstance(interactions[0], (Interaction, GroundedPhrase)):
-            interactions = [list(interactions)] * b  # one list, shared by every prompt
-        if len(interactions) != b:
-            raise ValueError(f"interactions: {len(interactions)} lists for {b} prompts; give one list per prompt")
+        interactions = (InteractDiffusionPipeline._per_prompt(interactions, b, (Interaction, GroundedPhrase),
+                                                              "interactions") or [[] for _ in range(b)])
         interactions = [check_interactions(items, max_interactions, f"prompt {i}") for i, items in
                         enumerate(interactions)]
         negative = negative_prompt if not isinstance(negative_prompt, str) else [negative_prompt] * b

@@ -14,7 +14,7 @@ from interact.checkpoint.checks import check_file, config_hint
 from interact.checkpoint.formats import CheckpointError, classify, describe_kind, read_file, to_sections
 from interact.checkpoint.writing import pack
 from interact.checkpoint.formats import default_config
-from interact.model import SD_V1_CONFIG, SD_V1_GLIGEN_CONFIG, SECTIONS, build_model, load_config
+from interact.model import SD_V1_CONFIG, SECTIONS, build_model, load_config
 
 
 def inspect(path: str | os.PathLike, config: str | os.PathLike | None = None, allow_pickle: bool = False,
@@ -22,9 +22,8 @@ def inspect(path: str | os.PathLike, config: str | os.PathLike | None = None, al
     """Say what a checkpoint file is and whether it loads strictly into `config`'s model (0 if so, 1 if not)."""
     out = out or sys.stdout  # looked up at call time so redirected stdout is honoured
     if os.path.isdir(path):  # a diffusers folder: read with the name maps of the config's model
-        from interact.checkpoint.diffusers_folder import read_folder
-        from interact.checkpoint.diffusers_folder import peek_kind
-        config = config or (SD_V1_GLIGEN_CONFIG if peek_kind(path) == "gligen" else SD_V1_CONFIG)
+        from interact.checkpoint.diffusers_folder import generation_config, read_folder
+        config = config or generation_config(path)
         raw = read_folder(path, build_model(load_config(config), device="meta"))
     else:
         raw = read_file(path, allow_pickle)
@@ -58,14 +57,14 @@ def inspect(path: str | os.PathLike, config: str | os.PathLike | None = None, al
 def export(out: str, ckpt: str | None = None, sd_ckpt: str | None = None, config: str | None = None,
            half: bool = False, allow_pickle: bool = False) -> int:
     """A model (a checkpoint, or the embedded toy model) written as a diffusers folder."""
-    from interact.checkpoint.diffusers_folder import export_diffusers, peek_kind, tokenizer_folder
+    from interact.checkpoint.diffusers_folder import export_diffusers, generation_config, tokenizer_folder
     from interact.checkpoint.loading import load_weights
     from interact.model import EMBEDDED_CKPT, EMBEDDED_CONFIG
     from ldm.modules.encoders.clip_tokenizer import load_clip_tokenizer
     if ckpt is None and sd_ckpt is None:
         ckpt, config = EMBEDDED_CKPT, config or EMBEDDED_CONFIG
     if config is None:  # as for generation: a GLIGEN file gets GLIGEN's config
-        config = SD_V1_GLIGEN_CONFIG if ckpt is not None and peek_kind(ckpt, allow_pickle) == "gligen" else SD_V1_CONFIG
+        config = generation_config(ckpt, allow_pickle)
     model = build_model(load_config(config), tokenizer=load_clip_tokenizer(tokenizer_folder(ckpt, sd_ckpt)),
                         device="meta")
     load_weights(model, ckpt, sd_ckpt, purpose="generate", allow_pickle=allow_pickle)

@@ -28,7 +28,7 @@ import torch
 
 from interact.checkpoint.formats import (CheckpointError, classify, config_globals, read_file,
                                          sniff_format)
-from interact.model import InteractDiffusion
+from interact.model import SD_V1_CONFIG, SD_V1_GLIGEN_CONFIG, InteractDiffusion
 
 WEIGHT_FILES = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
 NEEDED = ("unet", "text_encoder")   # and vae/ for a model whose first stage has weights
@@ -523,3 +523,11 @@ def peek_kind(path: str | os.PathLike, allow_pickle: bool = False) -> str:
         except Exception:  # noqa: BLE001
             return "unknown"
     return classify(read_file(path, allow_pickle)) if path.is_file() else "unknown"
+
+
+def generation_config(path: str | os.PathLike | None, allow_pickle: bool = False) -> Path:
+    """The model config a checkpoint (file or diffusers folder) generates with when none is
+    given: GLIGEN's for a GLIGEN one, else SD v1.x InteractDiffusion's."""
+    if path is not None and peek_kind(path, allow_pickle) == "gligen":
+        return SD_V1_GLIGEN_CONFIG
+    return SD_V1_CONFIG
