@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import sys
 
-from hoi.schema import add_flags, check_options, given_flags
+from hoi.schema import add_flags, check_options, flag_name, given_flags
 from interact.batch import BatchError, BatchOptions, batch_options, run_batch
 from interact.model import SWITCHES, InteractionOptions
 from interact.pipeline import SamplingOptions
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     io = p.add_argument_group("input and output")
     add_flags(io, BatchOptions, only=("input", "folder", "grid"))
     add_flags(io.add_mutually_exclusive_group(), BatchOptions, only=("no_overwrite", "overwrite"))
+    add_flags(io, BatchOptions, only=("redo_interrupted",))
     gen = p.add_argument_group("sampling (unset: the config's sampling section, else the default shown)")
     add_flags(gen, SamplingOptions)
     # The reference code's spelling of --sampler ddim.
@@ -46,18 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = build_parser()
-    args = p.parse_args(argv)
-    if args.no_plms:
-        if args.sampler == "plms":
-            p.error("--no_plms contradicts --sampler plms")
-        args.sampler = "ddim"
-    return args
+    return build_parser().parse_args(argv)
 
 
 def options_from_args(args: argparse.Namespace) -> tuple[BatchOptions, dict]:
     """The namespace as typed options, once: (BatchOptions, the SamplingOptions values given).
     Raises BatchError naming the flag and value."""
+    if args.no_plms:
+        if args.sampler not in (None, "ddim"):
+            raise BatchError(f"--no_plms (DDIM, the reference's flag) contradicts --sampler {args.sampler}; give one")
+        args.sampler = "ddim"
     try:
         sampling = given_flags(args, _names(SamplingOptions))
         check_options(SamplingOptions, sampling, _FLAG_PREFIX)
@@ -68,7 +67,8 @@ def options_from_args(args: argparse.Namespace) -> tuple[BatchOptions, dict]:
     except ValueError as err:
         message = str(err)
         if message.startswith(_FLAG_PREFIX + "."):
-            message = "--" + message[len(_FLAG_PREFIX) + 1:]
+            name, _, rest = message[len(_FLAG_PREFIX) + 1:].partition(" ")
+            message = f"{flag_name((SamplingOptions, BatchOptions), name)} {rest}"
         raise BatchError(message) from None
 
 

@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--official_ckpt_name", type=optional_path, default=None,
                    help="a Stable Diffusion v1.x .ckpt/.safetensors for the frozen backbone")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    p.add_argument("--allow-pickle", action="store_true", help="unpickle arbitrary objects (trusted files only)")
+    p.add_argument("--allow-pickle", action="store_true", help="unpickle arbitrary objects in checkpoints and per-image torch data files (trusted files only)")
     p.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)  # old launchers
     note = "if the YAML does not set it"
     interaction = p.add_argument_group("interaction (override the YAML's interaction section)")
@@ -87,7 +87,8 @@ def main(argv=None) -> int:
         ckpt = resolve_weights(args.ckpt, args.data_root, "--ckpt")
         sd_ckpt = resolve_weights(args.official_ckpt_name, args.data_root, "--official_ckpt_name")
         # the data set is read before the model is built: a data error costs no model building
-        dataset, role_types = build_training_inputs(config, progress=os.environ.get("RANK", "0") == "0")
+        dataset, role_types = build_training_inputs(config, progress=os.environ.get("RANK", "0") == "0",
+                                                     allow_pickle=args.allow_pickle)
         trainer = Trainer(config, run_dir, dataset, role_types=role_types, ckpt=ckpt, sd_ckpt=sd_ckpt,
                           device=args.device, allow_pickle=args.allow_pickle)
         trainer.resume()  # here, so that a run folder it cannot continue is one line too

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from dataset.hico_names import OBJECT_NAMES, VERB_NAMES, phrase
+from hoi.pickles import RefusedPickle, UnreadablePickle, load_torch, numpy_globals
 from hoi.records import DataError
 from dataset.sample import HOIRecord, RawHOI
 
@@ -356,18 +357,44 @@ def _json_record(entry, image_dir: Path, object_names, verb_names) -> HOIRecord:
 
 # ----------------------------------------------------------------------------- per-image torch files
 
-def read_torch_files(folder, max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION, inline_images: bool = True):
+def data_file_globals() -> list:
+    """What the reference trainer's per-image torch files hold besides tensors and plain data:
+    PIL images (of every format PIL opens; a pickled image is its mode, size and pixel bytes) and
+    numpy arrays."""
+    from PIL import Image, ImageFile
+    Image.init()  # imports every format plugin, so every image class is a subclass below
+    classes, todo = [], [ImageFile.ImageFile]
+    while todo:
+        cls = todo.pop()
+        classes.append(cls)
+        todo.extend(cls.__subclasses__())
+    return [Image.Image] + classes + numpy_globals()
+
+
+def load_data_file(path: Path, allow_pickle: bool = False):
+    """One per-image torch file (see read_torch_files). DataError for a file that asks for other
+    objects; UnreadablePickle for a damaged one."""
+    try:
+        return load_torch(path, data_file_globals(), allow_pickle)
+    except RefusedPickle as err:
+        raise DataError(f"{path}: {err}: if you trust where the data came from, pass --allow-pickle") from None
+
+
+def read_torch_files(folder, max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION, inline_images: bool = True,
+                     allow_pickle: bool = False):
     """Read the reference trainer's per-image torch files (`*.pth`, `*.pt`, sorted by name):
     each a dict with `image` (PIL), `caption` and `hois` [{subject_xywh, object_xywh (pixels),
     subject, object, action, + precomputed embeddings, ignored}]. The key is the dict's
     `file_name` if it has one, else the file's name without its suffix ("a.jpg.pth" -> "a.jpg").
 
-    These files are pickles: loading one runs code it names, so read only files you trust.
+    These files are pickles. They are read with torch's weights-only unpickler, which rebuilds
+    tensors, plain data, numpy arrays and PIL images (DATA_FILE_GLOBALS) and nothing else: a file
+    asking for any other object stops the read (DataError) unless `allow_pickle` (the user trusts
+    the files: `--allow-pickle`).
 
     The image is kept inline (`HOIRecord.image`). With `inline_images=False` the record
     points at the torch file instead (`image_path`) and the dataset loads the image from it
     when needed, which keeps a large set out of memory."""
-    import torch
     from PIL import Image
 
     folder = Path(folder)
@@ -380,9 +407,11 @@ def read_torch_files(folder, max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTIO
         report.total += 1
         try:
             try:
-                data = torch.load(file, map_location="cpu", weights_only=False)
-            except Exception as err:
+                data = load_data_file(file, allow_pickle)
+            except UnreadablePickle as err:
                 raise _Skip("unreadable file", "file", f"cannot be loaded ({err})") from None
+            if not isinstance(data, dict):
+                raise _Skip("bad value", "file", f"expected a dict, got {type(data).__name__}")
             image = _get(data, "image", "")
             if not isinstance(image, Image.Image):
                 raise _Skip("bad value", "image", f"expected a PIL image, got {type(image).__name__}")

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from dataset.hico import (TORCH_SUFFIXES, DataError, SkipReport, load_category_file, read_detector_json,
-                          read_hico_mat, read_torch_files)
+from dataset.hico import (TORCH_SUFFIXES, DataError, SkipReport, load_category_file, load_data_file,
+                          read_detector_json, read_hico_mat, read_torch_files)
 from dataset.options import SPLIT_KEYS, SPLITS, DataOptions, check_data_options
 from dataset.role_types import RoleTypes, load_role_types
 from dataset.sample import HOIRecord
@@ -34,14 +34,15 @@ def flip_decision(seed: int, epoch: int, index: int) -> bool:
     return bool(digest[0] & 1)
 
 
-def load_image(record: HOIRecord) -> Image.Image:
-    """The record's image: inline, from a per-image torch file, or from an image file."""
+def load_image(record: HOIRecord, allow_pickle: bool = False) -> Image.Image:
+    """The record's image: inline, from a per-image torch file (read as dataset.hico.read_torch_files
+    reads it), or from an image file."""
     if record.image is not None:
         return record.image
     path = record.image_path
     try:
-        if path.suffix in TORCH_SUFFIXES:  # a trusted pickle, see dataset.hico.read_torch_files
-            return torch.load(path, map_location="cpu", weights_only=False)["image"]
+        if path.suffix in TORCH_SUFFIXES:
+            return load_data_file(path, allow_pickle)["image"]
         with Image.open(path) as image:
             image.load()  # decode now, so the file can close and errors surface here
             return image
@@ -60,8 +61,9 @@ class HOIDataset(torch.utils.data.Dataset):
                  seed: int = 0, min_area: float = _DEFAULTS.min_box_area,
                  max_interactions: int = _DEFAULTS.max_interactions, verify_images: bool = _DEFAULTS.verify_images,
                  max_skip_fraction: float = _DEFAULTS.max_skip_fraction, source: str = "dataset",
-                 in_memory: bool = False, progress: bool = False):
+                 in_memory: bool = False, progress: bool = False, allow_pickle: bool = False):
         self.size, self.random_flip, self.seed = size, random_flip, seed
+        self.allow_pickle = allow_pickle  # per-image torch files: any object (trusted data only)
         self.min_area, self.max_interactions = min_area, max_interactions
         self.epoch = 0
         self.report = SkipReport(source)
@@ -75,7 +77,7 @@ class HOIDataset(torch.utils.data.Dataset):
         if progress:
             from tqdm import tqdm
             records = tqdm(records, desc="decoding images", unit="img")
-        return [load_image(r) for r in records]
+        return [load_image(r, self.allow_pickle) for r in records]
 
     def _verified(self, records, max_skip_fraction):
         kept = []
@@ -115,7 +117,7 @@ class HOIDataset(torch.utils.data.Dataset):
     def get(self, index: int, epoch: int) -> HOISample:
         """Sample `index` as seen in `epoch`; stateless, so workers need no set_epoch."""
         record = self.records[index]
-        image = self.images[index] if self.images is not None else load_image(record)
+        image = self.images[index] if self.images is not None else load_image(record, self.allow_pickle)
         return preprocess(record, image, self.size, self.flips(index, epoch), self.min_area, self.max_interactions)
 
     def __getitem__(self, index: int) -> HOISample:
@@ -124,13 +126,15 @@ class HOIDataset(torch.utils.data.Dataset):
 
 # ----------------------------------------------------------------------------- config
 
-def build_dataset(data: DataOptions | Mapping, split: str, seed: int, progress: bool = False) -> HOIDataset:
+def build_dataset(data: DataOptions | Mapping, split: str, seed: int, progress: bool = False,
+                  allow_pickle: bool = False) -> HOIDataset:
     """The `data:` config section (DataOptions, or a mapping checked against it) -> HOIDataset
     for `split` ("train" or "test").
 
     Paths are relative to `data.root`. Only the train split flips (test samples must be
     comparable across runs). Unknown keys or wrong types raise ValueError naming the key;
-    missing files raise FileNotFoundError naming the path and its key."""
+    missing files raise FileNotFoundError naming the path and its key. `allow_pickle`: per-image
+    torch files may hold any object (trusted data only; see dataset.hico.read_torch_files)."""
     o = data if isinstance(data, DataOptions) else check_data_options(data)
     if split not in SPLITS:
         raise ValueError(f"split = {split!r}: expected one of {SPLITS}")
@@ -165,23 +169,25 @@ def build_dataset(data: DataOptions | Mapping, split: str, seed: int, progress: 
         records, report = read_detector_json(annotations, images, **names, max_skip_fraction=o.max_skip_fraction)
     else:
         # Images stay in their files until used: held inline, HICO-DET's would take tens of GB per process.
-        records, report = read_torch_files(annotations, max_skip_fraction=o.max_skip_fraction, inline_images=False)
+        records, report = read_torch_files(annotations, max_skip_fraction=o.max_skip_fraction, inline_images=False,
+                                           allow_pickle=allow_pickle)
     dataset = HOIDataset(records, o.image_size, random_flip=o.random_flip and split == "train", seed=seed,
                          min_area=o.min_box_area, max_interactions=o.max_interactions, verify_images=o.verify_images,
                          max_skip_fraction=o.max_skip_fraction, source=report.source, in_memory=o.in_memory,
-                         progress=progress)
+                         progress=progress, allow_pickle=allow_pickle)
     dataset.reader_report = report
     return dataset
 
 
-def build_training_inputs(config, progress: bool = False) -> tuple[HOIDataset, RoleTypes | None]:
+def build_training_inputs(config, progress: bool = False,
+                          allow_pickle: bool = False) -> tuple[HOIDataset, RoleTypes | None]:
     """What a training config's trainer is given: the train split of `config.data` (flips seeded
     by train.seed) and the role-type table named by train.role_types (None when unset)."""
     if "data" not in config:
         raise ValueError("the training config has no 'data' section")
     data = check_data_options(config.data)
     try:
-        dataset = build_dataset(data, "train", seed=config.train["seed"], progress=progress)
+        dataset = build_dataset(data, "train", seed=config.train["seed"], progress=progress, allow_pickle=allow_pickle)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{err} (point data.root or --DATA_ROOT at the data set; the toy world is "
                                 f"made by `python -m dataset.toy generate --out {data.root}`)") from None

@@ -58,6 +58,7 @@ from PIL import Image
 from scipy import ndimage
 
 from dataset.toy.categories import HOI_CATEGORIES, OBJECTS, SKIN, VERBS
+from hoi.pickles import RefusedPickle, UnreadablePickle, load_torch
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "toy_detector.pt"
 
@@ -301,8 +302,11 @@ class ToyHOIDetector:
         if not path.is_file():
             raise FileNotFoundError(f"toy detector weights not found: {path} "
                                     "(train them with python scripts/train_toy_detector.py)")
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if blob.get("kind") != "pixel_cnn":
+        try:
+            blob = load_torch(path)
+        except (RefusedPickle, UnreadablePickle) as err:
+            raise ValueError(f"{path}: {err}; not weights of this toy detector") from None
+        if not isinstance(blob, dict) or blob.get("kind") != "pixel_cnn":
             raise ValueError(f"{path}: not weights of this toy detector (a pixel CNN); retrain them with "
                              "python scripts/train_toy_detector.py")
         net = VerbNet(blob["width"])

@@ -3,10 +3,11 @@ say what is wrong (not a torch file, not a state dict, missing / unexpected / mi
 instead of torch's multi-line reports."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
+
+from hoi.pickles import RefusedPickle, UnreadablePickle, load_torch
 
 
 class WeightsError(RuntimeError):
@@ -20,31 +21,15 @@ def one_line(err: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _brief(err: BaseException, limit: int = 160) -> str:
-    """The exception's type and the informative part of its message, shortened. torch's
-    weights-only unpickler wraps the actual reason ("Unsupported operand 36") in a paragraph
-    of advice that does not apply to a file that is no checkpoint."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    marker = "WeightsUnpickler error:"
-    at = next((i for i, line in enumerate(lines) if marker in line), None)
-    if at is not None:
-        rest = lines[at].split(marker, 1)[1].strip()
-        line = rest or (lines[at + 1] if at + 1 < len(lines) else "")
-    else:
-        line = lines[0] if lines else ""
-    text = f"{type(err).__name__}: {line}" if line else type(err).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def read_torch_file(path: str | Path, what: str):
     """torch.load(path) of tensors and plain data only (never arbitrary code); WeightsError
-    "{path} is not {what}: ..." when the file is no torch file."""
+    "{path} is not {what}: ..." when the file is no torch file or asks for other objects."""
     try:
-        with warnings.catch_warnings():   # e.g. a pickle-protocol notice: the error below says it all
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load fails in many ways on a foreign file (pickle, zip, EOF, key)
-        raise WeightsError(f"{path} is not {what}: not a torch weights file ({_brief(err)})") from None
+        return load_torch(path)
+    except RefusedPickle as err:
+        raise WeightsError(f"{path} is not {what}: refused: it {err}; a weights file holds tensors only") from None
+    except UnreadablePickle as err:
+        raise WeightsError(f"{path} is not {what}: {err}") from None
 
 
 def load_state_dict_file(path: str | Path, what: str) -> dict:

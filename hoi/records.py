@@ -55,10 +55,23 @@ def _iter_or_none(value) -> list | None:
         return None
 
 
+def check_text(text, field: str) -> str:
+    """A string that is valid Unicode: a lone surrogate ("\\ud800" in JSON, or an undecodable byte
+    of a command line) cannot be encoded, tokenized faithfully or written to a sidecar."""
+    if not isinstance(text, str):
+        raise ConditionError(f"{field} = {text!r}: must be a string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ConditionError(f"{field} = {text!r}: not valid Unicode text (a lone surrogate "
+                             f"{text[err.start]!r} at character {err.start})") from None
+    return text
+
+
 def check_phrase(phrase, field: str) -> str:
     if not isinstance(phrase, str) or not phrase.strip():
         raise ConditionError(f"{field} = {phrase!r}: must be a non-empty phrase")
-    return phrase.strip()
+    return check_text(phrase, field).strip()
 
 
 @dataclass(frozen=True)
@@ -201,8 +214,12 @@ def interactions_from_record(record: dict, where: str = "record",
     and none of those lists has no interactions (a prompt for DenseDiffusion alone)."""
     if not isinstance(record, dict):
         raise ConditionError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    phrase_keys = [k for k in ("phrases", "boxes") if k in record]
+    if phrase_keys and any(f in record for f in RECORD_LIST_FIELDS):
+        raise ConditionError(f"{where}: has both interactions (subject_phrases, ...) and {' and '.join(phrase_keys)}; "
+                             f"give one kind per record: interactions, or GLIGEN's phrases with boxes")
     if not any(f in record for f in RECORD_LIST_FIELDS):
-        if "phrases" in record or "boxes" in record:
+        if phrase_keys:
             return phrases_from_record(record, where)
         if "segments" in record:
             return []

@@ -78,6 +78,8 @@ def check_options(schema: type, values: dict | DictConfig | None, where: str) ->
         if f.name not in values:
             continue
         value = values[f.name]
+        if kinds[f.name] is float and isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{where}.{f.name} = {value!r}: must be a finite number")
         try:
             value = _coerce(kinds[f.name], value)
         except TypeError:
@@ -131,6 +133,17 @@ def add_flags(parser: argparse.ArgumentParser | Any, schema: type, only: tuple[s
                             help=help_text.replace("%", "%%"), **extra)
         added.append(f.name)
     return added
+
+
+def flag_name(schemas: tuple[type, ...], name: str) -> str:
+    """The spelling of field `name`'s flag that the help and the README give (its first extra
+    spelling, e.g. --scheduled-sampling, else --name)."""
+    for schema in schemas:
+        for f in dataclasses.fields(schema):
+            if f.name == name:
+                flags = f.metadata.get("flags", ())
+                return flags[0] if flags else f"--{name}"
+    return f"--{name}"
 
 
 def given_flags(args: argparse.Namespace, names: list[str]) -> dict:

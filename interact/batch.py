@@ -17,19 +17,19 @@ Existing outputs (record i: 0000i.png, 0000i_layout.png, then 0000i.json, writte
 from __future__ import annotations
 
 import json
-import pickle
 import re
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from hoi.io import atomic_write
-from hoi.records import (ConditionError, GroundedPhrase, check_interactions, interactions_from_record, segments_from_record,
+from hoi.pickles import RefusedPickle, UnreadablePickle, load_plain_pickle
+from hoi.records import (ConditionError, GroundedPhrase, check_text, interactions_from_record, segments_from_record,
                          unknown_record_keys)
 from hoi.schema import check_options, option
 from interact.model import EMBEDDED_CKPT, EMBEDDED_CONFIG, REPO_ROOT, InteractionOptions
@@ -72,6 +72,9 @@ class BatchOptions:
     no_overwrite: bool = option(False, "resume: skip records whose sidecar matches this run; never replace a "
                                        "file (other existing outputs are reported and left)",
                                 flags=("--no-overwrite",))
+    redo_interrupted: bool = option(False, "with --no-overwrite: also generate again the records a killed run left "
+                                           "unfinished (an image or overlay but no sidecar), replacing those files",
+                                    flags=("--redo-interrupted",))
     batch_size: int = option(1, "records per forward pass; images do not depend on it",
                              check=lambda v: v >= 1, rule=">= 1")
     seed: int = option(0, "record i uses seed + i", check=lambda v: SEED_MIN <= v <= SEED_MAX,
@@ -93,10 +96,13 @@ def batch_options(values: dict, where: str = "options") -> BatchOptions:
     options = OmegaConf.to_object(check_options(BatchOptions, values, where))
     if options.overwrite and options.no_overwrite:
         raise ValueError("--overwrite and --no-overwrite exclude each other")
+    if options.redo_interrupted and not options.no_overwrite:
+        raise ValueError("--redo-interrupted goes with --no-overwrite (it finishes what a killed run left; "
+                         "--overwrite redoes every record)")
     check_options(InteractionOptions, options.interaction, f"{where}.interaction")
     from interact.checkpoint.lora import parse_lora
     for item in options.lora:
-        parse_lora(item)  # a bad weight is a ValueError naming it
+        parse_lora(item, must_exist=True)  # a bad weight or a missing file is a ValueError naming it
     return options
 
 
@@ -105,18 +111,6 @@ def warn(message: str) -> None:
 
 
 # ----------------------------------------------------------------------------- reading layouts
-class _LayoutUnpickler(pickle.Unpickler):
-    """Layouts pickles hold plain containers and numbers (maybe numpy arrays): nothing else is
-    allowed, so a hostile pickle cannot run code."""
-    ALLOWED = {"builtins", "collections", "copyreg", "_codecs", "numpy", "numpy.core.multiarray",
-               "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric"}
-
-    def find_class(self, module, name):
-        if module in self.ALLOWED and not (module == "builtins" and name in {"eval", "exec", "open", "__import__"}):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a layouts pickle")
-
-
 def _plain(value):
     """numpy arrays / scalars -> lists / floats so records are JSON-like."""
     if hasattr(value, "tolist"):
@@ -130,22 +124,27 @@ def _plain(value):
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # a leading BOM (some editors write one) is dropped
     except UnicodeDecodeError as err:
         raise BatchError(f"--input {path}: cannot be parsed: not UTF-8 text (byte {err.object[err.start]:#04x} at "
                          f"offset {err.start}); expected .json, .jsonl or .pkl layouts") from None
 
 
-def read_layouts(path) -> list[dict]:
-    """A .json list (or one record), a .jsonl file, or a pickle of such dicts."""
+def read_layouts(path, allow_pickle: bool = False) -> list[dict]:
+    """A .json list (or one record), a .jsonl file, or a pickle of such dicts (containers,
+    numbers, strings and numpy arrays only, unless `allow_pickle`: see hoi/pickles.py)."""
     path = Path(path)
+    if path.is_dir():
+        raise BatchError(f"--input {path}: is a folder; give a layouts file (.json, .jsonl or .pkl)")
     if not path.is_file():
         raise BatchError(f"--input {path}: no such file")
     if path.suffix in (".pkl", ".pickle"):
         try:
-            with open(path, "rb") as f:
-                data = _LayoutUnpickler(f).load()
-        except Exception as err:  # noqa: BLE001 - a broken pickle fails in many ways; all mean a bad file
+            data = load_plain_pickle(path, allow_pickle)
+        except RefusedPickle as err:
+            raise BatchError(f"--input {path}: {err}; a layouts pickle holds lists, dicts, strings and numbers (pass "
+                             f"--allow-pickle only if you trust the file)") from None
+        except UnreadablePickle as err:
             raise BatchError(f"--input {path}: cannot be parsed: {err}") from None
     elif path.suffix == ".jsonl":
         data = []
@@ -179,9 +178,10 @@ def parse_records(records: list[dict], source: str) -> list[tuple[dict, list]]:
             interactions = interactions_from_record(record, where)
         except ConditionError as err:
             raise BatchError(str(err)) from None
-        prompt = record.get("prompt")
-        if not isinstance(prompt, str):
-            raise BatchError(f"{where}: prompt = {prompt!r}: must be a string")
+        try:
+            check_text(record.get("prompt"), f"{where}: prompt")
+        except ConditionError as err:
+            raise BatchError(str(err)) from None
         for key in unknown_record_keys(record):
             warn(f"{where}: key {key!r} is ignored (a record has prompt, the phrase and box lists and source; "
                  f"seed and sampling options are set for the whole run)")
@@ -217,17 +217,24 @@ def check_seed_range(seed: int, count: int) -> None:
 
 
 def check_against_model(parsed: list[tuple[dict, list]], model, source: str, negative_prompt: str,
-                        segments: list[list] | None = None, image_size: tuple[int, int] = (1, 1)) -> None:
-    """Every record against the loaded model, before anything is written: its interaction
-    count and its segments' phrases, found in its prompt by the model's tokenizer (errors), and
-    texts longer than the text encoder reads (a warning: they are cut)."""
+                        segments: list[list] | None = None, image_size: tuple[int, int] = (1, 1),
+                        plain_sd: bool = False) -> None:
+    """Every record against the loaded model, before anything is written: what its tokenizer
+    takes (interactions or phrases, and how many) and its segments' phrases, found in its prompt
+    by the model's tokenizer (errors), and texts longer than the text encoder reads (a warning:
+    they are cut). `plain_sd`: the model has no layout control (an SD file alone), said once."""
     from interact.dense import place_segments
-    limit = model.interaction_tokenizer.max_interactions
-    for i, (_, interactions) in enumerate(parsed):
-        try:
-            check_interactions(interactions, limit, f"{source}: record {i}")
-        except ConditionError as err:
-            raise BatchError(f"{err} by this model") from None
+    if plain_sd:
+        laid_out = sum(1 for _, items in parsed if items)
+        if laid_out:
+            warn(f"{source}: {laid_out} record(s) have interactions or phrases, which plain Stable Diffusion (an SD "
+                 f"file alone, no --ckpt) does not use: their overlays show the requested layout, not a control")
+    else:
+        for i, (_, interactions) in enumerate(parsed):
+            try:
+                model.check_items(interactions, f"{source}: record {i}")
+            except ConditionError as err:
+                raise BatchError(str(err)) from None
     encoder = model.text_encoder
     for i, items in enumerate(segments or []):
         if items:
@@ -265,11 +272,14 @@ def output_paths(folder: Path, index: int) -> dict[str, Path]:
 
 def check_writable_folder(folder: Path, label: str) -> None:
     """`folder` is, or can be made, a folder we can write in: found before any model work."""
-    if folder.exists() and not folder.is_dir():
-        raise BatchError(f"{label} {folder}: is a file, not a folder")
     existing = folder
     while not existing.exists():
+        if existing.is_symlink():  # exists() is False for a link to nowhere or a loop of links
+            raise BatchError(f"{label} {folder}: {existing} is a symbolic link that leads nowhere (a missing "
+                             f"target or a loop of links)")
         existing = existing.parent
+    if existing == folder and not folder.is_dir():
+        raise BatchError(f"{label} {folder}: is a file, not a folder")
     if not existing.is_dir():
         raise BatchError(f"{label} {folder}: {existing} is a file, not a folder")
     try:
@@ -279,12 +289,31 @@ def check_writable_folder(folder: Path, label: str) -> None:
         raise BatchError(f"{label} {folder}: cannot write in {existing} ({err.strerror})") from None
 
 
-def check_grid_path(grid: Path, overwrite: bool) -> None:
+def check_grid_path(grid: Path, overwrite: bool, no_overwrite: bool) -> None:
     if grid.is_dir():
         raise BatchError(f"--grid {grid}: is a folder; give a file name such as {grid / 'grid.png'}")
     if grid.exists() and not overwrite:
+        if no_overwrite:
+            raise BatchError(f"--grid {grid}: already exists, and --no-overwrite never replaces a file; give another "
+                             f"--grid path or remove that file")
         raise BatchError(f"--grid {grid}: already exists; pass --overwrite to replace it")
     check_writable_folder(grid.parent, f"--grid {grid}: folder")
+
+
+def check_no_collision(folder: Path, count: int, source: Path, grid: Path | None) -> None:
+    """Neither the layouts file nor the grid is one of the files the records are written to (the
+    grid would replace a record's image, a sidecar would replace the layouts), nor the grid the
+    layouts file."""
+    def key(path: Path) -> Path:
+        return path.resolve(strict=False)
+    outputs = {key(path): (i, kind) for i in range(count) for kind, path in output_paths(folder, i).items()}
+    for flag, path in (("--input", source), ("--grid", grid)):
+        if path is not None and key(path) in outputs:
+            i, kind = outputs[key(path)]
+            raise BatchError(f"{flag} {path}: is where record {i}'s {kind} is written in --folder {folder}; give "
+                             f"another {'--grid path' if flag == '--grid' else '--folder or move the layouts file'}")
+    if grid is not None and key(grid) == key(source):
+        raise BatchError(f"--grid {grid}: is the --input layouts file; give another --grid path")
 
 
 SIDECAR_UNCOMPARED = ("model", "device", "dtype")  # recorded; a resume does not require them equal
@@ -311,39 +340,47 @@ def sidecar(index: int, prompt: str, interactions: list, seed: int, sampling: di
     return out
 
 
-def record_state(folder: Path, index: int, expected: Callable[[], dict]) -> str | None:
-    """None: record `index` has no outputs; "done": its sidecar (written last) matches
-    `expected()` and its images exist; else why it is neither."""
+class RecordState(NamedTuple):
+    """What a folder holds of one record: "new" (no outputs), "done" (its sidecar, written last,
+    matches the run and its images exist), "interrupted" (outputs but no sidecar: a killed run)
+    or "other" (outputs of another run, or not ours); `reason` says why for the last two."""
+    kind: str
+    reason: str = ""
+
+
+def record_state(folder: Path, index: int, expected: Callable[[], dict]) -> RecordState:
     paths = output_paths(folder, index)
     present = [p for p in paths.values() if p.exists()]
     if not present:
-        return None
+        return RecordState("new")
     if not paths["sidecar"].exists():
-        return f"has {', '.join(p.name for p in present)} but no {paths['sidecar'].name} (an interrupted run?)"
+        return RecordState("interrupted", f"has {', '.join(p.name for p in present)} but no "
+                                          f"{paths['sidecar'].name} (an interrupted run?)")
     try:
-        written = json.loads(paths["sidecar"].read_text())
+        written = json.loads(paths["sidecar"].read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return f"{paths['sidecar'].name} cannot be read"
+        return RecordState("other", f"{paths['sidecar'].name} cannot be read")
     if not isinstance(written, dict):
-        return f"{paths['sidecar'].name} is not a sidecar"
+        return RecordState("other", f"{paths['sidecar'].name} is not a sidecar")
     for key, value in expected().items():
         if written.get(key) != value:
             if key in ("record", "prompt", "interactions"):
-                return f"{paths['sidecar'].name} was made from another layout ({key} differs)"
+                return RecordState("other", f"{paths['sidecar'].name} was made from another layout ({key} differs)")
             if key == "checkpoint":
-                return f"{paths['sidecar'].name} was made by another model"
-            return f"{paths['sidecar'].name} was made with {key} = {written.get(key)!r}, this run uses {value!r}"
+                return RecordState("other", f"{paths['sidecar'].name} was made by another model (or LoRA)")
+            return RecordState("other", f"{paths['sidecar'].name} was made with {key} = {written.get(key)!r}, this "
+                                        f"run uses {value!r}")
     missing = [p.name for p in (paths["image"], paths["layout"]) if not p.exists()]
     if missing:
-        return f"{', '.join(missing)} missing beside its sidecar"
-    return "done"
+        return RecordState("interrupted", f"{', '.join(missing)} missing beside its sidecar")
+    return RecordState("done")
 
 
 MAX_REPORTED = 10  # records left by --no-overwrite named one by one; the rest are counted
 
 
 def plan_outputs(folder: Path, count: int, overwrite: bool, no_overwrite: bool,
-                 expected: Callable[[int], dict]) -> list[int]:
+                 expected: Callable[[int], dict], redo_interrupted: bool = False) -> list[int]:
     """Indices to generate under the overwrite policy of the module docstring."""
     if overwrite:
         return list(range(count))
@@ -357,14 +394,16 @@ def plan_outputs(folder: Path, count: int, overwrite: bool, no_overwrite: bool,
     todo, done, left = [], 0, 0
     for i in range(count):
         state = record_state(folder, i, lambda: expected(i))
-        if state is None:
+        if state.kind == "new" or (state.kind == "interrupted" and redo_interrupted):
             todo.append(i)
-        elif state == "done":
+        elif state.kind == "done":
             done += 1
         else:
             left += 1
             if left <= MAX_REPORTED:
-                warn(f"--no-overwrite: record {i} left as it is: {state}; pass --overwrite to redo it")
+                hint = ("pass --redo-interrupted to finish it" if state.kind == "interrupted" else
+                        "pass --overwrite to redo every record, or move its files away")
+                warn(f"--no-overwrite: record {i} left as it is: {state.reason}; {hint}")
     if left > MAX_REPORTED:
         warn(f"--no-overwrite: {left - MAX_REPORTED} more record(s) left as they are")
     if done or left:
@@ -393,34 +432,55 @@ def load_pipeline(ckpt: Path | None = None, sd_ckpt: Path | None = None, config:
                   text_encoder: Path | None = None, device: str = "auto", half: bool = False,
                   allow_pickle: bool = False, interaction: dict | None = None, lora: list[str] | None = None):
     """The pipeline for these files. Neither `ckpt` nor `sd_ckpt`: the embedded toy model, or
-    with `config` random weights of that config. `interaction`: overrides of its switches."""
+    with `config` random weights of that config. `interaction`: overrides of its switches;
+    `lora`: FILE[:weight] merged into the base (any model, the embedded one too)."""
     from interact.pipeline import InteractDiffusionPipeline
     if ckpt is None and sd_ckpt is None:
         if config is not None:
             print(f"No --ckpt given: a RANDOMLY INITIALISED model of {config} (noise-like images; for "
                   f"tests and timing).", file=sys.stderr)
             return InteractDiffusionPipeline.from_config(config, seed=0, device=device, half=half,
-                                                         interaction=interaction)
+                                                         interaction=interaction, lora=lora)
         print(f"No --ckpt given: using the embedded default, the toy InteractDiffusion model ({DEFAULT_CKPT.name}, "
               f"trained on the toy HOI world: persons and robots with balls, boxes and kites, 32x32). Pass --ckpt "
               f"(and --sd_ckpt) for a Stable Diffusion model.", file=sys.stderr)
         return InteractDiffusionPipeline.from_checkpoint(DEFAULT_CKPT, config=DEFAULT_CONFIG, device=device,
-                                                         half=half, interaction=interaction)
+                                                         half=half, interaction=interaction, lora=lora)
     print(f"loading weights: {' + '.join(str(p) for p in (sd_ckpt, ckpt) if p)}", file=sys.stderr)
-    from interact.checkpoint.lora import parse_lora
     return InteractDiffusionPipeline.from_checkpoint(ckpt, sd_ckpt, config, text_encoder, device, half, allow_pickle,
-                                                     interaction, lora=[parse_lora(x) for x in lora or []])
+                                                     interaction, lora=lora)
 
 
-def checkpoint_ids(ckpt: Path | None, sd_ckpt: Path | None, config: Path | None) -> dict:
-    """What identifies the weights in a sidecar (content digests of the files)."""
+def checkpoint_ids(ckpt: Path | None, sd_ckpt: Path | None, config: Path | None, lora: list[str] = ()) -> dict:
+    """What identifies the weights in a sidecar (content digests of the files, and of each LoRA
+    with its weight: a resume with another LoRA or weight is another model)."""
     from hoi.io import file_digest
+    from interact.checkpoint.lora import parse_lora
     if ckpt is None and sd_ckpt is None:
-        if config is not None:
-            return {"embedded_default": str(config), "weights": "random (seed 0)"}
-        return {"embedded_default": str(DEFAULT_CKPT.relative_to(REPO_ROOT)), "sha256_12": file_digest(DEFAULT_CKPT)}
-    return {label: {"path": str(path), "sha256_12": file_digest(path)}
-            for label, path in (("ckpt", ckpt), ("sd_ckpt", sd_ckpt)) if path is not None}
+        ids = ({"embedded_default": str(config), "weights": "random (seed 0)"} if config is not None else
+               {"embedded_default": str(DEFAULT_CKPT.relative_to(REPO_ROOT)), "sha256_12": file_digest(DEFAULT_CKPT)})
+    else:
+        ids = {label: {"path": str(path), "sha256_12": file_digest(path)}
+               for label, path in (("ckpt", ckpt), ("sd_ckpt", sd_ckpt)) if path is not None}
+    specs = [parse_lora(item) for item in lora]
+    if specs:
+        ids["lora"] = [{"path": str(s.path), "sha256_12": file_digest(s.path), "weight": s.weight} for s in specs]
+    return ids
+
+
+def write_outputs(paths: dict[str, Path], image, layout, content: dict) -> None:
+    """A record's image, overlay and then its sidecar (its presence marks the record finished),
+    each written atomically; BatchError naming the file when the disk refuses (full, a size limit)."""
+    writes = [(paths["image"], lambda p: image.save(p, format="PNG")),
+              (paths["layout"], lambda p: layout.save(p, format="PNG")),
+              (paths["sidecar"], lambda p: p.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8"))]
+    for path, write in writes:
+        try:
+            atomic_write(path, write)
+        except OSError as err:
+            raise BatchError(f"--folder {path.parent}: cannot write {path.name} ({err.strerror or err}); the record "
+                             f"is left unfinished (no sidecar): free space, then rerun with --no-overwrite "
+                             f"--redo-interrupted") from None
 
 
 # ----------------------------------------------------------------------------- the run
@@ -437,25 +497,31 @@ def run_batch(options: BatchOptions, sampling: dict | None = None) -> list[Path]
     ckpt, sd_ckpt, config = _path(options.ckpt), _path(options.sd_ckpt), _path(options.config)
     source = _path(options.input) or (DEFAULT_TOY_INPUT if options.uses_embedded_default and config is None
                                       else DEFAULT_INPUT)
-    parsed = parse_records(read_layouts(source), str(source))
+    parsed = parse_records(read_layouts(source, options.allow_pickle), str(source))
     check_seed_range(options.seed, len(parsed))
     try:
         requested = asdict(resolve_sampling(sampling_defaults(load_config(model_config_path(options))),
                                             **(sampling or {})))
+        check_text(requested["negative_prompt"], "--negative_prompt")
     except (FileNotFoundError, ValueError) as err:
         raise BatchError(str(err)) from None
     segments = parse_segments(parsed, str(source), Path(source).parent, requested["height"], requested["width"])
+    unused = sorted(k for k in sampling or {} if k.startswith("dense_"))
+    if unused and not any(segments):
+        warn(f"{', '.join('--' + k for k in unused)}: no record of {source} has segments, which these flags act on "
+             f"(DenseDiffusion); they are not used")
     folder = Path(options.folder)
     check_writable_folder(folder, "--folder")
     grid = _path(options.grid)
     if grid is not None:
-        check_grid_path(grid, options.overwrite)
+        check_grid_path(grid, options.overwrite, options.no_overwrite)
+    check_no_collision(folder, len(parsed), source, grid)
 
     ids_cache: list[dict] = []
 
     def ids() -> dict:  # digests of multi-GB files: only when a sidecar needs them
         if not ids_cache:
-            ids_cache.append(checkpoint_ids(ckpt, sd_ckpt, config))
+            ids_cache.append(checkpoint_ids(ckpt, sd_ckpt, config, options.lora))
         return ids_cache[0]
 
     def record_seed(i: int) -> int:
@@ -467,9 +533,13 @@ def run_batch(options: BatchOptions, sampling: dict | None = None) -> list[Path]
         return sidecar(i, record["prompt"], interactions, record_seed(i), requested, ids(),
                        segments=record.get("segments"))
 
-    todo = plan_outputs(folder, len(parsed), options.overwrite, options.no_overwrite, expected)
+    todo = plan_outputs(folder, len(parsed), options.overwrite, options.no_overwrite, expected,
+                        options.redo_interrupted)
     if not todo:
         print(f"nothing to do: no record of {len(parsed)} left to generate in {folder}", file=sys.stderr)
+        if grid is not None:
+            write_grid(folder, len(parsed), grid)
+            print(f"wrote {grid}", file=sys.stderr)
         return []
     try:
         pipe = load_pipeline(ckpt, sd_ckpt, config, _path(options.text_encoder), options.device, options.half,
@@ -479,7 +549,7 @@ def run_batch(options: BatchOptions, sampling: dict | None = None) -> list[Path]
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         raise BatchError(str(err)) from None
     check_against_model(parsed, pipe.model, str(source), resolved["negative_prompt"], segments,
-                        (resolved["height"], resolved["width"]))
+                        (resolved["height"], resolved["width"]), pipe.plain_sd)
     written = []
     # The reference script seeds one generator once and draws every record's noise from it in turn
     # (records already done are skipped before drawing, as its --no-overwrite does).
@@ -492,15 +562,11 @@ def run_batch(options: BatchOptions, sampling: dict | None = None) -> list[Path]
         images = pipe([r["prompt"] for r, _ in records], interactions=[its for _, its in records],
                       segments=[segments[i] for i in chunk], seed=seeds, generator=generator, **resolved)
         for i, (record, interactions), image, seed in zip(chunk, records, images, seeds):
-            paths = output_paths(folder, i)
-            atomic_write(paths["image"], lambda p: image.save(p, format="PNG"))
-            layout = draw_layout(image, interactions)
-            atomic_write(paths["layout"], lambda p: layout.save(p, format="PNG"))
             content = sidecar(i, record["prompt"], interactions, seed, resolved, ids(), model=pipe.source,
                               device=str(pipe.device), dtype=str(pipe.dtype).replace("torch.", ""),
                               segments=record.get("segments"))
-            # Written last: its presence marks the record as finished (see --no-overwrite).
-            atomic_write(paths["sidecar"], lambda p: p.write_text(json.dumps(content, indent=2) + "\n"))
+            paths = output_paths(folder, i)
+            write_outputs(paths, image, draw_layout(image, interactions), content)
             written.append(paths["image"])
         bar.update(len(chunk))
     bar.close()
@@ -533,5 +599,9 @@ def write_grid(folder: Path, count: int, out, pairs_per_row: int = 3) -> Path:
     from hoi.grid import image_grid
     canvas = image_grid(tiles, columns=min(pairs_per_row, len(tiles)))
     out = Path(out)
-    atomic_write(out, lambda p: canvas.save(p, format="PNG"))
+    try:
+        atomic_write(out, lambda p: canvas.save(p, format="PNG"))
+    except OSError as err:
+        raise BatchError(f"--grid {out}: cannot write it ({err.strerror or err}); the records are finished: rerun "
+                         f"with --no-overwrite to write the grid alone") from None
     return out

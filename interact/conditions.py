@@ -59,16 +59,34 @@ class PhraseGrounding(PaddedTensors):
     embeddings: torch.Tensor   # [B, N, D]
 
 
+def tokenizer_items(items: Sequence[Interaction | GroundedPhrase], gligen: bool, max_slots: int,
+                    where: str) -> list:
+    """One image's items as the model's tokenizer takes them, checked against its slots; raises
+    ConditionError naming `where`. InteractDiffusion takes interactions only; GLIGEN takes phrases
+    with boxes, interactions becoming their subjects and objects (phrases_from_interactions)."""
+    items = check_interactions(items, len(items), where)
+    if not gligen:
+        if any(isinstance(it, GroundedPhrase) for it in items):
+            raise ConditionError(f"{where}: phrases with boxes are GLIGEN's input; this InteractDiffusion model needs "
+                                 f"(subject, action, object) interactions (subject_phrases, action_phrases, "
+                                 f"object_phrases, subject_boxes, object_boxes)")
+        if len(items) > max_slots:
+            raise ConditionError(f"{where}: interactions: {len(items)} given, at most {max_slots} allowed by this model")
+        return items
+    phrases = phrases_from_interactions(items)
+    if len(phrases) > max_slots:
+        detail = "" if all(isinstance(it, GroundedPhrase) for it in items) else (
+            f" (each distinct subject and object of its {len(items)} items)")
+        raise ConditionError(f"{where}: {len(phrases)} phrases{detail}, at most {max_slots} for this GLIGEN model")
+    return phrases
+
+
 def build_phrase_grounding(batch: Sequence[Sequence[Interaction | GroundedPhrase]],
                            encode_phrases: Callable[[list[str]], torch.Tensor], embed_dim: int,
                            max_phrases: int = MAX_INTERACTIONS) -> PhraseGrounding:
     """GLIGEN's input: each image's phrases and boxes, interactions turned into their subjects and
     objects (phrases_from_interactions), padded to `max_phrases` slots."""
-    batch = [phrases_from_interactions(check_interactions(items, max_phrases, f"batch item {b}"))
-             for b, items in enumerate(batch)]
-    for b, items in enumerate(batch):
-        if len(items) > max_phrases:
-            raise ConditionError(f"batch item {b}: {len(items)} phrases (subjects and objects), at most {max_phrases}")
+    batch = [tokenizer_items(items, True, max_phrases, f"batch item {b}") for b, items in enumerate(batch)]
     phrases = sorted({p.phrase for items in batch for p in items})
     table = encode_phrases(phrases).float().cpu() if phrases else torch.zeros(0, embed_dim)
     boxes, masks = torch.zeros(len(batch), max_phrases, 4), torch.zeros(len(batch), max_phrases)
@@ -135,11 +153,7 @@ def build_grounding(batch: Sequence[Sequence[Interaction]], encode_phrases: Call
                     embed_dim: int, max_interactions: int = MAX_INTERACTIONS) -> Grounding:
     """Pad each image's interactions to `max_interactions` slots. Each distinct phrase
     is encoded once (`encode_phrases(list[str]) -> [n, embed_dim]`)."""
-    batch = [check_interactions(items, max_interactions, f"batch item {b}") for b, items in enumerate(batch)]
-    for b, items in enumerate(batch):
-        if any(isinstance(it, GroundedPhrase) for it in items):
-            raise ConditionError(f"batch item {b}: phrases with boxes are GLIGEN's input; InteractDiffusion needs "
-                                 f"(subject, action, object) interactions")
+    batch = [tokenizer_items(items, False, max_interactions, f"batch item {b}") for b, items in enumerate(batch)]
     phrases = sorted({p for items in batch for it in items for p in (it.subject, it.action, it.object)})
     table = encode_phrases(phrases) if phrases else torch.zeros(0, embed_dim)
     if table.shape != (len(phrases), embed_dim):

@@ -27,6 +27,8 @@ path; the others compute the logits explicitly.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -40,11 +42,12 @@ from hoi.records import ConditionError, Segment, check_box, check_phrase
 
 # ----------------------------------------------------------------------------- masks
 
-def decode_rle(rle, field: str) -> np.ndarray:
+def decode_rle(rle, field: str, shape: tuple[int, int] | None = None) -> np.ndarray:
     """COCO RLE ({"size": [h, w], "counts": list of ints, or the compressed string}) -> bool [h, w].
     Runs alternate 0s and 1s, starting with 0s, in column-major order. The compressed string
     stores each run in 5-bit groups (offset 48, bit 0x20 = more groups follow, bit 0x10 of the last
-    group = negative), and from the fourth run on, as the difference to the run two before."""
+    group = negative), and from the fourth run on, as the difference to the run two before.
+    `shape`: the size the mask must have, checked before anything is decoded."""
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise ConditionError(f"{field} = {_short(rle)}: expected COCO RLE {{'size': [h, w], 'counts': ...}}")
     size = rle["size"]
@@ -52,6 +55,9 @@ def decode_rle(rle, field: str) -> np.ndarray:
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
         raise ConditionError(f"{field}.size = {size!r}: expected [height, width], positive integers")
     h, w = size
+    if shape is not None and (h, w) != tuple(shape):  # before decoding: a huge size would allocate it
+        raise ConditionError(f"{field}.size = {size!r} (height x width) does not match the image, "
+                             f"{shape[0]}x{shape[1]}")
     counts = rle["counts"]
     if isinstance(counts, (bytes, str)):
         counts = _rle_string_counts(counts.encode() if isinstance(counts, str) else counts, field)
@@ -116,7 +122,7 @@ def rasterize(segment: Segment, height: int, width: int, field: str) -> torch.Te
     elif kind == "mask":
         region = _binary_mask(segment.mask, where)
     else:
-        region = decode_rle(segment.rle, where)
+        region = decode_rle(segment.rle, where, (height, width))
     if region.shape != (height, width):
         raise ConditionError(f"{where}: {region.shape[0]}x{region.shape[1]} (height x width) does not match the "
                              f"image, {height}x{width}")
@@ -127,11 +133,16 @@ def rasterize(segment: Segment, height: int, width: int, field: str) -> torch.Te
 
 def _polygon(points, height: int, width: int, field: str) -> np.ndarray:
     from PIL import Image, ImageDraw
+    def number(v) -> bool:  # "0.1" would pass float(); JSON booleans are ints
+        return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
     try:
-        xy = [(float(x) * width, float(y) * height) for x, y in points]
+        pairs = [(x, y) for x, y in points] if not isinstance(points, (str, bytes, dict)) else None
     except (TypeError, ValueError):
-        raise ConditionError(f"{field} = {_short(points)}: expected normalised [x, y] points") from None
-    if len(xy) < 3 or not all(0 <= v <= 1 for p in points for v in p):
+        pairs = None
+    if pairs is None or not all(number(x) and number(y) for x, y in pairs):
+        raise ConditionError(f"{field} = {_short(points)}: expected normalised [x, y] points (numbers)")
+    xy = [(float(x) * width, float(y) * height) for x, y in pairs]
+    if len(xy) < 3 or not all(0 <= v <= 1 for p in pairs for v in p):
         raise ConditionError(f"{field} = {_short(points)}: expected at least 3 [x, y] points in [0, 1]")
     canvas = Image.new("L", (width, height), 0)
     ImageDraw.Draw(canvas).polygon(xy, fill=1)

@@ -24,7 +24,8 @@ from torch import nn
 
 from hoi.records import Interaction, Segment
 from hoi.schema import check_options, option
-from interact.conditions import Cond, Grounding, PhraseGrounding, build_grounding, build_phrase_grounding
+from interact.conditions import (Cond, Grounding, PhraseGrounding, build_grounding, build_phrase_grounding,
+                                 tokenizer_items)
 from interact.dense import DenseControl, DenseWeights, build_dense
 from interact.fuser import FUSER_INITS, FUSER_TYPES, attach_fusers
 from interact.tokenizer import BOX_ATTENTION, ROLE_EMBEDDINGS, GLIGENPositionNet
@@ -210,6 +211,11 @@ class InteractDiffusion(nn.Module):
     def is_gligen(self) -> bool:
         """A GLIGEN model: phrases with boxes, no interactions (interact/tokenizer.py GLIGENPositionNet)."""
         return isinstance(self.interaction_tokenizer, GLIGENPositionNet)
+
+    def check_items(self, items, where: str) -> list:
+        """One image's interactions (or a GLIGEN model's phrases) as this model's tokenizer takes
+        them; ConditionError naming `where` for what it cannot take (interact.conditions.tokenizer_items)."""
+        return tokenizer_items(items, self.is_gligen, self.interaction_tokenizer.max_interactions, where)
 
     @property
     def interaction_tokenizer(self) -> nn.Module:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from hoi.io import atomic_save
+from hoi.pickles import RefusedPickle, UnreadablePickle, load_torch
 
 
 def encoder_fingerprint(text_encoder: torch.nn.Module) -> str:
@@ -39,7 +40,13 @@ class PhraseEmbeddingCache:
             self._load()
 
     def _load(self) -> None:
-        data = torch.load(self.path, map_location="cpu", weights_only=True)
+        try:
+            data = load_torch(self.path)
+        except (RefusedPickle, UnreadablePickle) as err:
+            raise ValueError(f"phrase cache {self.path}: {err}; delete it (it is rebuilt) or pass another path") from None
+        if not isinstance(data, dict) or not {"fingerprint", "phrases", "embeddings"} <= set(data):
+            raise ValueError(f"phrase cache {self.path}: not a phrase cache (it holds no fingerprint, phrases and "
+                             f"embeddings); delete it (it is rebuilt) or pass another path")
         if data.get("fingerprint") != self.fingerprint:
             raise ValueError(f"phrase cache {self.path} was made by another text encoder (fingerprint "
                              f"{data.get('fingerprint')}, this one {self.fingerprint}): delete it or pass another path")

@@ -31,12 +31,13 @@ from PIL import Image, ImageDraw
 from omegaconf import OmegaConf
 
 from hoi.device import resolve_device, resolve_dtype
+from hoi.pickles import RefusedPickle, UnreadablePickle, check_torch_file
 from hoi.schema import check_options, option
 from interact.checkpoint import CheckpointError, load_weights
 from interact.conditions import Cond
 from interact.dense import DenseWeights
 from interact.multi_instance import instance_branches
-from hoi.records import ConditionError, GroundedPhrase, Interaction, Segment, check_interactions
+from hoi.records import ConditionError, GroundedPhrase, Interaction, Segment, check_text
 from interact.model import (SD_V1_CONFIG, InteractDiffusion, build_model, load_config,
                             set_interaction_options)
 from ldm.models.diffusion.ddim import DDIMSampler
@@ -149,6 +150,29 @@ def fuser_scale(step_index: int, steps: int, beta: float, decay: float = 0.0) ->
     return 0.0
 
 
+def check_text_encoder_folder(folder: Path) -> None:
+    """A --text_encoder folder before transformers reads it: a folder, and torch weights (.bin)
+    that hold tensors only (transformers would refuse others with torch's own advice)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--text_encoder {folder}: is a file; give a Hugging Face CLIP text model folder "
+                                f"(config.json + model.safetensors or pytorch_model.bin)")
+    for root in (folder, folder / "text_encoder"):
+        for weights in sorted(root.glob("*.bin")) if root.is_dir() else []:
+            try:
+                check_torch_file(weights)
+            except (RefusedPickle, UnreadablePickle) as err:
+                raise CheckpointError(f"--text_encoder {folder}: {weights}: {err}") from None
+
+
+def _merge_loras(model: InteractDiffusion, lora, source: str, allow_pickle: bool = False) -> str:
+    """Merge `lora` (LoraSpecs, or FILE[:weight] strings) into the model's weights; returns
+    `source` with the LoRA files named."""
+    from interact.checkpoint.lora import apply_loras, parse_lora
+    specs = [parse_lora(x, must_exist=True) if isinstance(x, (str, os.PathLike)) else x for x in lora or []]
+    apply_loras(model, specs, allow_pickle)
+    return " + ".join([source] + [f"LoRA {s.path}:{s.weight:g}" for s in specs])
+
+
 class InteractDiffusionPipeline:
     def __init__(self, model: InteractDiffusion, device=None, dtype: torch.dtype = torch.float32,
                  source: str = "random weights"):
@@ -162,15 +186,17 @@ class InteractDiffusionPipeline:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, config=SD_V1_CONFIG, seed: int = 0, tokenizer_path=None, device=None, half=False,
-                    interaction: dict | None = None):
+                    interaction: dict | None = None, lora=None):
         """Random weights (tests and timing). `interaction`: overrides of the config's
-        interaction switches ({"fuser_type": ..., "role_embedding": ...}; None values keep it)."""
+        interaction switches ({"fuser_type": ..., "role_embedding": ...}; None values keep it);
+        `lora` as in from_checkpoint."""
         from ldm.modules.encoders.clip_tokenizer import load_clip_tokenizer
         torch.manual_seed(seed)
         config = set_interaction_options(load_config(config), **(interaction or {}))
         model = build_model(config, tokenizer=load_clip_tokenizer(tokenizer_path))
         device = resolve_device(device)
-        return cls(model, device, resolve_dtype(device, half), source=f"random weights (seed {seed})")
+        source = _merge_loras(model, lora, f"random weights (seed {seed})")
+        return cls(model, device, resolve_dtype(device, half), source=source)
 
     @classmethod
     def from_checkpoint(cls, ckpt=None, sd_ckpt=None, config=None, text_encoder=None, device=None, half=False,
@@ -186,6 +212,8 @@ class InteractDiffusionPipeline:
         for label, path in (("--ckpt", ckpt), ("--sd_ckpt", sd_ckpt), ("--text_encoder", text_encoder)):
             if path is not None and not Path(path).exists():
                 raise FileNotFoundError(f"{label} {path}: no such file or folder")
+        if text_encoder is not None:
+            check_text_encoder_folder(Path(text_encoder))
         if config is None:  # a GLIGEN file gets GLIGEN's config
             from interact.checkpoint.diffusers_folder import generation_config
             config = generation_config(ckpt, allow_pickle)
@@ -202,11 +230,7 @@ class InteractDiffusionPipeline:
             model = build_model(config, tokenizer=load_clip_tokenizer(tokenizer_folder(ckpt, sd_ckpt)), device="meta")
         load_weights(model, ckpt, sd_ckpt, purpose="generate", allow_pickle=allow_pickle,
                      text_encoder_given=text_encoder is not None)
-        from interact.checkpoint.lora import apply_loras, parse_lora
-        specs = [parse_lora(x) if isinstance(x, (str, os.PathLike)) else x for x in lora or []]
-        apply_loras(model, specs, allow_pickle)
-        source = " + ".join([str(p) for p in (sd_ckpt, ckpt) if p is not None]
-                            + [f"LoRA {s.path}:{s.weight:g}" for s in specs])
+        source = _merge_loras(model, lora, " + ".join(str(p) for p in (sd_ckpt, ckpt) if p is not None), allow_pickle)
         pipe = cls(model, device, resolve_dtype(device, half), source=source)
         pipe.plain_sd = ckpt is None  # an SD file alone: no interaction control (see load_weights)
         return pipe
@@ -255,18 +279,22 @@ class InteractDiffusionPipeline:
         return [list(i) for i in items]
 
     @staticmethod
-    def _batch(prompt, interactions, negative_prompt, seed, max_interactions):
+    def _batch(prompt, interactions, negative_prompt, seed, check_items):
+        """The call's arguments as per-prompt lists, checked (`check_items`: the model's)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"prompt = {prompt!r}: must be a string or a non-empty list of strings")
         b = len(prompts)
         interactions = (InteractDiffusionPipeline._per_prompt(interactions, b, (Interaction, GroundedPhrase),
                                                               "interactions") or [[] for _ in range(b)])
-        interactions = [check_interactions(items, max_interactions, f"prompt {i}") for i, items in
-                        enumerate(interactions)]
+        for i, items in enumerate(interactions):
+            check_items(items, f"prompt {i}")
         negative = negative_prompt if not isinstance(negative_prompt, str) else [negative_prompt] * b
         if len(negative) != b:
             raise ValueError(f"negative_prompt: {len(negative)} given for {b} prompts")
+        for i, (text, negative_text) in enumerate(zip(prompts, negative)):
+            check_text(text, f"prompt {i}")
+            check_text(negative_text, f"negative_prompt {i}")
         seeds = [seed + i for i in range(b)] if isinstance(seed, int) else list(seed)
         if len(seeds) != b or not all(isinstance(s, int) for s in seeds):
             raise ValueError(f"seed = {seed!r}: an int, or one int per prompt")
@@ -319,7 +347,7 @@ class InteractDiffusionPipeline:
         latent_shape = self._latent_shape(o.height, o.width)
         model = self.model
         prompts, batch, negatives, seeds = self._batch(prompt, interactions, o.negative_prompt, seed,
-                                                       model.interaction_tokenizer.max_interactions)
+                                                       model.check_items)
         if self.plain_sd:  # the layouts have nothing to act on: prompts alone, fusers skipped
             batch = [[] for _ in prompts]
         per_prompt_segments = self._per_prompt(segments, len(prompts), Segment, "segments")

@@ -441,9 +441,11 @@ def test_blocked_global_is_named_and_needs_allow_pickle(tmp_path, fresh, legacy)
 ])
 def test_refused_global_is_read_whatever_the_wording(tmp_path, message, named):
     import pickle
-    from interact.checkpoint.formats import refused_global
-    assert refused_global(tmp_path / "x.pth", pickle.UnpicklingError(message), "torch-pickle") == named
-    assert refused_global(tmp_path / "x.pth", RuntimeError(message), "torch-pickle") is None
+    from hoi.pickles import refused_names
+    legacy = tmp_path / "x.pth"
+    legacy.write_bytes(b"\x80\x02")
+    assert refused_names(legacy, pickle.UnpicklingError(message), []) == ([named] if named else [])
+    assert refused_names(legacy, RuntimeError(message), []) == []
 
 
 def test_file_for_another_config_names_the_config_it_fits(meta_sd, capsys):

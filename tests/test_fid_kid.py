@@ -314,8 +314,8 @@ def test_resize_takes_a_folder_of_several_sizes_image_by_image(tmp_path, capsys)
 
 
 @pytest.mark.parametrize("content, reason", [
-    (bytes(range(256)) * 8, "not a torch weights file"),
-    (b"these are not weights\n", "not a torch weights file"),
+    (bytes(range(256)) * 8, "not a torch file (a zip archive or a pickle): it starts with b'\\x00\\x01"),
+    (b"these are not weights\n", "not a torch file (a zip archive or a pickle): it starts with b'these a"),
     ({"conv.weight": torch.zeros(1)}, "tensors missing (e.g. 'Conv2d_1a_3x3.conv.weight'); 1 unexpected"),
     (torch.zeros(3), "it holds a Tensor, not a state dict"),
 ], ids=["random-bytes", "text", "wrong-keys", "tensor"])
@@ -337,7 +337,7 @@ def test_toy_weights_that_are_not_toy_weights_get_one_line(tmp_path, capsys):
     junk.write_bytes(bytes(range(256)))
     wrong = tmp_path / "wrong.pt"
     torch.save({"state_dict": {"conv.weight": torch.zeros(1)}}, wrong)
-    for path, reason in ((junk, "not a torch weights file"), (wrong, "tensors missing")):
+    for path, reason in ((junk, "not a torch file"), (wrong, "tensors missing")):
         code, err = run_cli(capsys, "--real", images, "--fake", images, "--extractor", "toy", "--weights", path)
         line = one_error_line(err)
         assert code == 1 and f"{path} is not a toy feature checkpoint" in line and reason in line

@@ -121,7 +121,7 @@ def test_wrong_model_for_the_input_or_the_file(gligen_file, tiny_gligen_config, 
     with pytest.raises(CheckpointError, match="is an InteractDiffusion checkpoint, and the config is GLIGEN's"):
         InteractDiffusionPipeline.from_checkpoint(interact, config=tiny_gligen_config, device="cpu")
     tiny = InteractDiffusionPipeline.from_config(TINY, device="cpu")
-    with pytest.raises(ConditionError, match="phrases with boxes are GLIGEN's input; InteractDiffusion needs"):
+    with pytest.raises(ConditionError, match="phrases with boxes are GLIGEN's input; this InteractDiffusion model needs"):
         tiny("a cup", [GroundedPhrase("cup", (0.1, 0.1, 0.5, 0.5))], **FAST)
 
 

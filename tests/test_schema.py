@@ -36,7 +36,7 @@ def test_defaults_and_overrides_merge_typed():
     ({"steps": "20"}, "sampling.steps = '20': expected int"),      # OmegaConf alone would convert this
     ({"steps": True}, "sampling.steps = True: expected int"),
     ({"half": "true"}, "sampling.half = 'true': expected bool"),
-    ({"scale": float("nan")}, "sampling.scale = nan: expected float"),
+    ({"scale": float("nan")}, "sampling.scale = nan: must be a finite number"),
     ({"sampler": "euler"}, "sampling.sampler = 'euler': expected one of 'plms', 'ddim'"),
     ({"steps": 0}, "sampling.steps = 0: out of range (must be >= 1)"),
     ({"sizes": 3}, "sampling.sizes = 3: expected list"),

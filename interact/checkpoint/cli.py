@@ -30,7 +30,7 @@ def inspect(path: str | os.PathLike, config: str | os.PathLike | None = None, al
     print(f"{path}: {describe_kind(raw)}", file=out)
     if classify(raw) == "lora":
         from interact.checkpoint.lora import describe_lora
-        print("  " + describe_lora(raw), file=out)
+        print("  " + describe_lora(raw, path), file=out)
         return 0
     sections = to_sections(raw)
     for name, state in sections.items():

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from hoi.pickles import load_torch
 from interact.checkpoint.formats import (CheckpointError, classify, config_globals, read_file,
                                          sniff_format)
 from interact.model import SD_V1_CONFIG, SD_V1_GLIGEN_CONFIG, InteractDiffusion
@@ -511,8 +512,7 @@ def peek_kind(path: str | os.PathLike, allow_pickle: bool = False) -> str:
             return "unknown"
     if path.is_file() and sniff_format(path) == "torch-zip":
         try:
-            with torch.serialization.safe_globals(config_globals()):
-                return classify(torch.load(path, map_location="cpu", mmap=True, weights_only=not allow_pickle))
+            return classify(load_torch(path, config_globals(), allow_pickle, mmap=True))
         except Exception:  # noqa: BLE001  (read_file gives the proper message when the file is loaded)
             return "unknown"
     if path.is_file() and sniff_format(path) == "safetensors":

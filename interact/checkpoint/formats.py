@@ -20,12 +20,11 @@ is refused unless the caller trusts it (`allow_pickle=True`, CLI `--allow-pickle
 from __future__ import annotations
 
 import os
-import pickle
-import re
 from pathlib import Path
 
 import torch
 
+from hoi.pickles import ZIP_MAGIC, RefusedPickle, UnreadablePickle, load_torch
 from interact.model import SD_V1_CONFIG, SD_V1_GLIGEN_CONFIG, SECTIONS, is_interaction_key
 
 SD_PREFIXES = {
@@ -40,7 +39,6 @@ DIFFUSION_BUFFERS = (
 # Parts of the interaction control that a GLIGEN box checkpoint does not have; they start fresh.
 GLIGEN_FRESH_KEYS = ("position_net.interaction_embedding.", "position_net.position_embedding.")
 
-ZIP_MAGIC = b"PK\x03\x04"              # torch.save's default (zip) format
 PICKLE_PROTOCOLS = range(2, 6)          # legacy torch.save: a bare pickle, b"\x80" + protocol byte
 SAFETENSORS_MAX_HEADER = 100_000_000    # the safetensors format's own limit on its JSON header
 
@@ -105,59 +103,15 @@ def read_file(path: str | os.PathLike, allow_pickle: bool = False) -> dict:
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {err}") from None
     try:
-        with torch.serialization.safe_globals(config_globals()):
-            raw = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as err:  # torch raises many types for a damaged file; all mean "unusable"
-        refused = None if allow_pickle else refused_global(path, err, kind)
-        if refused is not None:
-            raise CheckpointError(
-                f"{path}: holds a Python object beyond tensors ({refused}), which is not unpickled unless you "
-                f"trust the file: if you trust where it came from, pass --allow-pickle (allow_pickle=True)") from None
-        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): "
-                              f"{load_failure_reason(err)}") from None
+        raw = load_torch(path, config_globals(), allow_pickle)
+    except RefusedPickle as err:
+        raise CheckpointError(f"{path}: {err}: if you trust where the file came from, pass --allow-pickle "
+                              f"(allow_pickle=True)") from None
+    except UnreadablePickle as err:
+        raise CheckpointError(f"{path}: {err}") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected a dict of sections or tensors, found {type(raw).__name__}")
     return raw
-
-
-# torch's weights-only unpickler names a refused class as "GLOBAL module.Name" (the wording and
-# its case vary between releases: "Unsupported global: GLOBAL x", "unsupported GLOBAL x whose
-# module is blocked"), or says it cannot build/call an object.
-_GLOBAL_IN_MESSAGE = re.compile(r"\bglobal\s+([\w.]+)", re.IGNORECASE)
-_OBJECT_IN_MESSAGE = re.compile(r"(?:can only (?:create|build)\b.*?\bbut got|reduce for unrecognized function)\s+(.+)",
-                                re.IGNORECASE)
-
-
-def refused_global(path: Path, err: Exception, kind: str) -> str | None:
-    """What a weights-only load refused in a well-formed pickle ("module.Name"), or None when
-    `err` means the file is damaged. Read from the file's own pickle where torch can list it
-    (zip files), else from the error message."""
-    if not isinstance(err, pickle.UnpicklingError):
-        return None
-    if kind == "torch-zip":
-        try:
-            with torch.serialization.safe_globals(config_globals()):
-                unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # a damaged archive: fall back to the message
-            unsafe = []
-        if unsafe:
-            return ", ".join(unsafe[:3]) + (" ..." if len(unsafe) > 3 else "")
-    text = str(err)
-    found = _GLOBAL_IN_MESSAGE.search(text) or _OBJECT_IN_MESSAGE.search(text)
-    return found.group(1).strip().rstrip(".") if found else None
-
-
-def load_failure_reason(err: Exception) -> str:
-    """torch's reason for a failed load, without its advice to load with weights_only=False
-    (the advice that matters here is --allow-pickle, and only for a trusted, intact file)."""
-    text = str(err)
-    inner = re.search(r"WeightsUnpickler error:\s*(.*)", text, re.DOTALL)
-    lines = [line.strip() for line in (inner.group(1) if inner else text).splitlines() if line.strip()]
-    lines = [line for line in lines if "weights_only" not in line and not line.startswith("Check the documentation")]
-    if not lines:
-        return type(err).__name__
-    first_sentence = re.split(r"(?<=\.)\s", lines[0], maxsplit=1)[0]  # torch goes on with guesses and advice
-    return f"{type(err).__name__}: {first_sentence[:200]}"
 
 
 # ----------------------------------------------------------------------------- layouts

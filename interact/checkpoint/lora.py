@@ -17,6 +17,7 @@ The UNet's diffusers names come from the same map as the diffusers folders
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -37,17 +38,26 @@ class LoraSpec:
     weight: float = 1.0
 
 
-def parse_lora(text: str) -> LoraSpec:
-    """`FILE[:weight]` -> LoraSpec; ValueError naming the bad part."""
+def parse_lora(text: str, must_exist: bool = False) -> LoraSpec:
+    """`FILE[:weight]` -> LoraSpec; ValueError naming the bad part (a weight that is no finite
+    number; with `must_exist`, a file that is not there)."""
     path, sep, weight = str(text).rpartition(":")
     if not sep or os.path.exists(text):
-        return LoraSpec(Path(text))
-    try:
-        value = float(weight)
-    except ValueError:
-        raise ValueError(f"--lora {text}: weight {weight!r} is not a number (FILE[:weight], e.g. style.safetensors:0.8)"
-                         ) from None
-    return LoraSpec(Path(path), value)
+        spec = LoraSpec(Path(text))
+    else:
+        try:
+            value = float(weight)
+        except ValueError:
+            raise ValueError(f"--lora {text}: weight {weight!r} is not a number (FILE[:weight], e.g. "
+                             f"style.safetensors:0.8)") from None
+        if not math.isfinite(value):
+            raise ValueError(f"--lora {text}: weight {weight!r} must be a finite number (FILE[:weight], e.g. "
+                             f"style.safetensors:0.8)")
+        spec = LoraSpec(Path(path), value)
+    if must_exist and not spec.path.is_file():
+        raise ValueError(f"--lora {spec.path}: " + ("is a folder; give a LoRA file (.safetensors)" if spec.path.is_dir()
+                                                   else "no such file"))
+    return spec
 
 
 def _targets(model: InteractDiffusion) -> dict[str, nn.Module]:
@@ -82,24 +92,31 @@ def _targets(model: InteractDiffusion) -> dict[str, nn.Module]:
     return targets
 
 
-def _pairs(state: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor, float | None]]:
-    """{module key: (up, down, alpha)} of a LoRA state dict."""
+def _pairs(state: dict, source: str | os.PathLike = "LoRA") -> dict[str, tuple[torch.Tensor, torch.Tensor, float | None]]:
+    """{module key: (up, down, alpha)} of a LoRA state dict, each pair checked (one rank, a finite
+    alpha); CheckpointError naming `source` and the module."""
     out = {}
     for key, value in state.items():
         for up_suffix, down_suffix in UP_DOWN:
             if key.endswith(up_suffix):
                 stem = key[:-len(up_suffix)]
                 down = state.get(stem + down_suffix)
-                if down is None:
-                    raise CheckpointError(f"LoRA {stem}: has {up_suffix} but no {down_suffix}")
+                if not isinstance(down, torch.Tensor) or not isinstance(value, torch.Tensor):
+                    raise CheckpointError(f"{source}: {stem}: has {up_suffix} but no {down_suffix}")
+                if value.dim() < 2 or down.dim() < 2 or value.reshape(value.shape[0], -1).shape[1] != down.shape[0]:
+                    raise CheckpointError(f"{source}: {stem}: up {tuple(value.shape)} and down {tuple(down.shape)} do "
+                                          f"not share a rank (up's second and down's first size must be equal)")
                 alpha = state.get(stem + ".alpha")
+                if alpha is not None and not (isinstance(alpha, torch.Tensor) and alpha.numel() == 1
+                                              and math.isfinite(float(alpha))):
+                    raise CheckpointError(f"{source}: {stem}.alpha = {alpha!r}: expected one finite number")
                 out[stem] = (value, down, None if alpha is None else float(alpha))
     return out
 
 
-def describe_lora(state: dict) -> str:
+def describe_lora(state: dict, source: str | os.PathLike = "LoRA") -> str:
     """"N modules (UNet M, text encoder T), rank r, layout L" of a LoRA state dict."""
-    pairs = _pairs(state)
+    pairs = _pairs(state, source)
     text = sum(1 for k in pairs if k.startswith(("lora_te", "text_encoder.")))
     ranks = sorted({down.shape[0] for _, down, _ in pairs.values()})
     layout = ("kohya" if any(k.startswith("lora_") for k in pairs) else
@@ -125,7 +142,7 @@ def apply_loras(model: InteractDiffusion, specs: list[LoraSpec], allow_pickle: b
     targets = _targets(model)
     lines = []
     for spec in specs:
-        pairs = _pairs(read_file(spec.path, allow_pickle))
+        pairs = _pairs(read_file(spec.path, allow_pickle), f"--lora {spec.path}")
         if not pairs:
             raise CheckpointError(f"--lora {spec.path}: no LoRA pairs (lora_up/lora_down, lora_A/lora_B or up/down "
                                   f"weights) in it")
@@ -139,7 +156,7 @@ def apply_loras(model: InteractDiffusion, specs: list[LoraSpec], allow_pickle: b
                 if up.shape[0] != weight.shape[0] or down.reshape(down.shape[0], -1).shape[1] != weight[0].numel():
                     raise CheckpointError(f"--lora {spec.path}: {key}: up {tuple(up.shape)} x down {tuple(down.shape)} "
                                           f"does not fit the weight {tuple(weight.shape)}")
-                weight.add_(spec.weight * lora_delta(up, down, alpha, weight.shape).to(weight.dtype))
+                weight.add_(spec.weight * lora_delta(up, down, alpha, weight.shape).to(weight.device, weight.dtype))
         line = f"LoRA {spec.path} x {spec.weight:g}: {len(matched)} of {len(pairs)} modules"
         if len(matched) < len(pairs):
             line += f" (not matched, e.g. {sorted(set(pairs) - set(matched))[0]!r})"
