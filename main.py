@@ -58,13 +58,15 @@ def check_output_root(output_root: Path, run_dir: Path) -> None:
 
 
 def resolve_weights(path, data_root, flag: str):
+    """A weights file or diffusers folder, as given or under --DATA_ROOT."""
     if path is None:
         return None
     candidates = [Path(path)] + ([Path(data_root) / path] if data_root else [])
     for candidate in candidates:
-        if candidate.is_file():
+        if candidate.exists():
             return candidate
-    raise FileNotFoundError(f"{flag} {path}: no such file" + (f" (nor under --DATA_ROOT {data_root})" if data_root else ""))
+    raise FileNotFoundError(f"{flag} {path}: no such file or folder"
+                            + (f" (nor under --DATA_ROOT {data_root})" if data_root else ""))
 
 
 def main(argv=None) -> int:
@@ -95,7 +97,13 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, CheckpointError, ResumeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    trainer.run()
+    try:
+        trainer.run()
+    except OSError as err:  # a checkpoint, export or preview the disk refused (full, a size limit)
+        where = f"{err.filename}: " if err.filename else f"{run_dir}: "
+        print(f"error: {where}cannot write ({err.strerror or err}); the newest intact checkpoint is kept: free "
+              f"space and rerun the same command to resume", file=sys.stderr)
+        return 2
     return 0
 
 

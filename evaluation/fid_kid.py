@@ -165,6 +165,8 @@ class ImageFolderError(ValueError):
 def list_image_files(folder: str | Path) -> list[Path]:
     """The image files directly in `folder`, sorted by name."""
     folder = Path(folder)
+    if folder.is_file():
+        raise ImageFolderError(f"{folder}: is a file; expected a folder of images")
     if not folder.is_dir():
         raise ImageFolderError(f"image folder not found: {folder}")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -515,6 +517,17 @@ def apply_protocol(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     return protocol
 
 
+def check_protocol_counts(protocol: Protocol, folders: dict[str, str]) -> None:
+    """A protocol's KID subsets need that many images in each folder: said before any feature is
+    computed (its subset size is fixed, so no flag can lower it)."""
+    for flag, folder in folders.items():
+        count = len(protocol.list_files(folder))
+        if count < protocol.kid_subset_size:
+            raise ValueError(f"{flag} {folder}: {count} images; --protocol {protocol.name} computes KID on subsets of "
+                             f"{protocol.kid_subset_size} images, so each folder needs at least that many (leave "
+                             f"--protocol out to compute FID and KID on fewer, with smaller subsets)")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -525,6 +538,8 @@ def main(argv=None) -> int:
         formats = [folder_format(folder) for folder in (args.real, args.fake)]
         if not args.resize:
             check_comparable(*formats)
+        if protocol is not None:
+            check_protocol_counts(protocol, {"--real": args.real, "--fake": args.fake})
         extractor = build_extractor(args.extractor, args.weights, device)
         r = compute_fid_kid(args.real, args.fake, extractor, args.batch_size, args.kid_subsets,
                             args.kid_subset_size, args.seed, device, mixed_sizes=args.resize, protocol=protocol)

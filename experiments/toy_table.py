@@ -148,13 +148,19 @@ def sampling_tag(row: ToyRow) -> str:
     return (f" sampling={dict(row.sampling)}" if row.sampling else "") + (" segments" if row.segments else "")
 
 
-def ensure_toy_data(root: Path, log=print) -> None:
+def ensure_toy_data(root: Path, log=print, make: bool = True) -> None:
+    """The toy world in `root`, generated there when missing and `make` (else ValueError: a
+    mistyped path must not silently become a new 21,000-image world)."""
     from dataset.toy.generate import generate, is_complete, world_mismatch
     if is_complete(root):
         reason = world_mismatch(root)
         if reason:
             raise ValueError(f"{reason}; regenerate it: python -m dataset.toy generate --out {root} --overwrite")
         return
+    if not make:
+        state = "does not exist" if not root.exists() else "holds no complete toy world"
+        raise ValueError(f"--data {root}: {state}; pass --make-data to generate the toy world there (20000 train + "
+                         f"1000 test images), or give the folder that holds it")
     log(f"[table] generating the toy world in {root} (20000 train + 1000 test images)")
     generate(root, overwrite=True)
 
@@ -276,9 +282,11 @@ def score_run(folder: Path, gt: list[dict], categories: HOICategories, detector,
 
 
 def run_toy(rows: list[ToyRow] | None = None, n: int = 250, data_root="data/toy", runs="runs", out="runs/table_toy",
-            device=None, gain_n: int = 200, bootstrap: int = 200, train: bool = True, log=print) -> dict:
+            device=None, gain_n: int = 200, bootstrap: int = 200, train: bool = True, log=print,
+            make_data: bool = True) -> dict:
     """Train (or reuse), generate and score the given rows (default all), then assemble the table
-    from every row scored so far; rows not scored yet are listed in `_meta.missing`."""
+    from every row scored so far; rows not scored yet are listed in `_meta.missing`. `make_data`:
+    generate the toy world in `data_root` when it is not there."""
     from dataset.role_types import toy_role_types
     from evaluation.toy_detector import ToyHOIDetector
     from evaluation.toy_features import load_toy_extractor
@@ -286,7 +294,7 @@ def run_toy(rows: list[ToyRow] | None = None, n: int = 250, data_root="data/toy"
     rows = TOY_ROWS if rows is None else rows
     data_root, runs, out = Path(data_root), Path(runs), Path(out)
     start = time.perf_counter()
-    ensure_toy_data(data_root, log)
+    ensure_toy_data(data_root, log, make_data)
     samples = toy_test_layouts(REPO_ROOT / ROW_BY_KEY["interact"].config, data_root, max(n, gain_n))
     gain_samples, samples = samples[:gain_n], samples[:n]
     names = [Path(s.key).name for s in samples]

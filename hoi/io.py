@@ -2,9 +2,11 @@
 where a finished one is expected) and short content digests for output sidecars."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -46,19 +48,36 @@ def _process_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(folder) -> list[Path]:
-    """Deletes the temporaries atomic_write left in `folder` when its process was killed
-    mid-write (SIGKILL skips the clean-up); a temporary of a process still running is kept.
-    Returns what was removed."""
+    """Deletes the temporaries (files, or folders being built) that atomic writes left in
+    `folder` when their process was killed mid-write (SIGKILL skips the clean-up); a temporary of
+    a process still running is kept. Returns what was removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
     for entry in sorted(folder.iterdir()):
         match = _TEMPORARY.match(entry.name)
-        if match and entry.is_file() and not _process_alive(int(match["pid"])):
-            entry.unlink(missing_ok=True)
+        if match and not entry.is_symlink() and not _process_alive(int(match["pid"])):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
+
+
+def writable_parent(path: Path, label: str) -> Path:
+    """`path`'s parent folder, made when missing; ValueError naming `label` when something on the
+    way is a file or the folder cannot be made."""
+    path = Path(path)
+    for ancestor in reversed(path.parents):
+        if ancestor.exists() and not ancestor.is_dir():
+            raise ValueError(f"{label} {path}: {ancestor} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"{label} {path}: cannot make the folder {path.parent} ({err.strerror or err})") from None
+    return path.parent
 
 
 def atomic_write(path, write) -> None:
@@ -70,16 +89,24 @@ def atomic_write(path, write) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as err:  # named by the file it was to become, not by the hidden temporary
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
 def atomic_save(obj, path) -> None:
-    """torch.save through atomic_write, fsynced before the rename."""
+    """torch.save through atomic_write, fsynced before the rename. A write the disk refuses is an
+    OSError (torch's zip writer reports it as a RuntimeError about stream positions)."""
     def write(tmp):
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            try:
+                torch.save(obj, f)
+            except RuntimeError as err:
+                if "inline_container" in str(err) or "PytorchStreamWriter" in str(err):
+                    raise OSError(errno.EIO, "the write failed (is the disk full, or a file size limit set?)") from None
+                raise
             f.flush()
             os.fsync(f.fileno())
     atomic_write(path, write)

@@ -27,7 +27,7 @@ from typing import Callable, NamedTuple
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from hoi.io import atomic_write
+from hoi.io import atomic_write, remove_stale_temporaries
 from hoi.pickles import RefusedPickle, UnreadablePickle, load_plain_pickle
 from hoi.records import (ConditionError, GroundedPhrase, check_text, interactions_from_record, segments_from_record,
                          unknown_record_keys)
@@ -554,22 +554,22 @@ def run_batch(options: BatchOptions, sampling: dict | None = None) -> list[Path]
     # The reference script seeds one generator once and draws every record's noise from it in turn
     # (records already done are skipped before drawing, as its --no-overwrite does).
     generator = torch.Generator(pipe.device).manual_seed(options.seed) if resolved["reference_compat"] else None
-    bar = tqdm(total=len(todo), desc="records", unit="img")
-    for start in range(0, len(todo), options.batch_size):
-        chunk = todo[start:start + options.batch_size]
-        records = [parsed[i] for i in chunk]
-        seeds = [record_seed(i) for i in chunk]
-        images = pipe([r["prompt"] for r, _ in records], interactions=[its for _, its in records],
-                      segments=[segments[i] for i in chunk], seed=seeds, generator=generator, **resolved)
-        for i, (record, interactions), image, seed in zip(chunk, records, images, seeds):
-            content = sidecar(i, record["prompt"], interactions, seed, resolved, ids(), model=pipe.source,
-                              device=str(pipe.device), dtype=str(pipe.dtype).replace("torch.", ""),
-                              segments=record.get("segments"))
-            paths = output_paths(folder, i)
-            write_outputs(paths, image, draw_layout(image, interactions), content)
-            written.append(paths["image"])
-        bar.update(len(chunk))
-    bar.close()
+    remove_stale_temporaries(folder)  # what a killed run's writes left
+    with tqdm(total=len(todo), desc="records", unit="img") as bar:  # closed (its line ended) on an error too
+        for start in range(0, len(todo), options.batch_size):
+            chunk = todo[start:start + options.batch_size]
+            records = [parsed[i] for i in chunk]
+            seeds = [record_seed(i) for i in chunk]
+            images = pipe([r["prompt"] for r, _ in records], interactions=[its for _, its in records],
+                          segments=[segments[i] for i in chunk], seed=seeds, generator=generator, **resolved)
+            for i, (record, interactions), image, seed in zip(chunk, records, images, seeds):
+                content = sidecar(i, record["prompt"], interactions, seed, resolved, ids(), model=pipe.source,
+                                  device=str(pipe.device), dtype=str(pipe.dtype).replace("torch.", ""),
+                                  segments=record.get("segments"))
+                paths = output_paths(folder, i)
+                write_outputs(paths, image, draw_layout(image, interactions), content)
+                written.append(paths["image"])
+            bar.update(len(chunk))
     print(f"wrote {len(written)} image(s), overlays and sidecars to {folder}", file=sys.stderr)
     if grid is not None:
         write_grid(folder, len(parsed), grid)

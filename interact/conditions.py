@@ -76,7 +76,7 @@ def tokenizer_items(items: Sequence[Interaction | GroundedPhrase], gligen: bool,
     phrases = phrases_from_interactions(items)
     if len(phrases) > max_slots:
         detail = "" if all(isinstance(it, GroundedPhrase) for it in items) else (
-            f" (each distinct subject and object of its {len(items)} items)")
+            f" (the distinct subjects and objects of its {len(items)} interactions)")
         raise ConditionError(f"{where}: {len(phrases)} phrases{detail}, at most {max_slots} for this GLIGEN model")
     return phrases
 

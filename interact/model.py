@@ -163,15 +163,27 @@ def load_config(config) -> DictConfig:
     return check_interaction_switches(config)
 
 
+# A config names the classes it builds; only this project's modules are looked in, and only
+# torch modules are built, so a config file cannot call anything else (os.system, subprocess, ...).
+TARGET_PACKAGES = ("ldm.", "interact.")
+
+
 def instantiate(spec, **extra):
-    """Build `target(**params, **extra)` from a {target, params} config node."""
+    """Build `target(**params, **extra)` from a {target, params} config node; the target must be
+    an nn.Module class of this project (TARGET_PACKAGES)."""
     if "target" not in spec:
         raise ValueError(f"config node {OmegaConf.to_container(spec)} has no 'target'")
-    module_name, _, cls_name = spec.target.rpartition(".")
+    target = spec.target
+    module_name, _, cls_name = str(target).rpartition(".")
+    if not isinstance(target, str) or not module_name.startswith(TARGET_PACKAGES):
+        raise ValueError(f"config target {target!r}: not a class of this project (a target lies in "
+                         f"{' or '.join(p.rstrip('.') for p in TARGET_PACKAGES)})")
     try:
         cls = getattr(importlib.import_module(module_name), cls_name)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"config target {spec.target!r} cannot be imported: {err}") from None
+        raise ValueError(f"config target {target!r} cannot be imported: {err}") from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"config target {target!r}: not a model part (a torch module class)")
     params = OmegaConf.to_container(spec.get("params", {}), resolve=True)
     try:
         return cls(**params, **extra)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+DEFAULT_DATA = "data/toy"
 
 
 def parse_args(argv=None):
@@ -31,7 +32,9 @@ def parse_args(argv=None):
     toy.add_argument("--no-train", dest="train", action="store_false",
                      help="skip rows whose runs are not trained yet instead of training them")
     toy.add_argument("--gain_n", type=int, default=200, help="test samples for the layout gain of each seed")
-    toy.add_argument("--data", default="data/toy")
+    toy.add_argument("--data", default=DEFAULT_DATA, help="the toy world's folder (generated there when it is the "
+                     "default and missing; another folder must hold it, or pass --make-data)")
+    toy.add_argument("--make-data", action="store_true", help="generate the toy world in --data when it is not there")
     toy.add_argument("--runs", default="runs", help="where the rows' training runs live")
     toy.add_argument("--out", default="runs/table_toy")
     toy.add_argument("--device", default=None)
@@ -93,7 +96,7 @@ def main(argv=None) -> int:
             return 0
         if args.world == "toy":
             results = run_toy(select_rows(args.rows), args.n, args.data, args.runs, args.out, args.device, args.gain_n,
-                              args.bootstrap, args.train)
+                              args.bootstrap, args.train, make_data=args.make_data or args.data == DEFAULT_DATA)
             meta = results["_meta"]
             print(f"\n{args.n} toy test layouts per row; {meta['seconds'] / 60:.1f} min; written to "
                   f"{args.out}/table.md" + (f"; rows not scored yet: {', '.join(meta['missing'])}" if meta["missing"]

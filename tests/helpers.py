@@ -3,6 +3,7 @@ tests with their loop-written references, and a tiny training setup. Test files 
 here (never from one another); the pytest fixtures that build on these live in conftest.py."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -169,4 +170,18 @@ def sd_original_file(model, path):
     state.update({"cond_stage_model." + k: v for k, v in sections.get("text_encoder", {}).items()})
     state.update(sections.get("diffusion", {}))
     torch.save({"state_dict": state}, path)
+    return path
+
+
+def layout_record(prompt="a person holding a cup", n=1, **overrides) -> dict:
+    """A batch-file record with `n` copies of one interaction (a person holding a cup)."""
+    rec = {"prompt": prompt, "subject_phrases": ["person"] * n, "action_phrases": ["holding"] * n,
+           "object_phrases": ["cup"] * n, "subject_boxes": [[0.1, 0.1, 0.5, 0.9]] * n,
+           "object_boxes": [[0.4, 0.4, 0.6, 0.6]] * n}
+    rec.update(overrides)
+    return rec
+
+
+def write_json(path: Path, records) -> Path:
+    path.write_text(json.dumps(records))
     return path

@@ -18,22 +18,10 @@ import inference_batch
 from interact.pipeline import SamplingOptions
 from interact.checkpoint import save_checkpoint
 from interact.model import CONFIG_DIR, REPO_ROOT
+from helpers import layout_record as record, write_json
 
 TINY = str(CONFIG_DIR / "tiny_random.yaml")
 FAST = ["--steps", "2", "--height", "32", "--width", "32", "--device", "cpu"]
-
-
-def record(prompt="a person holding a cup", n=1, **overrides):
-    rec = {"prompt": prompt, "subject_phrases": ["person"] * n, "action_phrases": ["holding"] * n,
-           "object_phrases": ["cup"] * n, "subject_boxes": [[0.1, 0.1, 0.5, 0.9]] * n,
-           "object_boxes": [[0.4, 0.4, 0.6, 0.6]] * n}
-    rec.update(overrides)
-    return rec
-
-
-def write_json(path: Path, records) -> Path:
-    path.write_text(json.dumps(records))
-    return path
 
 
 def run(argv) -> int:

@@ -96,7 +96,8 @@ def test_name_maps_match_diffusers_converter_and_invert(config):
 
 
 def test_round_trip_is_exact(source, exported):
-    assert {p.name for p in exported.iterdir()} == {"unet", "vae", "text_encoder", "tokenizer", "scheduler"}
+    assert {p.name for p in exported.iterdir()} == {"unet", "vae", "text_encoder", "tokenizer", "scheduler",
+                                                   "interactdiffusion_config.yaml"}
     config = json.loads((exported / "unet/config.json").read_text())
     assert config["attention_type"] == "gated" and config["_class_name"] == "UNet2DConditionModel"
     loaded = InteractDiffusionPipeline.from_checkpoint(exported, config=TINY, device="cpu").model

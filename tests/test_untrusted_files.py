@@ -227,3 +227,18 @@ def test_feature_and_detector_weights(tmp_path, marker, capsys):
         assert "refused: it holds a Python object" in line and "a weights file holds tensors only" in line
     with pytest.raises(ValueError, match="holds a Python object"):
         ToyHOIDetector.load(path)
+
+
+def test_config_targets_are_model_classes_of_this_project(tmp_path, marker):
+    """A config names the classes it builds: a YAML file cannot make it call anything else."""
+    from omegaconf import OmegaConf
+
+    from interact.model import build_model, load_config
+    config = load_config(TINY_CONFIG)
+    for target, params, why in (("subprocess.call", {"args": ["touch", str(marker)]}, "not a class of this project"),
+                                ("interact.checkpoint.formats.read_file", {"path": "x"}, "not a model part")):
+        bad = OmegaConf.merge(config, {"diffusion": {"target": target, "params": params}})
+        path = tmp_path / "bad.yaml"
+        OmegaConf.save(bad, path)
+        with pytest.raises(ValueError, match=f"config target '{target}': {why}"):
+            build_model(load_config(path), device="meta")

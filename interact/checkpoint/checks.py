@@ -171,11 +171,15 @@ def matching_configs(raw: dict, config_dir: Path = CONFIG_DIR) -> list[Path]:
     return same or [path for path, _ in fits]
 
 
-def config_hint(raw: dict) -> str:
-    """' (its tensors fit configs/x.yaml: pass --config configs/x.yaml)', or '' when no config fits."""
+NO_CONFIG_FITS = " (no config in configs/ fits its tensors: it is of another size or architecture)"
+
+
+def config_hint(raw: dict, use: str = "pass --config") -> str:
+    """' (its tensors fit configs/x.yaml: pass --config configs/x.yaml)', or NO_CONFIG_FITS.
+    `use`: how the caller's user names a model config (training: its YAML's model_config)."""
     fits = [str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p) for p in matching_configs(raw)]
     if not fits:
-        return ""
+        return NO_CONFIG_FITS
     if len(fits) == 1:
-        return f" (its tensors fit {fits[0]}: pass --config {fits[0]})"
-    return f" (its tensors fit {', '.join(fits)}: pass one of them as --config)"
+        return f" (its tensors fit {fits[0]}: {use} {fits[0]})"
+    return f" (its tensors fit {', '.join(fits)}: {use} one of them)"

@@ -57,10 +57,12 @@ def inspect(path: str | os.PathLike, config: str | os.PathLike | None = None, al
 def export(out: str, ckpt: str | None = None, sd_ckpt: str | None = None, config: str | None = None,
            half: bool = False, allow_pickle: bool = False) -> int:
     """A model (a checkpoint, or the embedded toy model) written as a diffusers folder."""
-    from interact.checkpoint.diffusers_folder import export_diffusers, generation_config, tokenizer_folder
+    from interact.checkpoint.diffusers_folder import (check_export_path, export_diffusers, generation_config,
+                                                      tokenizer_folder)
     from interact.checkpoint.loading import load_weights
     from interact.model import EMBEDDED_CKPT, EMBEDDED_CONFIG
     from ldm.modules.encoders.clip_tokenizer import load_clip_tokenizer
+    check_export_path(out)  # before any weights are read
     if ckpt is None and sd_ckpt is None:
         ckpt, config = EMBEDDED_CKPT, config or EMBEDDED_CONFIG
     if config is None:  # as for generation: a GLIGEN file gets GLIGEN's config

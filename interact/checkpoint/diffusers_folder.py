@@ -21,17 +21,20 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
+from safetensors import SafetensorError
 
+from hoi.io import remove_stale_temporaries, temporary_path, writable_parent
 from hoi.pickles import load_torch
 from interact.checkpoint.formats import (CheckpointError, classify, config_globals, read_file,
                                          sniff_format)
 from interact.model import SD_V1_CONFIG, SD_V1_GLIGEN_CONFIG, InteractDiffusion
 
 WEIGHT_FILES = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
+CONFIG_FILE = "interactdiffusion_config.yaml"   # this project's model config, written by an export
 NEEDED = ("unet", "text_encoder")   # and vae/ for a model whose first stage has weights
 FOLDER_MARK = "diffusers_folder"    # in a read folder's dict: where it came from (describe_kind says so)
 
@@ -306,13 +309,27 @@ _VAE_CONV = re.compile(r".*\.attn_1\.(q|k|v|proj_out)\.weight$")
 
 # ----------------------------------------------------------------------------- writing
 
-def export_diffusers(model: InteractDiffusion, out: str | os.PathLike, half: bool = False) -> Path:
-    """Write `model` as a diffusers folder at `out` (atomically: built beside it, then renamed;
-    an existing `out` is an error). Returns the folder."""
-    from safetensors.torch import save_file
+def check_export_path(out: str | os.PathLike) -> Path:
+    """Where an export goes: a new folder whose parent is (or can be made) a folder; made before
+    any weights are read. CheckpointError naming the path otherwise."""
     out = Path(out)
-    if out.exists():
+    if out.exists() or out.is_symlink():
         raise CheckpointError(f"{out}: exists; choose a new folder")
+    try:
+        writable_parent(out, "export to")
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    return out
+
+
+def export_diffusers(model: InteractDiffusion, out: str | os.PathLike, half: bool = False) -> Path:
+    """Write `model` as a diffusers folder at `out`, atomically: built in a hidden temporary folder
+    beside it (`.<name>.tmp-<pid>`; one a killed export left is removed by the next), then renamed;
+    an existing `out` is an error. The model's own config goes with it (CONFIG_FILE), so the folder
+    loads without --config. CheckpointError naming `out` when the disk refuses. Returns the folder."""
+    from safetensors.torch import save_file
+    out = check_export_path(out)
+    remove_stale_temporaries(out.parent)
     unet_state = model.unet.state_dict()
     unet_map = unet_names(model)
     vae_state = model.autoencoder.state_dict()
@@ -328,13 +345,13 @@ def export_diffusers(model: InteractDiffusion, out: str | os.PathLike, half: boo
             value = value.detach().cpu()
             if _VAE_LINEAR.match(names[key]) and value.dim() == 4:
                 value = value[:, :, 0, 0]
-            if half and value.is_floating_point():
-                value = value.half()
+            if value.is_floating_point():  # what the folder says it holds (a loaded fp16 file stays fp16)
+                value = value.half() if half else value.float()
             written[names[key]] = value.contiguous()
         return written
 
-    parent = out.parent if out.parent.exists() else None
-    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    temp = temporary_path(out)
+    temp.mkdir()
     try:
         (temp / "unet").mkdir()
         save_file(tensors(unet_state, unet_map), str(temp / "unet" / (WEIGHT_FILES["unet"] + suffix)))
@@ -352,7 +369,12 @@ def export_diffusers(model: InteractDiffusion, out: str | os.PathLike, half: boo
                  "scaling_factor": float(model.scale_factor)}, indent=2))
         _write_text_encoder(model, temp, half)
         _write_scheduler(model, temp)
+        OmegaConf.save(model.config, temp / CONFIG_FILE)
         os.replace(temp, out)
+    except (OSError, SafetensorError) as err:
+        shutil.rmtree(temp, ignore_errors=True)
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+        raise CheckpointError(f"{out}: cannot be written ({reason}); nothing was left behind") from None
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -404,6 +426,12 @@ def check_folder(path: str | os.PathLike, vae: bool = False) -> Path:
     path = Path(path)
     for part in NEEDED + (("vae",) if vae else ()):
         if not (path / part).is_dir():
+            if part == "vae" and (path / "unet").is_dir():
+                own = (f"; the folder carries its own config ({path / CONFIG_FILE}): leave --config out"
+                       if (path / CONFIG_FILE).is_file() else "")
+                raise CheckpointError(f"{path}: has no vae/ subfolder, which the given config's model needs (its "
+                                      f"autoencoder has weights): the folder is of a model whose first stage has "
+                                      f"none, such as the toy model (configs/toy_model.yaml){own}")
             raise CheckpointError(f"{path}: not a diffusers model folder: no {part}/ subfolder (expected unet/, vae/, "
                                   f"text_encoder/, tokenizer/, scheduler/)")
         if not (path / part / "config.json").is_file():
@@ -527,7 +555,10 @@ def peek_kind(path: str | os.PathLike, allow_pickle: bool = False) -> str:
 
 def generation_config(path: str | os.PathLike | None, allow_pickle: bool = False) -> Path:
     """The model config a checkpoint (file or diffusers folder) generates with when none is
-    given: GLIGEN's for a GLIGEN one, else SD v1.x InteractDiffusion's."""
+    given: the one a folder exported by this project carries (CONFIG_FILE), GLIGEN's for a GLIGEN
+    one, else SD v1.x InteractDiffusion's."""
+    if path is not None and (Path(path) / CONFIG_FILE).is_file():
+        return Path(path) / CONFIG_FILE
     if path is not None and peek_kind(path, allow_pickle) == "gligen":
         return SD_V1_GLIGEN_CONFIG
     return SD_V1_CONFIG

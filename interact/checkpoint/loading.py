@@ -19,8 +19,8 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from interact.checkpoint.checks import (Ignore, as_interaction_names, check_variant, compare_normalized, config_hint,
-                                        fresh_in_file, normalize_section, with_typed_role_defaults)
+from interact.checkpoint.checks import (NO_CONFIG_FITS, Ignore, as_interaction_names, check_variant, compare_normalized,
+                                        config_hint, fresh_in_file, normalize_section, with_typed_role_defaults)
 from interact.checkpoint.formats import (INTERACTION_ONLY, CheckpointError, classify, describe_kind, read_file,
                                          to_sections, unknown_layout_message)
 from interact.model import SECTIONS, InteractDiffusion, is_interaction_key
@@ -37,13 +37,15 @@ class _Policy:
     sd_flag: str            # the command-line flag that takes an SD v1.x file
     ckpt_takes: str         # what --ckpt takes, for messages
     finish_meta: bool       # the model was built on the meta device
+    config_use: str         # how the user names another model config, for messages
 
 
 POLICIES: dict[str, _Policy] = {
     "generate": _Policy(needs_ckpt=True, needs_backbone=True, takes_gligen=False, sd_flag="--sd_ckpt",
-                        ckpt_takes="the InteractDiffusion file", finish_meta=True),
+                        ckpt_takes="the InteractDiffusion file", finish_meta=True, config_use="pass --config"),
     "train": _Policy(needs_ckpt=False, needs_backbone=False, takes_gligen=True, sd_flag="--official_ckpt_name",
-                     ckpt_takes="a GLIGEN or InteractDiffusion file", finish_meta=False),
+                     ckpt_takes="a GLIGEN or InteractDiffusion file", finish_meta=False,
+                     config_use="set the training YAML's model_config: to"),
 }
 
 
@@ -77,15 +79,16 @@ def read_weights(path: PathLike, model: InteractDiffusion, allow_pickle: bool = 
     return read_file(path, allow_pickle)
 
 
-def _checked(part: _Part) -> _Part:
+def _checked(part: _Part, policy: _Policy) -> _Part:
     state = normalize_section(part.module, part.section, part.state)
     report = compare_normalized(part.module, state, part.ignore)
     if not report.ok:
         detail = "\n  ".join(report.lines(part.section))
         inspect = f"`python -m interact.checkpoint inspect {part.source}` lists every difference"
-        hint = config_hint(part.raw)
-        raise CheckpointError(f"{part.source}: does not match the model config{hint}:\n  {detail}\n"
-                              + (f"({inspect})" if hint else f"(is the --config right for this file? {inspect})"))
+        hint = config_hint(part.raw, policy.config_use)
+        advice = (f"write a model config of the file's size ({policy.config_use} it); {inspect}"
+                  if hint == NO_CONFIG_FITS else inspect)
+        raise CheckpointError(f"{part.source}: does not match the model config{hint}:\n  {detail}\n({advice})")
     return _Part(part.module, part.section, {k: v for k, v in state.items() if not part.ignore(k)}, part.ignore,
                  part.source, part.raw)
 
@@ -99,12 +102,12 @@ def _load(part: _Part) -> None:
 
 
 def _backbone_parts(model: InteractDiffusion, backbone: dict, source: PathLike, raw: dict, text_encoder_given: bool,
-                    hint: str) -> list[_Part]:
+                    hint: str, policy: _Policy) -> list[_Part]:
     """The frozen parts (UNet without the interaction control, autoencoder, text encoder, and the
     schedule when the file has it), checked. A parameter-free first stage needs no section."""
     parts = []
     if "model" in backbone:  # shapes first: a file for another config lacks sections for that reason
-        parts.append(_checked(_Part(model.unet, "model", backbone["model"], is_interaction_key, source, raw)))
+        parts.append(_checked(_Part(model.unet, "model", backbone["model"], is_interaction_key, source, raw), policy))
     needed = ["model"] + (["autoencoder"] if model.autoencoder.state_dict() else [])
     missing = [name for name in needed if name not in backbone]
     if missing:
@@ -114,7 +117,7 @@ def _backbone_parts(model: InteractDiffusion, backbone: dict, source: PathLike, 
                               f"Face CLIP ViT-L/14 text model folder, e.g. an SD v1.x repo's text_encoder/)")
     for name in SECTIONS:
         if name != "model" and name in backbone and not (name == "text_encoder" and text_encoder_given):
-            parts.append(_checked(_Part(model.section(name), name, backbone[name], _keep_all, source, raw)))
+            parts.append(_checked(_Part(model.section(name), name, backbone[name], _keep_all, source, raw), policy))
     return parts
 
 
@@ -169,6 +172,12 @@ def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt
         lines.append("interaction control: random initialisation")
     if sd_ckpt is not None:
         sd_raw = read_weights(sd_ckpt, model, allow_pickle)
+        sd_kind = classify(sd_raw)
+        if plain_sd and sd_kind in ("interactdiffusion", "gligen", *INTERACTION_ONLY):
+            # Alone, an SD file generates plain SD: a file with a layout control would have it ignored.
+            raise CheckpointError(f"{policy.sd_flag} {sd_ckpt}: holds a layout control ({describe_kind(sd_raw)}): pass it "
+                                  f"as --ckpt (a {policy.sd_flag} file alone generates plain Stable Diffusion, "
+                                  f"layouts ignored)")
         backbone = (sd_ckpt, sd_raw, to_sections(sd_raw))
 
     if backbone is None:
@@ -179,7 +188,7 @@ def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt
     else:
         source, raw, sections = backbone
         hint = "" if source == sd_ckpt else f"pass {policy.sd_flag} with an SD v1.x checkpoint for the backbone"
-        parts += _backbone_parts(model, sections, source, raw, text_encoder_given, hint)
+        parts += _backbone_parts(model, sections, source, raw, text_encoder_given, hint, policy)
         lines.append(f"backbone: {source}")
     if interaction is not None:
         source, raw, kind, model_state = interaction
@@ -187,7 +196,7 @@ def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt
         check_variant(model, {k: v for k, v in model_state.items() if is_interaction_key(k) and not fresh(k)},
                       source, raw.get("config_dict"))
         parts.append(_checked(_Part(model.unet, "model", with_typed_role_defaults(model, model_state),
-                                    lambda k: not is_interaction_key(k) or fresh(k), source, raw)))
+                                    lambda k: not is_interaction_key(k) or fresh(k), source, raw), policy))
 
     for part in parts:  # every check passed: now load
         _load(part)

@@ -352,6 +352,27 @@ class Trainer:
             from tqdm import tqdm
             bar = tqdm(total=o.total_iters, initial=start, desc="train", unit="it", dynamic_ncols=True)
         samples_per_step = self._samples_per_step()
+        try:
+            self._train_until(stop, batches, bar, samples_per_step)
+        finally:
+            if bar is not None:  # its line ended before any error is printed
+                bar.close()
+        if self.iters > start and self.iters % o.checkpoint_every and self.iters % o.save_every_iters:
+            self.save()
+        final = None
+        if self.iters >= o.total_iters and self.dist.is_main:
+            final = self.export_final()
+            self.log(f"[done] {o.total_iters} iterations; inference weights: {final}")
+        if self.writer is not None:
+            self.writer.close()
+        if self.dist.world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+        return final
+
+    def _train_until(self, stop: int, batches, bar, samples_per_step: int) -> None:
+        """Steps up to iteration `stop`: logging, checkpoints and previews on their schedules."""
+        o = self.options
         while self.iters < stop:
             tick = time.perf_counter()
             stats = self.step(batches)
@@ -369,20 +390,6 @@ class Trainer:
                 self.save()
             if self.iters % o.preview_every == 0 and not o.disable_inference_in_training:
                 self.preview()
-        if self.iters > start and self.iters % o.checkpoint_every and self.iters % o.save_every_iters:
-            self.save()
-        if bar is not None:
-            bar.close()
-        final = None
-        if self.iters >= o.total_iters and self.dist.is_main:
-            final = self.export_final()
-            self.log(f"[done] {o.total_iters} iterations; inference weights: {final}")
-        if self.writer is not None:
-            self.writer.close()
-        if self.dist.world > 1:
-            dist.barrier()
-            dist.destroy_process_group()
-        return final
 
     # -------------------------------------------------------------- previews
     @torch.no_grad()
