@@ -9,13 +9,16 @@ _VOWELS = set("aeiou")
 
 def ing_form(verb: str) -> str:
     """The -ing phrase of a verb as the data writes it: "ride" -> "riding", "look_at" ->
-    "looking at", "run" -> "running"; "no_interaction" -> "with" (a person with a bicycle)."""
+    "looking at", "run" -> "running", "feeding" stays; "no_interaction" -> "with" (a person with a
+    bicycle)."""
     words = verb.replace("_", " ").split()
     if not words:
         return verb
     if words == ["no", "interaction"]:
         return "with"
     head = words[0].lower()
+    if head.endswith("ing") and set(head[:-3]) & (_VOWELS | {"y"}):
+        return " ".join(words)                      # already -ing: "feeding" (but "swing" -> "swinging")
     if head == "be":
         head = "being"
     elif head.endswith("ie"):                       # lie -> lying, tie -> tying

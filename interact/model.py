@@ -320,8 +320,9 @@ class InteractDiffusion(nn.Module):
         return self.autoencoder.encode(images).sample(generator) * self.scale_factor
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> images in [0, 1]."""
-        return ((self.autoencoder.decode(latents / self.scale_factor) + 1) / 2).clamp(0, 1)
+        """Scaled latents -> images in [0, 1]. Multiplied by 1 / scale_factor, as the reference
+        decodes (dividing rounds a few values differently)."""
+        return ((self.autoencoder.decode(latents * (1.0 / self.scale_factor)) + 1) / 2).clamp(0, 1)
 
 
 def is_interaction_key(name: str) -> bool:

@@ -126,3 +126,13 @@ def test_space_to_depth_standardises_and_inverts_exactly():
         SpaceToDepthFirstStage(std=[1.0, 0.0, 1.0])
     with pytest.raises(ValueError, match="mean"):
         SpaceToDepthFirstStage(mean=[0.0, 0.0])
+
+
+def test_latents_are_decoded_as_the_reference_scales_them(tiny_model):
+    """The reference decodes `latents * (1 / scale_factor)`; dividing by scale_factor rounds some
+    values differently (0.18215 is not a power of two), which moved uint8 pixels by one level."""
+    model = tiny_model
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(z / model.scale_factor, z * (1.0 / model.scale_factor))  # the two do differ here
+    expected = ((model.autoencoder.decode(z * (1.0 / model.scale_factor)) + 1) / 2).clamp(0, 1)
+    assert torch.equal(model.decode_latents(z), expected)

@@ -326,6 +326,9 @@ def test_captions():
                                   "row", "board", "hop_on", "no_interaction", "swing", "dribble", "stir")] == [
         "riding", "holding", "looking at", "sitting on", "running", "lying on", "seeing", "opening", "eating",
         "rowing", "boarding", "hopping on", "with", "swinging", "dribbling", "stirring"]
+    # a phrase already in its -ing form (the README's "feeding") is kept, not "feedinging"
+    assert [ing_form(v) for v in ("feeding", "holding up", "riding", "bring", "sing")] == [
+        "feeding", "holding up", "riding", "bringing", "singing"]
     p, d = (0, 0, 10, 10), (20, 20, 30, 30)
     hois = [RawHOI("person", "ride", "bicycle", p, d), RawHOI("person", "hold", "umbrella", p, d),
             RawHOI("dog", "chase", "ball", d, p), RawHOI("person", "no interaction", "elephant", d, p)]

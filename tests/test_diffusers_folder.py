@@ -409,3 +409,21 @@ def test_released_layout_written_by_diffusers_loads(tmp_path):
                                    theirs(x, t, encoder_hidden_states=cond.context,
                                           cross_attention_kwargs={"gligen": {"objs": tokens}}).sample,
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_an_sd_backbone_exports_as_a_plain_sd_folder(source, tmp_path):
+    """`export --sd_ckpt` alone: a plain SD folder (no fusers, no tokenizer, not "gated") that
+    diffusers' UNet2DConditionModel loads with no key left over, its forward the backbone's."""
+    from helpers import sd_original_file
+    sd = sd_original_file(source, tmp_path / "sd.ckpt")
+    out = tmp_path / "sd-folder"
+    assert main(["export", str(out), "--sd_ckpt", str(sd), "--config", str(TINY)]) == 0
+    unet_config = json.loads((out / "unet" / "config.json").read_text())
+    assert "attention_type" not in unet_config and "interaction" not in unet_config
+    theirs, info = UNet2DConditionModel.from_pretrained(out, subfolder="unet", low_cpu_mem_usage=False,
+                                                        output_loading_info=True)
+    assert not any(info.values()), info
+    x, t, ctx = torch.randn(1, 4, 16, 16, generator=G().manual_seed(2)), torch.tensor([500]), torch.randn(1, 7, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.eval()(x, t, encoder_hidden_states=ctx).sample,
+                                   source.unet(x, t, ctx, None, 0.0), atol=1e-5, rtol=1e-5)

@@ -70,7 +70,8 @@ def export(out: str, ckpt: str | None = None, sd_ckpt: str | None = None, config
     model = build_model(load_config(config), tokenizer=load_clip_tokenizer(tokenizer_folder(ckpt, sd_ckpt)),
                         device="meta")
     load_weights(model, ckpt, sd_ckpt, purpose="generate", allow_pickle=allow_pickle)
-    folder = export_diffusers(model, out, half=half)
+    # an SD file alone is plain SD: its folder is a plain SD one (no zero fusers, not "gated")
+    folder = export_diffusers(model, out, half=half, with_control=ckpt is not None)
     source = " + ".join(str(p) for p in (sd_ckpt, ckpt) if p is not None)
     print(f"wrote {folder} (diffusers layout, {'fp16' if half else 'fp32'}) from {source}")
     return 0

@@ -31,7 +31,7 @@ from hoi.io import remove_stale_temporaries, temporary_path, writable_parent
 from hoi.pickles import load_torch
 from interact.checkpoint.formats import (CheckpointError, classify, config_globals, read_file,
                                          sniff_format)
-from interact.model import SD_V1_CONFIG, SD_V1_GLIGEN_CONFIG, InteractDiffusion
+from interact.model import SD_V1_CONFIG, SD_V1_GLIGEN_CONFIG, InteractDiffusion, is_interaction_key
 
 WEIGHT_FILES = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
 CONFIG_FILE = "interactdiffusion_config.yaml"   # this project's model config, written by an export
@@ -322,15 +322,18 @@ def check_export_path(out: str | os.PathLike) -> Path:
     return out
 
 
-def export_diffusers(model: InteractDiffusion, out: str | os.PathLike, half: bool = False) -> Path:
+def export_diffusers(model: InteractDiffusion, out: str | os.PathLike, half: bool = False,
+                     with_control: bool = True) -> Path:
     """Write `model` as a diffusers folder at `out`, atomically: built in a hidden temporary folder
     beside it (`.<name>.tmp-<pid>`; one a killed export left is removed by the next), then renamed;
     an existing `out` is an error. The model's own config goes with it (CONFIG_FILE), so the folder
-    loads without --config. CheckpointError naming `out` when the disk refuses. Returns the folder."""
+    loads without --config. `with_control` False (a plain SD backbone): a plain SD folder, no
+    fusers and no tokenizer in its UNet. CheckpointError naming `out` when the disk refuses.
+    Returns the folder."""
     from safetensors.torch import save_file
     out = check_export_path(out)
     remove_stale_temporaries(out.parent)
-    unet_state = model.unet.state_dict()
+    unet_state = {k: v for k, v in model.unet.state_dict().items() if with_control or not is_interaction_key(k)}
     unet_map = unet_names(model)
     vae_state = model.autoencoder.state_dict()
     vae_map = vae_names(model) if vae_state else {}
