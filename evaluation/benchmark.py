@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+from interact.controls import FuserInput
 from interact.fuser import attach_fusers
 from interact.model import CONFIG_DIR, SD_V1_CONFIG, instantiate
 from ldm.modules.attention import attention_backend
@@ -250,13 +251,20 @@ def flop_mapping() -> dict:
     return {getattr(torch.ops.aten, name): f for name, f in ops.items() if hasattr(torch.ops.aten, name)}
 
 
-def count_flops(module: torch.nn.Module, inputs, fuser_scale: float, backend: str = "sdpa") -> dict:
-    """Per-op FLOPs of one forward `module(*inputs, fuser_scale)`, and "total". On the meta
-    device SDPA takes torch's math path, whose QK^T and PV are bmm's, so attention is counted
-    without running anything."""
+def unet_forward(unet: torch.nn.Module, inputs, fuser_scale: float) -> torch.Tensor:
+    """One forward of `unet` (from build_unet) on make_inputs' (latents, timesteps, context,
+    tokens), the tokens as its control's entry of the controls mapping at `fuser_scale`."""
+    x, t, context, tokens = inputs
+    entry = {unet.position_net.control: FuserInput(tokens, fuser_scale)} if fuser_scale else {}
+    return unet(x, t, context, entry)
+
+
+def count_flops(call: Callable[[], object], backend: str = "sdpa") -> dict:
+    """Per-op FLOPs of `call()` (one forward), and "total". On the meta device SDPA takes torch's
+    math path, whose QK^T and PV are bmm's, so attention is counted without running anything."""
     with torch.no_grad(), attention_backend(backend), FlopCounterMode(display=False,
                                                                       custom_mapping=flop_mapping()) as fc:
-        module(*inputs, fuser_scale)
+        call()
     counts = {str(k).replace("aten.", ""): v for k, v in fc.get_flop_counts()["Global"].items()}
     counts["total"] = fc.get_total_flops()
     return counts
@@ -270,7 +278,8 @@ def build_unet(cfg, device, dtype=torch.float32) -> torch.nn.Module:
     with torch.device(device):
         unet = instantiate(cfg.model)
         unet.position_net = instantiate(cfg.interaction.position_net)
-        attach_fusers(unet, unet.position_net.out_dim, cfg.interaction.get("fuser_type", "gatedSA"))
+        attach_fusers(unet, unet.position_net.out_dim, cfg.interaction.get("fuser_type", "gatedSA"),
+                      key=unet.position_net.control)
     with torch.no_grad():
         for _, block in unet.transformer_blocks():
             block.fuser.alpha_attn.fill_(GATE)

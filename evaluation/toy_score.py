@@ -20,7 +20,7 @@ def layouts_to_ground_truth(records: list[dict], file_names: list[str], sizes: l
     """Layout records (normalised boxes, toy-world phrases) -> HICO-DET detector JSON records in
     pixels. A subject or object with the same phrase and box is one instance."""
     from dataset.toy.categories import OBJECT_BY_NAME, VERB_BY_NAME
-    from hoi.records import interactions_from_record
+    from interact.controls.interactions import interactions_from_record
     out = []
     for i, (record, name, (width, height)) in enumerate(zip(records, file_names, sizes)):
         annotations, index, hois = [], {}, []

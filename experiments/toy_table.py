@@ -204,7 +204,7 @@ def generate_row(row: ToyRow, ckpt: Path, samples, out: Path, batch_size: int = 
     log(f"[table] {row.name}: generating {len(todo)} images into {out}")
     sampling = dict(row.sampling)
     if row.segments:
-        from interact.dense import segments_from_interactions
+        from interact.controls.segments import segments_from_interactions
     from tqdm import tqdm
     start = time.perf_counter()
     for first in tqdm(range(0, len(todo), batch_size), desc=row.name, unit="batch"):

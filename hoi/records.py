@@ -106,23 +106,9 @@ class GroundedPhrase:
         object.__setattr__(self, "box", check_box(self.box, "box"))
 
 
-def phrases_from_interactions(items: Sequence) -> list[GroundedPhrase]:
-    """Interactions as GLIGEN's phrases: every subject and object with its box, each distinct
-    phrase and box once (one person doing two things is one phrase); GroundedPhrases kept."""
-    out, seen = [], set()
-    for item in items:
-        pairs = ([(item.phrase, item.box)] if isinstance(item, GroundedPhrase)
-                 else [(item.subject, item.subject_box), (item.object, item.object_box)])
-        for phrase, box in pairs:
-            if (phrase, tuple(box)) not in seen:
-                seen.add((phrase, tuple(box)))
-                out.append(GroundedPhrase(phrase, tuple(box)))
-    return out
-
-
 @dataclass(frozen=True)
 class Segment:
-    """A DenseDiffusion segment (interact/dense.py): a phrase that occurs in the prompt and the
+    """A DenseDiffusion segment (interact/controls/segments.py): a phrase that occurs in the prompt and the
     image region it describes, given as exactly one of `box` (normalised xyxy), `polygon`
     (normalised [x, y] points), `mask` (a binary PNG's path, or an H x W array; nonzero inside)
     or `rle` (COCO RLE: {"size": [h, w], "counts": runs or the compressed string}). Masks and
@@ -151,108 +137,9 @@ def check_interactions(interactions: Sequence[Interaction], max_interactions: in
     if len(interactions) > max_interactions:
         raise ConditionError(f"{prefix}interactions: {len(interactions)} given, at most {max_interactions} allowed")
     for i, item in enumerate(interactions):
-        if not isinstance(item, (Interaction, GroundedPhrase)):
-            raise ConditionError(f"{prefix}interactions[{i}] = {item!r}: expected an Interaction (or, for a GLIGEN "
-                                 f"model, a GroundedPhrase)")
+        if not isinstance(item, Interaction):
+            raise ConditionError(f"{prefix}interactions[{i}] = {item!r}: expected an Interaction")
     return interactions
-
-
-RECORD_LIST_FIELDS = ("subject_phrases", "action_phrases", "object_phrases", "subject_boxes", "object_boxes")
-# Every key a layout record may have: the prompt, the lists, and `source`, a free-text note of
-# where the layout comes from (the toy world's layout files carry one).
-RECORD_FIELDS = ("prompt", *RECORD_LIST_FIELDS, "source", "segments", "phrases", "boxes")
-SEGMENT_REGIONS = ("box", "polygon", "mask", "rle")
-
-
-def unknown_record_keys(record: dict) -> list[str]:
-    """Keys of a layout record that nothing reads (a per-record `seed` or `steps`, a typo)."""
-    return sorted(str(key) for key in record if key not in RECORD_FIELDS)
-
-
-def segments_from_record(record: dict, where: str = "record", base_dir: str | None = None) -> list[Segment]:
-    """A record's `segments` list ([{"phrase": ..., one of "box", "polygon", "mask" (a PNG path,
-    relative to `base_dir`), "rle"}], DenseDiffusion's input) as Segments; [] without one. The
-    regions are checked when rasterized at the image's size (interact/dense.py)."""
-    import os
-    items = record.get("segments", [])
-    if not isinstance(items, list):
-        raise ConditionError(f"{where}: segments = {items!r}: expected a list of objects")
-    out = []
-    for j, item in enumerate(items):
-        field = f"{where}, segment {j}"
-        if not isinstance(item, dict):
-            raise ConditionError(f"{field}: expected an object with phrase and one of {', '.join(SEGMENT_REGIONS)}")
-        unknown = sorted(str(k) for k in item if k not in ("phrase", *SEGMENT_REGIONS))
-        if unknown:
-            raise ConditionError(f"{field}: unknown key(s) {', '.join(unknown)} (a segment has phrase and one of "
-                                 f"{', '.join(SEGMENT_REGIONS)})")
-        phrase = check_phrase(item.get("phrase"), f"{field}.phrase")
-        mask = item.get("mask")
-        if isinstance(mask, str) and base_dir is not None and not os.path.isabs(mask):
-            mask = os.path.join(base_dir, mask)
-        out.append(Segment(phrase, box=item.get("box"), polygon=item.get("polygon"), mask=mask, rle=item.get("rle")))
-    return out
-
-
-def phrases_from_record(record: dict, where: str) -> list[GroundedPhrase]:
-    """GLIGEN's record form {prompt, phrases: [...], boxes: [[x0, y0, x1, y1], ...]}."""
-    phrases, boxes = record.get("phrases"), record.get("boxes")
-    if not isinstance(phrases, list) or not isinstance(boxes, list):
-        raise ConditionError(f"{where}: phrases and boxes must both be given, as lists")
-    if len(phrases) != len(boxes):
-        raise ConditionError(f"{where}: {len(phrases)} phrases but {len(boxes)} boxes; give one box per phrase")
-    if len(phrases) > MAX_INTERACTIONS:
-        raise ConditionError(f"{where}: {len(phrases)} phrases; at most {MAX_INTERACTIONS}")
-    return [GroundedPhrase(check_phrase(p, f"{where}, phrase {j}"), check_box(b, f"{where}, boxes[{j}]"))
-            for j, (p, b) in enumerate(zip(phrases, boxes))]
-
-
-def interactions_from_record(record: dict, where: str = "record",
-                             max_interactions: int = MAX_INTERACTIONS) -> list[Interaction]:
-    """Parse a layout record {prompt, subject_phrases, action_phrases, object_phrases,
-    subject_boxes, object_boxes}; errors name the record and the field. A record with segments
-    and none of those lists has no interactions (a prompt for DenseDiffusion alone)."""
-    if not isinstance(record, dict):
-        raise ConditionError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    phrase_keys = [k for k in ("phrases", "boxes") if k in record]
-    if phrase_keys and any(f in record for f in RECORD_LIST_FIELDS):
-        raise ConditionError(f"{where}: has both interactions (subject_phrases, ...) and {' and '.join(phrase_keys)}; "
-                             f"give one kind per record: interactions, or GLIGEN's phrases with boxes")
-    if not any(f in record for f in RECORD_LIST_FIELDS):
-        if phrase_keys:
-            return phrases_from_record(record, where)
-        if "segments" in record:
-            return []
-    missing = [f for f in RECORD_LIST_FIELDS if f not in record]
-    if missing:
-        raise ConditionError(f"{where}: missing field(s) {', '.join(missing)}")
-    lengths = {f: len(record[f]) if isinstance(record[f], (list, tuple)) else None for f in RECORD_LIST_FIELDS}
-    for f, n in lengths.items():
-        if n is None:
-            raise ConditionError(f"{where}: {f} = {record[f]!r}: expected a list")
-    if len(set(lengths.values())) > 1:
-        detail = ", ".join(f"{f}={n}" for f, n in lengths.items())
-        raise ConditionError(f"{where}: list lengths disagree ({detail})")
-    out = []
-    for i in range(lengths["subject_phrases"]):
-        values = {f: record[f][i] for f in RECORD_LIST_FIELDS}
-        try:
-            out.append(Interaction(values["subject_phrases"], values["action_phrases"], values["object_phrases"],
-                                   values["subject_boxes"], values["object_boxes"]))
-        except ConditionError as err:
-            raise ConditionError(f"{where}, interaction {i}: {_plural_field(str(err))}") from None
-    return check_interactions(out, max_interactions, where)
-
-
-def _plural_field(message: str) -> str:
-    # Interaction's own messages use the singular field names; records use the list names.
-    for singular in ("subject_box", "object_box"):
-        if message.startswith(singular + " "):
-            return singular + "es" + message[len(singular):]
-    for singular in ("subject", "action", "object"):
-        if message.startswith(singular + " "):
-            return singular + "_phrases" + message[len(singular):]
-    return message
 
 
 @dataclass
@@ -265,10 +152,11 @@ class HOISample:
 
 
 def collate_samples(samples: list[HOISample]) -> dict:
-    """-> {"keys", "images" [B,3,S,S], "captions" list[str], "interactions" list[list[Interaction]]}."""
+    """-> {"keys", "images" [B,3,S,S], "captions" list[str], "controls": {"interaction":
+    list[list[Interaction]]}}: the layout under the name of the control that reads it."""
     return {
         "keys": [s.key for s in samples],
         "images": torch.stack([s.image for s in samples]),
         "captions": [s.caption for s in samples],
-        "interactions": [list(s.interactions) for s in samples],
+        "controls": {"interaction": [list(s.interactions) for s in samples]},
     }

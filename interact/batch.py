@@ -20,7 +20,7 @@ import json
 import re
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -29,10 +29,11 @@ from tqdm import tqdm
 
 from hoi.io import atomic_write, remove_stale_temporaries
 from hoi.pickles import RefusedPickle, UnreadablePickle, load_plain_pickle
-from hoi.records import (ConditionError, GroundedPhrase, check_text, interactions_from_record, segments_from_record,
-                         unknown_record_keys)
+from hoi.records import ConditionError, check_text
 from hoi.schema import check_options, option
+from interact.controls import CONTROLS, parse_record, record_keys, unknown_record_keys
 from interact.model import EMBEDDED_CKPT, EMBEDDED_CONFIG, REPO_ROOT, InteractionOptions
+from interact.sampling import SamplingOptions
 
 DEFAULT_INPUT = REPO_ROOT / "examples" / "layouts.json"
 # The embedded default: the toy InteractDiffusion model (scripts/train_toy.sh), which draws
@@ -168,45 +169,38 @@ def read_layouts(path, allow_pickle: bool = False) -> list[dict]:
     return records
 
 
-def parse_records(records: list[dict], source: str) -> list[tuple[dict, list]]:
-    """Validate every record up front; returns (record, interactions) pairs. Keys nothing reads
-    (a per-record seed, a typo) are reported, not used."""
+class ParsedRecord(NamedTuple):
+    record: dict                 # as in the layouts file
+    layout: dict[str, list]      # its items by control (interact/controls/)
+
+
+def parse_records(records: list[dict], source: str, base_dir: Path | None = None) -> list[ParsedRecord]:
+    """Validate every record up front, each control its own keys. Keys nothing reads (a
+    per-record seed, a typo) are reported, not used. Mask paths are relative to `base_dir`."""
     parsed = []
+    keys = ", ".join(record_keys())
     for i, record in enumerate(records):
         where = f"{source}: record {i}"
         try:
-            interactions = interactions_from_record(record, where)
-        except ConditionError as err:
-            raise BatchError(str(err)) from None
-        try:
+            layout = parse_record(record, where, None if base_dir is None else str(base_dir))
             check_text(record.get("prompt"), f"{where}: prompt")
         except ConditionError as err:
             raise BatchError(str(err)) from None
         for key in unknown_record_keys(record):
-            warn(f"{where}: key {key!r} is ignored (a record has prompt, the phrase and box lists and source; "
-                 f"seed and sampling options are set for the whole run)")
-        parsed.append((record, interactions))
+            warn(f"{where}: key {key!r} is ignored (a record has {keys}; seed and sampling options are set for the "
+                 f"whole run)")
+        parsed.append(ParsedRecord(record, layout))
     return parsed
 
 
-def parse_segments(parsed: list[tuple[dict, list]], source: str, base_dir: Path, height: int,
-                   width: int) -> list[list]:
-    """Every record's DenseDiffusion segments, their regions drawn at the image size once to find
-    bad masks before any model work (mask paths are relative to the layouts file's folder)."""
-    from interact.dense import rasterize
-    out = []
-    for i, (record, _) in enumerate(parsed):
-        where = f"{source}: record {i}"
-        try:
-            segments = segments_from_record(record, where, str(base_dir))
-            if segments and not (isinstance(record.get("prompt"), str) and record["prompt"].strip()):
-                raise ConditionError(f"{where}: segments need a prompt (their phrases are found in it)")
-            for j, segment in enumerate(segments):
-                rasterize(segment, height, width, f"{where}, segment {j}")
-        except ConditionError as err:
-            raise BatchError(str(err)) from None
-        out.append(segments)
-    return out
+def precheck_records(parsed: list[ParsedRecord], source: str, image_size: tuple[int, int]) -> None:
+    """What each control checks at the image size before any model work (segments' masks)."""
+    for i, (_, layout) in enumerate(parsed):
+        for name, items in layout.items():
+            try:
+                CONTROLS[name].precheck(items, f"{source}: record {i}", image_size)
+            except ConditionError as err:
+                raise BatchError(str(err)) from None
 
 
 def check_seed_range(seed: int, count: int) -> None:
@@ -216,33 +210,25 @@ def check_seed_range(seed: int, count: int) -> None:
                          f"seed torch.Generator accepts); use a seed <= {SEED_MAX - count + 1}")
 
 
-def check_against_model(parsed: list[tuple[dict, list]], model, source: str, negative_prompt: str,
-                        segments: list[list] | None = None, image_size: tuple[int, int] = (1, 1),
-                        plain_sd: bool = False) -> None:
-    """Every record against the loaded model, before anything is written: what its tokenizer
-    takes (interactions or phrases, and how many) and its segments' phrases, found in its prompt
-    by the model's tokenizer (errors), and texts longer than the text encoder reads (a warning:
-    they are cut). `plain_sd`: the model has no layout control (an SD file alone), said once."""
-    from interact.dense import place_segments
+def check_against_model(parsed: list[ParsedRecord], model, source: str, negative_prompt: str,
+                        image_size: tuple[int, int], plain_sd: bool = False) -> None:
+    """Every record against the loaded model, before anything is written: what its controls
+    take (interactions or phrases, how many; segments' phrases found in the prompt by the
+    model's tokenizer) (errors), and texts longer than the text encoder reads (a warning: they
+    are cut). `plain_sd`: the model has no layout control (an SD file alone), said once."""
+    for i, (record, layout) in enumerate(parsed):
+        if plain_sd:
+            layout = {k: v for k, v in layout.items() if not model.controls.get(k, CONTROLS[k]).trained}
+        try:
+            model.check_controls(layout, f"{source}: record {i}", record["prompt"], image_size)
+        except ConditionError as err:
+            raise BatchError(str(err)) from None
     if plain_sd:
-        laid_out = sum(1 for _, items in parsed if items)
+        laid_out = sum(1 for _, layout in parsed if any(items and CONTROLS[k].trained for k, items in layout.items()))
         if laid_out:
             warn(f"{source}: {laid_out} record(s) have interactions or phrases, which plain Stable Diffusion (an SD "
                  f"file alone, no --ckpt) does not use: their overlays show the requested layout, not a control")
-    else:
-        for i, (_, interactions) in enumerate(parsed):
-            try:
-                model.check_items(interactions, f"{source}: record {i}")
-            except ConditionError as err:
-                raise BatchError(str(err)) from None
     encoder = model.text_encoder
-    for i, items in enumerate(segments or []):
-        if items:
-            try:
-                place_segments(parsed[i][0]["prompt"], items, encoder.tokenize, encoder.tokenizer.eos_token_id,
-                               *image_size, f"{source}: record {i}")
-            except ConditionError as err:
-                raise BatchError(str(err)) from None
     tokenizer, max_tokens = encoder.tokenizer, encoder.max_length
 
     def too_long(text: str) -> int | None:
@@ -253,10 +239,9 @@ def check_against_model(parsed: list[tuple[dict, list]], model, source: str, neg
     count = too_long(negative_prompt)
     if count:
         warn(f"negative_prompt: {count} tokens; {cut}")
-    for i, (record, _) in enumerate(parsed):
-        fields = [("prompt", record["prompt"])] + [
-            (f"{name}[{j}]", phrase) for name in ("subject_phrases", "action_phrases", "object_phrases")
-            for j, phrase in enumerate(record.get(name, []))]
+    for i, (record, layout) in enumerate(parsed):
+        fields = [("prompt", record["prompt"])] + [f for name, items in layout.items()
+                                                    for f in CONTROLS[name].texts(record, items)]
         for name, text in fields:
             count = too_long(text)
             if count:
@@ -319,18 +304,14 @@ def check_no_collision(folder: Path, count: int, source: Path, grid: Path | None
 SIDECAR_UNCOMPARED = ("model", "device", "dtype")  # recorded; a resume does not require them equal
 
 
-def sidecar(index: int, prompt: str, interactions: list, seed: int, sampling: dict, checkpoint: dict,
-            model: str | None = None, device: str | None = None, dtype: str | None = None,
-            segments: list | None = None) -> dict:
-    """A record's JSON sidecar; without model/device/dtype, the part a resume compares.
-    `segments`: the record's own (as in the layouts file), when it has some."""
-    out = {"record": index, "prompt": prompt,
-           "interactions": [{"phrase": it.phrase, "box": list(it.box)} if isinstance(it, GroundedPhrase) else
-                            {"subject": it.subject, "action": it.action, "object": it.object,
-                             "subject_box": list(it.subject_box), "object_box": list(it.object_box),
-                             "action_box": list(it.action_box)} for it in interactions]}
-    if segments:
-        out["segments"] = segments
+def sidecar(index: int, parsed: ParsedRecord, seed: int, sampling: dict, checkpoint: dict,
+            model: str | None = None, device: str | None = None, dtype: str | None = None) -> dict:
+    """A record's JSON sidecar (each control writes its own fields); without model/device/dtype,
+    the part a resume compares."""
+    record, layout = parsed
+    out = {"record": index, "prompt": record["prompt"]}
+    for name, items in layout.items():
+        out.update(CONTROLS[name].sidecar(record, items))
     out.update(seed=seed, **sampling)
     if model is not None:
         out["model"] = model
@@ -362,14 +343,18 @@ def record_state(folder: Path, index: int, expected: Callable[[], dict]) -> Reco
         return RecordState("other", f"{paths['sidecar'].name} cannot be read")
     if not isinstance(written, dict):
         return RecordState("other", f"{paths['sidecar'].name} is not a sidecar")
-    for key, value in expected().items():
-        if written.get(key) != value:
-            if key in ("record", "prompt", "interactions"):
-                return RecordState("other", f"{paths['sidecar'].name} was made from another layout ({key} differs)")
-            if key == "checkpoint":
-                return RecordState("other", f"{paths['sidecar'].name} was made by another model (or LoRA)")
+    settings = {"seed", *(f.name for f in fields(SamplingOptions))}
+    expected_fields = expected()
+    for key in dict.fromkeys([*expected_fields, *written]):   # a field only one side has differs too
+        value = expected_fields.get(key)
+        if key in SIDECAR_UNCOMPARED or written.get(key) == value:
+            continue
+        if key == "checkpoint":
+            return RecordState("other", f"{paths['sidecar'].name} was made by another model (or LoRA)")
+        if key in settings:
             return RecordState("other", f"{paths['sidecar'].name} was made with {key} = {written.get(key)!r}, this "
                                         f"run uses {value!r}")
+        return RecordState("other", f"{paths['sidecar'].name} was made from another layout ({key} differs)")
     missing = [p.name for p in (paths["image"], paths["layout"]) if not p.exists()]
     if missing:
         return RecordState("interrupted", f"{', '.join(missing)} missing beside its sidecar")
@@ -492,12 +477,13 @@ def run_batch(options: BatchOptions, sampling: dict | None = None) -> list[Path]
     from interact.model import load_config
     import torch
 
-    from interact.pipeline import draw_layout, resolve_sampling, sampling_defaults
+    from interact.pipeline import draw_layout
+    from interact.sampling import resolve_sampling, sampling_defaults
 
     ckpt, sd_ckpt, config = _path(options.ckpt), _path(options.sd_ckpt), _path(options.config)
     source = _path(options.input) or (DEFAULT_TOY_INPUT if options.uses_embedded_default and config is None
                                       else DEFAULT_INPUT)
-    parsed = parse_records(read_layouts(source, options.allow_pickle), str(source))
+    parsed = parse_records(read_layouts(source, options.allow_pickle), str(source), Path(source).parent)
     check_seed_range(options.seed, len(parsed))
     try:
         requested = asdict(resolve_sampling(sampling_defaults(load_config(model_config_path(options))),
@@ -505,9 +491,10 @@ def run_batch(options: BatchOptions, sampling: dict | None = None) -> list[Path]
         check_text(requested["negative_prompt"], "--negative_prompt")
     except (FileNotFoundError, ValueError) as err:
         raise BatchError(str(err)) from None
-    segments = parse_segments(parsed, str(source), Path(source).parent, requested["height"], requested["width"])
+    image_size = (requested["height"], requested["width"])
+    precheck_records(parsed, str(source), image_size)
     unused = sorted(k for k in sampling or {} if k.startswith("dense_"))
-    if unused and not any(segments):
+    if unused and not any(layout.get("segments") for _, layout in parsed):
         warn(f"{', '.join('--' + k for k in unused)}: no record of {source} has segments, which these flags act on "
              f"(DenseDiffusion); they are not used")
     folder = Path(options.folder)
@@ -529,9 +516,7 @@ def run_batch(options: BatchOptions, sampling: dict | None = None) -> list[Path]
         return options.seed if requested["reference_compat"] else options.seed + i
 
     def expected(i: int) -> dict:
-        record, interactions = parsed[i]
-        return sidecar(i, record["prompt"], interactions, record_seed(i), requested, ids(),
-                       segments=record.get("segments"))
+        return sidecar(i, parsed[i], record_seed(i), requested, ids())
 
     todo = plan_outputs(folder, len(parsed), options.overwrite, options.no_overwrite, expected,
                         options.redo_interrupted)
@@ -548,8 +533,7 @@ def run_batch(options: BatchOptions, sampling: dict | None = None) -> list[Path]
         resolved = pipe.check_call_options(**requested)
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         raise BatchError(str(err)) from None
-    check_against_model(parsed, pipe.model, str(source), resolved["negative_prompt"], segments,
-                        (resolved["height"], resolved["width"]), pipe.plain_sd)
+    check_against_model(parsed, pipe.model, str(source), resolved["negative_prompt"], image_size, pipe.plain_sd)
     written = []
     # The reference script seeds one generator once and draws every record's noise from it in turn
     # (records already done are skipped before drawing, as its --no-overwrite does).
@@ -558,16 +542,16 @@ def run_batch(options: BatchOptions, sampling: dict | None = None) -> list[Path]
     with tqdm(total=len(todo), desc="records", unit="img") as bar:  # closed (its line ended) on an error too
         for start in range(0, len(todo), options.batch_size):
             chunk = todo[start:start + options.batch_size]
-            records = [parsed[i] for i in chunk]
+            layouts = [parsed[i].layout for i in chunk]
+            names = dict.fromkeys(k for layout in layouts for k in layout)
             seeds = [record_seed(i) for i in chunk]
-            images = pipe([r["prompt"] for r, _ in records], interactions=[its for _, its in records],
-                          segments=[segments[i] for i in chunk], seed=seeds, generator=generator, **resolved)
-            for i, (record, interactions), image, seed in zip(chunk, records, images, seeds):
-                content = sidecar(i, record["prompt"], interactions, seed, resolved, ids(), model=pipe.source,
-                                  device=str(pipe.device), dtype=str(pipe.dtype).replace("torch.", ""),
-                                  segments=record.get("segments"))
+            images = pipe([parsed[i].record["prompt"] for i in chunk], seed=seeds, generator=generator,
+                          controls={k: [layout.get(k, []) for layout in layouts] for k in names}, **resolved)
+            for i, image, seed in zip(chunk, images, seeds):
+                content = sidecar(i, parsed[i], seed, resolved, ids(), model=pipe.source, device=str(pipe.device),
+                                  dtype=str(pipe.dtype).replace("torch.", ""))
                 paths = output_paths(folder, i)
-                write_outputs(paths, image, draw_layout(image, interactions), content)
+                write_outputs(paths, image, draw_layout(image, parsed[i].layout), content)
                 written.append(paths["image"])
             bar.update(len(chunk))
     print(f"wrote {len(written)} image(s), overlays and sidecars to {folder}", file=sys.stderr)

@@ -1,6 +1,9 @@
 """The fusers: one per transformer block, after its self-attention (docs/reference.md §2).
 
-`tokens` are the interaction tokenizer's output (the released code calls them `objs`).
+A fuser sits in the block's `fuser` slot and reads its control's entry of the UNet's
+`controls` mapping (a FuserInput: the tokens, this step's scale, and with box attention each
+token's region); without one, or at scale 0, it adds nothing and is not computed.
+`tokens` are the control tokenizer's output (the released code calls them `objs`).
 gatedSA (the paper's, identical in names and maths to GLIGEN's):
     x += scale * tanh(alpha_attn) * attn(norm1(cat[x, linear(tokens)]))[:, :N_visual]
     x += scale * tanh(alpha_dense) * ff(norm2(x))
@@ -15,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from interact.tokenizer import POSITION_DIM, GroundedTokens, fourier_embed, token_tensor
+from interact.controls.tokens import POSITION_DIM, fourier_embed
 from ldm.modules.attention import CrossAttention, FeedForward, multihead_attention
 
 FUSER_INITS = ("zero_gates", "zero_outputs")
@@ -62,13 +65,16 @@ class _GatedFuser(nn.Module):
     attention cannot tell which visual tokens a box covers. Off for released checkpoints.
 
     `box_attention`: a visual token attends to an interaction token only where the token's
-    region (GroundedTokens.regions: its box; the whole image for a padded slot) overlaps the
+    region (FuserInput.regions: its box; the whole image for a padded slot) overlaps the
     token's grid cell, as IFAdapter's instance maps and MIGC restrict instance attention. Needs
-    an interaction tokenizer built with box_attention. Off for released checkpoints."""
+    a control that gives regions. Off for released checkpoints.
+
+    `key`: the control whose entry of the `controls` mapping it reads (not a weight)."""
 
     def __init__(self, query_dim: int, context_dim: int, n_heads: int, d_head: int, init: str = "zero_gates",
-                 visual_positions: bool = False, box_attention: bool = False):
+                 visual_positions: bool = False, box_attention: bool = False, key: str = "interaction"):
         super().__init__()
+        self.key = key
         if init not in FUSER_INITS:
             raise ValueError(f"fuser_init = {init!r}: must be one of {FUSER_INITS}")
         self.linear = nn.Linear(context_dim, query_dim)
@@ -98,22 +104,29 @@ class _GatedFuser(nn.Module):
         cells = cells.to(visual.dtype)
         return visual + self.visual_position(cells)
 
-    def _token_mask(self, tokens, grid) -> torch.Tensor | None:
+    def _token_mask(self, regions, grid) -> torch.Tensor | None:
         """bool [B, n_visual, T] for box attention, else None."""
         if not self.box_attention:
             return None
-        if not isinstance(tokens, GroundedTokens) or grid is None:
-            raise ValueError("a fuser with box_attention needs GroundedTokens (an interaction tokenizer built "
-                             "with box_attention) and grid=(h, w)")
-        return region_mask(tokens.regions, grid)
+        if regions is None or grid is None:
+            raise ValueError("a fuser with box_attention needs the tokens' regions (a control built with "
+                             "box_attention) and grid=(h, w)")
+        return region_mask(regions, grid)
 
     def attend(self, x: torch.Tensor, tokens: torch.Tensor, grid, token_mask) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, tokens: "torch.Tensor | GroundedTokens", scale: float = 1.0,
-                grid=None) -> torch.Tensor:
-        token_mask = self._token_mask(tokens, grid)
-        tokens = token_tensor(tokens)
+    def forward(self, x: torch.Tensor, controls, grid=None) -> torch.Tensor:
+        """The block slot's call: its control's FuserInput from `controls`, when there is one."""
+        entry = controls.get(self.key) if controls else None
+        if entry is None or entry.scale == 0:
+            return x
+        return self.fuse(x, entry.tokens, entry.scale, grid, entry.regions)
+
+    def fuse(self, x: torch.Tensor, tokens: torch.Tensor, scale: float = 1.0, grid=None,
+             regions: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, N_visual, dim] with `tokens` [B, T, context_dim] fused in, times `scale`."""
+        token_mask = self._token_mask(regions, grid)
         x = x + scale * torch.tanh(self.alpha_attn) * self.attn.to_out(self.attend(x, tokens, grid, token_mask))
         return x + scale * torch.tanh(self.alpha_dense) * self.ff(self.norm2(x))
 
@@ -139,8 +152,8 @@ class GatedCrossAttentionDense(_GatedFuser):
     affine (`norm_objs`); in gatedSA one norm1 serves both kinds of token."""
 
     def __init__(self, query_dim: int, context_dim: int, n_heads: int, d_head: int, init: str = "zero_gates",
-                 visual_positions: bool = False, box_attention: bool = False):
-        super().__init__(query_dim, context_dim, n_heads, d_head, init, visual_positions, box_attention)
+                 visual_positions: bool = False, box_attention: bool = False, key: str = "interaction"):
+        super().__init__(query_dim, context_dim, n_heads, d_head, init, visual_positions, box_attention, key)
         self.norm_objs = nn.LayerNorm(query_dim)   # the name trained gatedCA files carry
 
     def attend(self, x, tokens, grid, token_mask):
@@ -163,8 +176,9 @@ FUSER_TYPES = {"gatedSA": GatedSelfAttentionDense, "gatedCA": GatedCrossAttentio
 
 
 def attach_fusers(unet: nn.Module, context_dim: int, fuser_type: str = "gatedSA", init: str = "zero_gates",
-                  visual_positions: bool = False, box_attention: bool = False) -> int:
-    """Put a fresh fuser into every transformer block's slot; returns how many."""
+                  visual_positions: bool = False, box_attention: bool = False, key: str = "interaction") -> int:
+    """Put a fresh fuser into every transformer block's slot, reading control `key`'s entry;
+    returns how many."""
     if fuser_type not in FUSER_TYPES:
         raise ValueError(f"fuser_type must be one of {sorted(FUSER_TYPES)}, got {fuser_type!r}")
     blocks = unet.transformer_blocks()
@@ -172,5 +186,5 @@ def attach_fusers(unet: nn.Module, context_dim: int, fuser_type: str = "gatedSA"
         dim = block.attn1.to_q.in_features
         heads = block.attn1.heads
         block.fuser = FUSER_TYPES[fuser_type](dim, context_dim, heads, dim // heads, init, visual_positions,
-                                              box_attention)
+                                              box_attention, key)
     return len(blocks)

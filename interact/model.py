@@ -15,34 +15,29 @@ import importlib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Optional, Sequence
+from typing import Callable, Literal, Mapping, Optional, Sequence
 
 import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from hoi.records import Interaction, Segment
+from hoi.records import Segment
 from hoi.schema import check_options, option
-from interact.conditions import (Cond, Grounding, PhraseGrounding, build_grounding, build_phrase_grounding,
-                                 tokenizer_items)
-from interact.dense import DenseControl, DenseWeights, build_dense
+from interact.conditions import Cond
+from interact.controls import Control, ControlInput, TextEncoders, model_controls, route
+from interact.controls.interactions import BOX_ATTENTION, ROLE_EMBEDDINGS
 from interact.fuser import FUSER_INITS, FUSER_TYPES, attach_fusers
-from interact.tokenizer import BOX_ATTENTION, ROLE_EMBEDDINGS, GLIGENPositionNet
+from interact.paths import (CONFIG_DIR, EMBEDDED_CONFIG, EMBEDDED_CKPT, REPO_ROOT, SD_V1_CONFIG,  # noqa: F401
+                            SD_V1_GLIGEN_CONFIG)
+from interact.sampling import SamplingOptions
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "configs"
-SD_V1_CONFIG = CONFIG_DIR / "sd_v1_interact.yaml"
-SD_V1_GLIGEN_CONFIG = CONFIG_DIR / "sd_v1_gligen.yaml"   # the released GLIGEN box + text model
-# The embedded default: the toy InteractDiffusion model and the config it was trained with.
-EMBEDDED_CKPT = REPO_ROOT / "assets" / "toy_interactdiffusion.pth"
-EMBEDDED_CONFIG = CONFIG_DIR / "toy_hoi.yaml"
 SECTIONS = ("model", "autoencoder", "text_encoder", "diffusion")
 REQUIRED_KEYS = SECTIONS + ("interaction", "scale_factor")
 
 
-MODEL_KEYS = SECTIONS + ("interaction", "scale_factor", "sampling")
-TRAINING_KEYS = ("train", "data")
+MODEL_KEYS = SECTIONS + ("interaction", "scale_factor", "sampling")   # what a model config holds
+TRAINING_KEYS = ("train", "data")                                      # what a training config adds
 
 
 def read_yaml(path: Path) -> DictConfig:
@@ -166,6 +161,9 @@ def load_config(config) -> DictConfig:
 # A config names the classes it builds; only this project's modules are looked in, and only
 # torch modules are built, so a config file cannot call anything else (os.system, subprocess, ...).
 TARGET_PACKAGES = ("ldm.", "interact.")
+# Targets that moved, as configs saved by earlier versions (training runs, checkpoints) name them.
+MOVED_TARGETS = {"interact.tokenizer.HOIPositionNet": "interact.controls.interactions.HOIPositionNet",
+                 "interact.tokenizer.GLIGENPositionNet": "interact.controls.phrases.GLIGENPositionNet"}
 
 
 def instantiate(spec, **extra):
@@ -173,7 +171,7 @@ def instantiate(spec, **extra):
     an nn.Module class of this project (TARGET_PACKAGES)."""
     if "target" not in spec:
         raise ValueError(f"config node {OmegaConf.to_container(spec)} has no 'target'")
-    target = spec.target
+    target = MOVED_TARGETS.get(spec.target, spec.target)
     module_name, _, cls_name = str(target).rpartition(".")
     if not isinstance(target, str) or not module_name.startswith(TARGET_PACKAGES):
         raise ValueError(f"config target {target!r}: not a class of this project (a target lies in "
@@ -205,8 +203,10 @@ class InteractDiffusion(nn.Module):
         defaults = InteractionOptions()
         extra = {k: o[k] for k in ("role_embedding", "box_attention") if o[k] != getattr(defaults, k)}
         self.model.position_net = instantiate(config.interaction.position_net, **extra)   # released names
+        # Not a module attribute: the controls hold no weights of their own (the tokenizer is the UNet's).
+        self.__dict__["controls"] = model_controls(self.model.position_net)
         attach_fusers(self.unet, self.interaction_tokenizer.out_dim, o["fuser_type"], o["fuser_init"],
-                      o["fuser_positions"], o["box_attention"] != "none")
+                      o["fuser_positions"], o["box_attention"] != "none", key=self.trained_control.name)
         self.autoencoder = instantiate(config.autoencoder)
         self.text_encoder = instantiate(config.text_encoder, tokenizer=tokenizer)
         self.diffusion = instantiate(config.diffusion)
@@ -216,74 +216,130 @@ class InteractDiffusion(nn.Module):
 
     @property
     def unet(self) -> nn.Module:
-        """The UNet (released section name `model`), the interaction tokenizer and fusers inside it."""
+        """The UNet (released section name `model`), the trained control's tokenizer and fusers inside it."""
         return self.model
 
     @property
-    def is_gligen(self) -> bool:
-        """A GLIGEN model: phrases with boxes, no interactions (interact/tokenizer.py GLIGENPositionNet)."""
-        return isinstance(self.interaction_tokenizer, GLIGENPositionNet)
-
-    def check_items(self, items, where: str) -> list:
-        """One image's interactions (or a GLIGEN model's phrases) as this model's tokenizer takes
-        them; ConditionError naming `where` for what it cannot take (interact.conditions.tokenizer_items)."""
-        return tokenizer_items(items, self.is_gligen, self.interaction_tokenizer.max_interactions, where)
-
-    @property
     def interaction_tokenizer(self) -> nn.Module:
-        """Interaction slots -> the fusers' tokens (interact/tokenizer.py; released name `position_net`)."""
+        """The trained control's tokenizer: its items -> the fusers' tokens (released name `position_net`)."""
         return self.model.position_net
 
+    @property
+    def trained_control(self) -> Control:
+        """The control whose tokenizer and fusers this model has (interact/controls/)."""
+        return next(c for c in self.controls.values() if c.trained)
+
+    def text_encoders(self, encode_captions=None, encode_phrases=None) -> TextEncoders:
+        """The text encoder's verbs for the controls; caches (interact/phrase_cache.py) plug in here."""
+        encoder = self.text_encoder
+        # `is None`, not `or`: a cache with nothing in it yet is falsy (it has a length)
+        return TextEncoders(encoder.encode if encode_captions is None else encode_captions,
+                            encoder.encode_pooled if encode_phrases is None else encode_phrases,
+                            encoder.tokenize, encoder.tokenizer.eos_token_id, self.interaction_tokenizer.in_dim)
+
+    def check_controls(self, items: Mapping[str, list], where: str, prompt: str = "",
+                       image_size: tuple[int, int] | None = None) -> dict[str, list]:
+        """One image's items ({control name: items}) as this model's controls take them (another
+        control's items adopted, e.g. interactions as GLIGEN's phrases); ConditionError naming
+        `where` for what it cannot take. With `image_size`, also what needs the tokenizer."""
+        out: dict[str, list] = {}
+        text = self.text_encoders() if image_size is not None else None
+        for name, given in items.items():
+            owner = name if name in self.controls else self.trained_control.name
+            taken = self.controls[owner].take(name, list(given), where)
+            out[owner] = out.get(owner, []) + taken
+        return {name: self.controls[name].check(its, where, prompt, text, image_size) for name, its in out.items()}
+
     # -------------------------------------------------------------- the two verbs
-    def condition(self, captions: Sequence[str],
-                  interactions: Sequence[Sequence[Interaction]] | Grounding | PhraseGrounding | None = None,
+    def condition(self, captions: Sequence[str], interactions=None,
                   encode_captions: Callable[[list[str]], torch.Tensor] | None = None,
                   encode_phrases: Callable[[list[str]], torch.Tensor] | None = None,
                   segments: Sequence[Sequence[Segment]] | None = None,
-                  image_size: tuple[int, int] | None = None, replace_phrases: bool = True) -> Cond:
+                  image_size: tuple[int, int] | None = None, replace_phrases: bool | None = None, *,
+                  controls: Mapping[str, Sequence] | None = None, options=None) -> Cond:
         """What the UNet is conditioned on for one image per caption, on the UNet's device and dtype.
-        `interactions`: one list per caption (None: none, i.e. the null grounding) or a ready
-        Grounding. `encode_captions` ([B] captions -> [B, L, D]) and `encode_phrases` ([n] phrases ->
-        [n, D]) default to the text encoder; caches (interact/phrase_cache.py) plug in there.
-        `segments`: DenseDiffusion's, one list per caption (interact/dense.py), rasterized at
-        `image_size` (height, width); `replace_phrases`: their tokens replaced by the phrase
-        encoded alone (DenseDiffusion's; off keeps the prompt's own)."""
-        # `is None`, not `or`: a cache with nothing in it yet is falsy (it has a length)
-        encode_captions = self.text_encoder.encode if encode_captions is None else encode_captions
-        encode_phrases = self.text_encoder.encode_pooled if encode_phrases is None else encode_phrases
+        `controls`: {control name: one list of items per caption, or a ready ControlInput};
+        `interactions` (Interaction or GroundedPhrase items, one list per caption, or a ready
+        input of the trained control) and `segments` (DenseDiffusion's) are shorthands for it.
+        Items of another control are adopted where the model's control takes them. None: the
+        null input. `encode_captions` ([B] captions -> [B, L, D]) and `encode_phrases` ([n]
+        phrases -> [n, D]) default to the text encoder; caches plug in there. `image_size`
+        (height, width): what segment masks are drawn at. `options`: SamplingOptions (the
+        controls' options; defaults when None); `replace_phrases` overrides its
+        dense_phrase_embeddings."""
         captions = list(captions)
-        if not isinstance(interactions, (Grounding, PhraseGrounding)):
-            tokenizer = self.interaction_tokenizer
-            interactions = [[] for _ in captions] if interactions is None else list(interactions)
-            if len(interactions) != len(captions):
-                raise ValueError(f"interactions: {len(interactions)} lists for {len(captions)} captions; "
-                                 f"give one list per caption")
-            build = build_phrase_grounding if self.is_gligen else build_grounding
-            interactions = build(interactions, encode_phrases, tokenizer.in_dim, tokenizer.max_interactions)
-        context, dense = encode_captions(captions), None
-        if segments is not None and any(segments):
-            if image_size is None:
-                raise ValueError("segments need the image_size (height, width) their masks are drawn at")
-            encoder = self.text_encoder
-            context, dense = build_dense(captions, segments, context, encoder.tokenize, encoder.encode,
-                                         encoder.tokenizer.eos_token_id, *image_size, replace_phrases)
+        options = options or SamplingOptions()
+        if replace_phrases is not None:
+            options = dataclasses.replace(options, dense_phrase_embeddings=replace_phrases)
+        given = self._per_control(captions, interactions, segments, controls)
+        text = self.text_encoders(encode_captions, encode_phrases)
+        context = text.encode(captions)
+        inputs = {}
+        for name, control in self.controls.items():
+            batch = given.get(name)
+            if isinstance(batch, ControlInput):
+                inputs[name] = batch
+                continue
+            if batch is None:
+                if not control.trained:
+                    continue
+                batch = [[] for _ in captions]
+            context, inputs[name] = control.build(captions, batch, text, context, image_size, options)
         placed = next(self.unet.parameters())
-        return Cond(context, interactions, dense).to(placed.device, placed.dtype)
+        return Cond(context, {k: v for k, v in inputs.items() if v is not None}).to(placed.device, placed.dtype)
 
-    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond, fuser_scale: float = 1.0,
-                dense_weights: DenseWeights = DenseWeights()) -> torch.Tensor:
+    def _per_control(self, captions, interactions, segments, controls) -> dict[str, object]:
+        """{model control name: one list per caption (or a ready input)} from condition's arguments."""
+        b = len(captions)
+        lists: dict[str, list[list]] = {}
+
+        def add(name, per_caption):
+            if isinstance(per_caption, ControlInput):
+                lists[name] = per_caption
+                return
+            per_caption = list(per_caption)
+            if len(per_caption) != b:
+                raise ValueError(f"{name}: {len(per_caption)} lists for {b} captions; give one list per caption")
+            for i, items in enumerate(per_caption):
+                owner = name if name in self.controls else self.trained_control.name
+                taken = self.controls[owner].take(name, list(items), f"caption {i}")
+                lists.setdefault(owner, [[] for _ in range(b)])[i] += taken
+        if isinstance(interactions, ControlInput):
+            add(self.trained_control.name, interactions)
+            interactions = None
+        for argument, given in (("interactions", interactions), ("segments", segments)):
+            if given is None:
+                continue
+            given = list(given)
+            if len(given) != b:
+                raise ValueError(f"{argument}: {len(given)} lists for {b} captions; give one list per caption")
+            routed = [route(items) for items in given]   # items go to their control by type
+            for name in dict.fromkeys(n for r in routed for n in r):
+                add(name, [r.get(name, []) for r in routed])
+        for name, per_caption in (controls or {}).items():
+            add(name, per_caption)
+        return lists
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond,
+                scale: float | Mapping[str, float] = 1.0) -> torch.Tensor:
         """The UNet's prediction for x_t at timesteps t (eps or v, as diffusion.parameterization
-        says). The interaction tokenizer runs here, so the training forward covers every trained
-        weight; it is a small MLP over at most 3 x 30 slots, cheap next to the UNet, so sampling
-        recomputes it at every step. `fuser_scale` multiplies every fuser (scheduled sampling sets
-        it per step).
-        `cond.dense` (DenseDiffusion's segments) modulates the attention logits of its active rows
-        with `dense_weights`. A new control's hook goes here (see Cond)."""
-        tokens = self.interaction_tokenizer(**cond.grounding.as_kwargs())
-        control = None
-        if cond.dense is not None and cond.dense.any_active:
-            control = DenseControl(cond.dense, t, dense_weights)
-        return self.unet(x_t, t, cond.context, tokens, fuser_scale, control)
+        says). Each control in `cond` turns its input into its entries of the UNet's `controls`
+        mapping here (the trained control's tokenizer runs inside the denoising forward, so in
+        training its gradients flow and sync with the UNet's; it is a small MLP, cheap next to
+        the UNet, so sampling recomputes it at every step). `scale`: per control name, how
+        strongly it acts at this step (scheduled sampling; 0 = skipped); a number applies to
+        the trained control, the others at 1."""
+        entries = {}
+        for name, input in cond.controls.items():
+            control = self.controls[name]
+            s = scale.get(name, 1.0) if isinstance(scale, Mapping) else (scale if control.trained else 1.0)
+            entries.update(control.entries(input, t, s))
+        return self.unet(x_t, t, cond.context, entries)
+
+    def aux_loss(self, cond: Cond, batch: dict) -> torch.Tensor | None:
+        """The controls' auxiliary training losses (summed), or None when none has one."""
+        losses = [loss for c in self.controls.values() if (loss := c.aux_loss(cond, batch)) is not None]
+        return sum(losses) if losses else None
 
     @property
     def text_encoder_seeded(self) -> bool:

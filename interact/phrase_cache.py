@@ -71,7 +71,7 @@ class PhraseEmbeddingCache:
         return len(todo)
 
     def __call__(self, phrases: list[str]) -> torch.Tensor:
-        """[n, D] for `phrases` (the `encode_phrases` argument of build_grounding)."""
+        """[n, D] for `phrases` (the `encode_phrases` argument of InteractDiffusion.condition)."""
         self.add(phrases)
         dim = self.text_encoder.hidden_size
         return torch.stack([self.table[p] for p in phrases]) if phrases else torch.zeros(0, dim)

@@ -1,115 +1,47 @@
-"""Prompt + interactions -> images.
+"""Prompt + layout -> images.
 
     pipe = InteractDiffusionPipeline.from_checkpoint("interact-diffusion-v1-2.pth")
     images = pipe("a person feeding a cat", interactions=[Interaction(
         subject="person", action="feeding", object="cat",
         subject_box=(0.1, 0.2, 0.5, 0.9), object_box=(0.55, 0.5, 0.9, 0.9))], seed=0)
 
-Classifier-free guidance: the unconditional branch gets the negative (or empty)
-prompt and the null grounding (every slot masked). Scheduled sampling: the fusers
-run for the first int(beta * steps) steps (the noisiest), then fade linearly to 0 over
-int(decay * steps) steps (decay 0 by default), and are off after (GLIGEN's alpha
-schedule [beta, decay, rest]).
+A layout is each control's items (interact/controls/): `interactions` (Interaction, or a GLIGEN
+model's GroundedPhrase), `segments` (DenseDiffusion's) or `controls={name: items}`.
+Classifier-free guidance: the unconditional branch gets the negative (or empty) prompt and every
+control's null input. Scheduled sampling: the fusers run for the first int(beta * steps) steps
+(the noisiest), then fade linearly to 0 over int(decay * steps) steps (decay 0 by default), and
+are off after (GLIGEN's alpha schedule [beta, decay, rest]); each control says how strongly it
+acts at a step (Control.step_scale).
 
 Samplers: PLMS and DDIM (ldm/models/diffusion/), and DPM-Solver++ 2M, UniPC and Euler
 ancestral from diffusers' schedulers (ldm/models/diffusion/solvers.py). `reference_compat`
-reproduces the reference code's images from the same weights and seed (see REFERENCE below
-and the README's "Reference-exact sampling").
+reproduces the reference code's images from the same weights and seed (see docs/sampling.md).
+The multi-instance sampler: interact/multi_instance.py.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from PIL import Image, ImageDraw
 
-from omegaconf import OmegaConf
-
 from hoi.device import resolve_device, resolve_dtype
 from hoi.pickles import RefusedPickle, UnreadablePickle, check_torch_file
-from hoi.schema import check_options, option
+from hoi.records import ConditionError, Interaction, check_text
 from interact.checkpoint import CheckpointError, load_weights
 from interact.conditions import Cond
-from interact.dense import DenseWeights
+from interact.controls import CONTROLS, route
+from interact.model import SD_V1_CONFIG, InteractDiffusion, build_model, load_config, set_interaction_options
 from interact.multi_instance import instance_branches
-from hoi.records import ConditionError, GroundedPhrase, Interaction, Segment, check_text
-from interact.model import (SD_V1_CONFIG, InteractDiffusion, build_model, load_config,
-                            set_interaction_options)
-from ldm.models.diffusion.ddim import DDIMSampler
+from interact.sampling import (REFERENCE_NEGATIVE_PROMPT, REFERENCE_STEPS, SAMPLERS,  # noqa: F401 (re-exported)
+                               SamplingOptions, fuser_scale, resolve_sampling, sampling_defaults)
+from ldm.models.diffusion.ddim import DDIMSampler, Merge
 from ldm.models.diffusion.plms import PLMSSampler
-from ldm.models.diffusion.solvers import SOLVERS, SolverSampler, takes_karras_sigmas
-
-SAMPLERS = ("plms", "ddim", *SOLVERS)
-Sampler = Literal["plms", "ddim", "dpmpp_2m", "unipc", "euler_a"]  # = SAMPLERS (tests/test_pipeline.py checks)
-# What the reference inference script fixes (reference_compat): its step counts per sampler and
-# its default negative prompt. (Its --seed default is 489; this project keeps its own default.)
-REFERENCE_STEPS = {"plms": 50, "ddim": 250}
-REFERENCE_NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
-                             "cropped, worst quality, low quality")
-
-
-@dataclass
-class SamplingOptions:
-    """How an image is sampled: the single source of these options' defaults, types, ranges
-    and help. A config's `sampling:` section is checked against it and overrides its defaults;
-    call arguments (and the command-line flags generated from it) override the config.
-    Field order is the order of the keys in the batch sidecars."""
-    guidance_scale: float = option(7.5, "classifier-free guidance (1 = off)", check=lambda v: v >= 0, rule=">= 0")
-    steps: int = option(50, "sampling steps", check=lambda v: v >= 1, rule=">= 1")
-    sampler: Sampler = option("plms", "sampler: plms, ddim (LDM's), dpmpp_2m (DPM-Solver++ 2M), unipc, euler_a "
-                                      "(diffusers' schedulers)")
-    scheduled_sampling: float = option(1.0, "beta: fusers on for the first int(beta*steps) steps, off after",
-                                       check=lambda v: 0 <= v <= 1, rule="in [0, 1]",
-                                       flags=("--scheduled-sampling",))
-    negative_prompt: str = option("", "prompt of the unconditional branch")
-    height: int = option(512, "image height in pixels", check=lambda v: v >= 1, rule=">= 1")
-    width: int = option(512, "image width in pixels", check=lambda v: v >= 1, rule=">= 1")
-    eta: float = option(0.0, "DDIM eta (0: deterministic; only DDIM takes it)", check=lambda v: v >= 0, rule=">= 0")
-    scheduled_decay: float = option(0.0, "after the beta stage the fusers fade linearly to 0 over int(decay*steps) "
-                                         "steps (GLIGEN's alpha schedule [beta, decay, rest]); beta + decay <= 1",
-                                    check=lambda v: 0 <= v <= 1, rule="in [0, 1]", flags=("--scheduled-decay",))
-    karras_sigmas: bool = option(False, "Karras et al.'s sigma grid (dpmpp_2m and unipc only)")
-    multi_instance: float = option(0.0, "multi-instance sampler: for the first int(M*steps) steps each interaction "
-                                        "also runs alone (its own caption and grounding) and the branches are "
-                                        "averaged (InstanceDiffusion's; 0.36 as there; 0 = off)",
-                                   check=lambda v: 0 <= v <= 1, rule="in [0, 1]")
-    dense_steps: float = option(0.3, "DenseDiffusion (when segments are given): its attention modulation runs for "
-                                     "the first int(D*steps) steps", check=lambda v: 0 <= v <= 1, rule="in [0, 1]")
-    dense_self_weight: float = option(0.3, "DenseDiffusion's weight w of self-attention", check=lambda v: v >= 0,
-                                      rule=">= 0")
-    dense_cross_weight: float = option(1.0, "DenseDiffusion's weight w of cross-attention", check=lambda v: v >= 0,
-                                       rule=">= 0")
-    dense_phrase_embeddings: bool = option(True, "DenseDiffusion: replace each segment phrase's tokens by the phrase "
-                                                 "encoded alone (its own method); false keeps the prompt's")
-    reference_compat: bool = option(False, "reproduce the reference code's images: one global seed with noise drawn "
-                                           "record after record, LDM's timestep grid, PLMS 50 / DDIM 250 steps and "
-                                           "its negative prompt unless given, pixels truncated to uint8")
-
-
-def sampling_defaults(config) -> dict:
-    """A model config's `sampling:` section over SamplingOptions' defaults, checked (ValueError
-    naming `sampling.<key>`). Needs no model: a batch run resolves its options before loading."""
-    section = config.get("sampling") if config is not None else None
-    return OmegaConf.to_container(check_options(SamplingOptions, section, "sampling"))
-
-
-def resolve_sampling(defaults: dict, **given) -> SamplingOptions:
-    """Call arguments (None = unset) over `defaults` (from sampling_defaults), checked against
-    the schema; the model's own limits are checked by InteractDiffusionPipeline.resolve_options.
-    With reference_compat, unset steps and negative prompt take the reference script's values."""
-    given = {k: v for k, v in given.items() if v is not None}
-    values = {**defaults, **given}
-    if values.get("reference_compat"):
-        if "steps" not in given and values.get("sampler") in REFERENCE_STEPS:
-            values["steps"] = REFERENCE_STEPS[values["sampler"]]
-        if "negative_prompt" not in given:
-            values["negative_prompt"] = REFERENCE_NEGATIVE_PROMPT
-    return OmegaConf.to_object(check_options(SamplingOptions, values, "sampling"))
+from ldm.models.diffusion.solvers import SolverSampler, takes_karras_sigmas
 
 
 def make_sampler(schedule, options: SamplingOptions):
@@ -136,18 +68,6 @@ def reference_noise(generator: torch.Generator, count: int, latent_shape, sample
         for _ in range(updates):
             torch.randn(shape, generator=generator, device=device)
     return torch.cat(noise)
-
-
-def fuser_scale(step_index: int, steps: int, beta: float, decay: float = 0.0) -> float:
-    """Scheduled sampling, GLIGEN's alpha schedule [beta, decay, rest]: 1 for the first
-    int(beta * steps) steps, then int(decay * steps) steps falling linearly from (L-1)/L to 0
-    (L that count, value k * (1/L) counted down as the reference computes it), then 0."""
-    on, fading = int(beta * steps), int(decay * steps)
-    if step_index < on:
-        return 1.0
-    if step_index < on + fading:
-        return (fading - 1 - (step_index - on)) * (1.0 / fading)
-    return 0.0
 
 
 def check_text_encoder_folder(folder: Path) -> None:
@@ -267,28 +187,43 @@ class InteractDiffusionPipeline:
         self._latent_shape(options.height, options.width)
 
     @staticmethod
-    def _per_prompt(items, count: int, kind: type | tuple[type, ...], name: str):
-        """None, one list of `kind` for every prompt, or one list per prompt -> one list per prompt (or None)."""
+    def _per_prompt(items, count: int, name: str) -> list[list] | None:
+        """None, one list of items for every prompt, or one list per prompt -> one list per prompt."""
         if items is None:
             return None
         items = list(items)
-        if not items or isinstance(items[0], kind):
+        if not items or not isinstance(items[0], (list, tuple)):
             return [items] * count
         if len(items) != count:
             raise ValueError(f"{name}: {len(items)} lists for {count} prompts; give one list per prompt")
         return [list(i) for i in items]
 
+    def layouts(self, prompts: list[str], interactions=None, segments=None, controls=None,
+                image_size: tuple[int, int] | None = None) -> list[dict[str, list]]:
+        """Each prompt's items by control, checked against this model (ConditionError naming the
+        prompt). `interactions` and `segments`: items of any control, sorted to their control by
+        type; `controls`: {name: items}; each as one list for every prompt or one list per prompt."""
+        b = len(prompts)
+        out: list[dict[str, list]] = [{} for _ in range(b)]
+        given = [(None, self._per_prompt(interactions, b, "interactions")),
+                 (None, self._per_prompt(segments, b, "segments"))]
+        given += [(name, self._per_prompt(items, b, name)) for name, items in (controls or {}).items()]
+        for name, per_prompt in given:
+            if per_prompt is None:
+                continue
+            for i, items in enumerate(per_prompt):
+                routed = route(items) if name is None else {name: list(items)}
+                for key, its in routed.items():
+                    out[i][key] = out[i].get(key, []) + its
+        return [self.model.check_controls(layout, f"prompt {i}", prompts[i], image_size)
+                for i, layout in enumerate(out)]
+
     @staticmethod
-    def _batch(prompt, interactions, negative_prompt, seed, check_items):
-        """The call's arguments as per-prompt lists, checked (`check_items`: the model's)."""
+    def _prompts(prompt, negative_prompt, seed):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"prompt = {prompt!r}: must be a string or a non-empty list of strings")
         b = len(prompts)
-        interactions = (InteractDiffusionPipeline._per_prompt(interactions, b, (Interaction, GroundedPhrase),
-                                                              "interactions") or [[] for _ in range(b)])
-        for i, items in enumerate(interactions):
-            check_items(items, f"prompt {i}")
         negative = negative_prompt if not isinstance(negative_prompt, str) else [negative_prompt] * b
         if len(negative) != b:
             raise ValueError(f"negative_prompt: {len(negative)} given for {b} prompts")
@@ -298,7 +233,7 @@ class InteractDiffusionPipeline:
         seeds = [seed + i for i in range(b)] if isinstance(seed, int) else list(seed)
         if len(seeds) != b or not all(isinstance(s, int) for s in seeds):
             raise ValueError(f"seed = {seed!r}: an int, or one int per prompt")
-        return prompts, interactions, list(negative), seeds
+        return prompts, list(negative), seeds
 
     # ------------------------------------------------------------------ generation
     def resolve_options(self, **given) -> SamplingOptions:
@@ -317,93 +252,82 @@ class InteractDiffusionPipeline:
         return dataclasses.asdict(self.resolve_options(**options))
 
     @torch.no_grad()
-    def __call__(self, prompt: str | Sequence[str], interactions=None, segments=None, negative_prompt=None,
-                 guidance_scale=None, steps=None, sampler=None, scheduled_sampling=None, height=None,
-                 width=None, seed: int | Sequence[int] = 0, eta: float | None = None, scheduled_decay=None,
-                 karras_sigmas=None, multi_instance=None, dense_steps=None, dense_self_weight=None,
-                 dense_cross_weight=None, dense_phrase_embeddings=None, reference_compat=None,
-                 generator: torch.Generator | None = None,
-                 progress: bool = True, output_type: str = "pil"):
+    def __call__(self, prompt: str | Sequence[str], interactions=None, segments=None, *, controls=None,
+                 seed: int | Sequence[int] = 0, generator: torch.Generator | None = None, progress: bool = True,
+                 output_type: str = "pil", **options):
         """Returns a list of PIL images (output_type "pil") or a [B,3,H,W] tensor in [0,1] ("pt").
-        `interactions`: a list of Interaction for a single prompt (or for every prompt), or one
-        list per prompt (counts may differ). `segments`: DenseDiffusion's (interact/dense.py), in
-        the same shapes as `interactions`; both may be given. Image i uses seed + i (or seed[i]), so an image does
-        not depend on what else is in the batch (except with a stochastic sampler, DDIM with
-        eta > 0 or euler_a, whose per-step noise is drawn for the whole batch from the first
-        seed). Unset options come from the config.
+        The layout: `interactions` (a list of Interaction, or a GLIGEN model's GroundedPhrase,
+        for a single prompt or every prompt, or one list per prompt; counts may differ),
+        `segments` (DenseDiffusion's, interact/controls/segments.py, in the same shapes) and
+        `controls` ({control name: items}); all may be given. `options`: SamplingOptions' fields
+        (unset ones from the config). Image i uses seed + i (or seed[i]), so an image does not
+        depend on what else is in the batch (except with a stochastic sampler, DDIM with eta > 0
+        or euler_a, whose per-step noise is drawn for the whole batch from the first seed).
         With reference_compat the images' noise comes from one generator, record after record as
         the reference script draws it (see reference_noise): `generator` carries it across calls
         (a batch run makes one); without one, a generator on this pipeline's device seeded with
         the first seed."""
         if output_type not in ("pil", "pt"):
             raise ValueError(f"output_type = {output_type!r}: must be 'pil' or 'pt'")
-        o = self.resolve_options(guidance_scale=guidance_scale, steps=steps, sampler=sampler,
-                                 scheduled_sampling=scheduled_sampling, negative_prompt=negative_prompt,
-                                 height=height, width=width, eta=eta, scheduled_decay=scheduled_decay,
-                                 karras_sigmas=karras_sigmas, multi_instance=multi_instance,
-                                 dense_steps=dense_steps, dense_self_weight=dense_self_weight,
-                                 dense_cross_weight=dense_cross_weight,
-                                 dense_phrase_embeddings=dense_phrase_embeddings, reference_compat=reference_compat)
+        o = self.resolve_options(**options)
         latent_shape = self._latent_shape(o.height, o.width)
         model = self.model
-        prompts, batch, negatives, seeds = self._batch(prompt, interactions, o.negative_prompt, seed,
-                                                       model.check_items)
-        if self.plain_sd:  # the layouts have nothing to act on: prompts alone, fusers skipped
-            batch = [[] for _ in prompts]
-        per_prompt_segments = self._per_prompt(segments, len(prompts), Segment, "segments")
-        use_cfg = o.guidance_scale != 1.0
         size = (o.height, o.width)
-        # The unconditional branch of guidance: the negative prompt, no controls.
-        uncond = model.condition(negatives).null() if use_cfg else None
-        replace = o.dense_phrase_embeddings
-        full = model.condition(prompts, batch, segments=per_prompt_segments, image_size=size, replace_phrases=replace)
-        sampler_obj = make_sampler(model.diffusion, o)
-        steps = sampler_obj.steps  # the sampler's own count: the reference grid may have more steps than asked for
-        fuser_scales = [0.0 if self.plain_sd else fuser_scale(i, steps, o.scheduled_sampling, o.scheduled_decay)
-                        for i in range(steps)]
-        branch_steps = int(o.multi_instance * steps)
-        branches = instance_branches(prompts, batch, per_prompt_segments) if branch_steps else None
-        branch_cond = (model.condition(branches.captions, branches.interactions, segments=branches.segments,
-                                       image_size=size, replace_phrases=replace) if branches else None)
-        # DenseDiffusion's modulation runs for its share of the steps; the replaced phrase
-        # embeddings stay in the context throughout.
-        dense_steps = int(o.dense_steps * steps)
-        dense_weights = DenseWeights(o.dense_self_weight, o.dense_cross_weight)
+        prompts, negatives, seeds = self._prompts(prompt, o.negative_prompt, seed)
+        layouts = self.layouts(prompts, interactions, segments, controls, size)
+        if self.plain_sd:  # nothing for the layout controls to act on: their items are dropped
+            layouts = [{k: v for k, v in layout.items() if not model.controls[k].trained} for layout in layouts]
+        use_cfg = o.guidance_scale != 1.0
+        sampler = make_sampler(model.diffusion, o)
+        steps = sampler.steps  # the sampler's own count: the reference grid may have more steps than asked for
 
-        def guided(x, t, cond, scale, mix=None, dense=True):
-            """The guided prediction for x [B] under `cond` (its rows, then B unconditional rows
-            with guidance); `mix` maps cond's conditional rows to x's (the instance branches)."""
-            x_cond, t_cond = (x, t) if mix is None else (mix.expand(x), mix.expand(t))
-            if not dense:
-                cond = dataclasses.replace(cond, dense=None)
-            if not use_cfg:
-                out = model.denoise(x_cond, t_cond, cond, scale, dense_weights)
-                return out if mix is None else mix.mean(out)
-            out = model.denoise(torch.cat([x_cond, x]), torch.cat([t_cond, t]), Cond.cat([cond, uncond]), scale,
-                                dense_weights)
-            out_cond, out_uncond = out[:len(x_cond)], out[len(x_cond):]
-            if mix is not None:
-                out_cond = mix.mean(out_cond)  # guidance is linear: averaging before it is the same
-            return out_uncond + o.guidance_scale * (out_cond - out_uncond)
+        def conditions(captions, per_row, negative):
+            """(conditional, unconditional) Cond of these rows; the unconditional branch gets the
+            negative prompt and no control (every control's null input)."""
+            names = dict.fromkeys(k for layout in per_row for k in layout)
+            cond = model.condition(captions, controls={k: [layout.get(k, []) for layout in per_row] for k in names},
+                                   image_size=size, options=o)
+            return cond, (model.condition(negative).null() if use_cfg else None)
+
+        full = conditions(prompts, layouts, negatives)
+        instance_control = model.trained_control
+        branch_steps = int(o.multi_instance * steps) if instance_control.instances and not self.plain_sd else 0
+        branches = instance_branches(prompts, layouts, instance_control) if branch_steps else None
+        if branches is not None and len(branches) == len(prompts):
+            branches = None   # no image has instances: nothing to branch
+        if branches is not None:
+            owner = branches.owner.tolist()
+            split = conditions(branches.captions, branches.controls, [negatives[b] for b in owner])
+
+        def scales(step_index: int) -> dict[str, float]:
+            return {name: 0.0 if self.plain_sd and c.trained else c.step_scale(step_index, steps, o)
+                    for name, c in model.controls.items()}
 
         def eps_fn(x, t, step_index):
-            scale, dense = fuser_scales[step_index], step_index < dense_steps
-            if step_index < branch_steps:
-                out = guided(x, t, branch_cond, scale, branches, dense)
+            cond, uncond = split if branches is not None and step_index < branch_steps else full
+            step_scales = scales(step_index)
+            if not use_cfg:
+                out = model.denoise(x, t, cond, step_scales)
             else:
-                out = guided(x, t, full, scale, dense=dense)
+                out = model.denoise(torch.cat([x, x]), torch.cat([t, t]), Cond.cat([cond, uncond]), step_scales)
+                out_cond, out_uncond = out.chunk(2)
+                out = out_uncond + o.guidance_scale * (out_cond - out_uncond)
             # Guidance is linear, and so is the v -> eps map for a fixed x: it may come after.
             return model.diffusion.to_eps(x, t, out)
 
         if o.reference_compat:
             generator = generator or torch.Generator(self.device).manual_seed(seeds[0])
-            noise = reference_noise(generator, len(prompts), latent_shape, sampler_obj)
+            noise = reference_noise(generator, len(prompts), latent_shape, sampler)
         else:
             noise = torch.stack([torch.randn(latent_shape, generator=torch.Generator().manual_seed(s))
                                  for s in seeds])
             generator = torch.Generator().manual_seed(seeds[0])
-        latents = sampler_obj.sample(eps_fn, noise.to(self.device, self.dtype), generator=generator,
-                                     progress=progress)
+        noise = noise.to(self.device, self.dtype)
+        merge = None
+        if branches is not None:   # every branch starts from its image's noise; merged once, after branch_steps
+            noise = branches.expand(noise)
+            merge = Merge(branch_steps, branches.mean, branches.full_rows)
+        latents = sampler.sample(eps_fn, noise, generator=generator, progress=progress, merge=merge)
         images = model.decode_latents(latents).float().cpu()
         if output_type == "pt":
             return images
@@ -418,29 +342,16 @@ def to_pil(image: torch.Tensor, truncate: bool = False) -> Image.Image:
     return Image.fromarray(array)
 
 
-LAYOUT_COLOURS = {"subject": (230, 40, 40), "object": (40, 90, 230), "action": (30, 170, 60)}
-
-
-def draw_layout(image: Image.Image, interactions: Sequence[Interaction], min_size: int = 256) -> Image.Image:
-    """A copy of `image` (upscaled to at least `min_size` for legibility) with each
-    interaction's subject, object and action boxes and phrases drawn on it (a GLIGEN phrase's box
-    in the subject colour)."""
+def draw_layout(image: Image.Image, layout: Mapping[str, list] | Sequence, min_size: int = 256) -> Image.Image:
+    """A copy of `image` (upscaled to at least `min_size` for legibility) with the layout drawn on
+    it, each control drawing its own items (interactions: subject, object and action boxes and
+    phrases). `layout`: {control name: items}, or a list of items of any control."""
     scale = max(1, math.ceil(min_size / min(image.size)))
     canvas = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
     draw = ImageDraw.Draw(canvas)
-    w, h = canvas.size
-    for n, it in enumerate(interactions):
-        roles = ((("subject", it.box, it.phrase),) if isinstance(it, GroundedPhrase) else
-                 (("subject", it.subject_box, it.subject), ("object", it.object_box, it.object),
-                  ("action", it.action_box, it.action)))
-        for role, box, phrase in roles:
-            x0, y0, x1, y1 = box[0] * w, box[1] * h, box[2] * w, box[3] * h
-            colour = LAYOUT_COLOURS[role]
-            draw.rectangle([x0, y0, max(x1 - 1, x0), max(y1 - 1, y0)], outline=colour, width=2)
-            label = f"{n}:{phrase}"
-            tx, ty = x0 + 2, y0 + 2 if role != "object" else max(y1 - 12, y0)
-            draw.rectangle(draw.textbbox((tx, ty), label), fill=colour)
-            draw.text((tx, ty), label, fill=(255, 255, 255))
+    layout = layout if isinstance(layout, Mapping) else route(layout)
+    for name, items in layout.items():
+        CONTROLS[name].draw(draw, items, canvas.size, (image.height, image.width))
     return canvas
 
 

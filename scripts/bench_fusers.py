@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 from evaluation.benchmark import (GATE, TINY_CONFIG, PeakMemory, build_unet, count_flops,  # noqa: E402
                                   device_and_config, fmt_g, fmt_mem, fmt_t, log, machine_line, make_inputs,
-                                  per_round_ratios, ratio_str, rotated, shown_path, timed_call)
+                                  per_round_ratios, ratio_str, rotated, shown_path, timed_call, unet_forward)
 from interact.fuser import FUSER_TYPES  # noqa: E402
 
 KINDS = ("gatedSA", "gatedCA")
@@ -68,9 +68,9 @@ def fuser_shapes(meta_unet, inputs) -> Counter:
     """(tokens, dim, heads, grid) -> how many transformer blocks see it, from a meta forward."""
     seen = Counter()
     hooks = [b.fuser.register_forward_pre_hook(
-        lambda m, a: seen.update([(a[0].shape[1], a[0].shape[2], m.attn.heads, a[3])]))
+        lambda m, a: seen.update([(a[0].shape[1], a[0].shape[2], m.attn.heads, a[2])]))
         for _, b in meta_unet.transformer_blocks()]
-    count_flops(meta_unet, inputs, 1.0)
+    count_flops(lambda: unet_forward(meta_unet, inputs, 1.0))
     for h in hooks:
         h.remove()
     return Counter(dict(sorted(seen.items(), key=lambda kv: (-kv[0][0], kv[0][1]))))
@@ -94,16 +94,16 @@ def bench_fusers(shapes, ctx_dim, n_tokens, args, device, memory) -> list[dict]:
         row = dict(tokens=n, grid=list(grid) if grid else None, dim=dim, heads=heads, blocks=blocks, ratios=[])
         with torch.no_grad():
             for kind, f in fusers.items():
-                counts = count_flops(f, (x, tokens), 1.0)
-                timed_call(lambda: f(x, tokens, 1.0, grid), device)  # warm-up (CUDA: lazy init)
-                first, _ = timed_call(lambda: f(x, tokens, 1.0, grid), device)  # calibration
+                counts = count_flops(lambda: f.fuse(x, tokens, 1.0))
+                timed_call(lambda: f.fuse(x, tokens, 1.0, grid), device)  # warm-up (CUDA: lazy init)
+                first, _ = timed_call(lambda: f.fuse(x, tokens, 1.0, grid), device)  # calibration
                 inner = max(1, min(1000, round(args.min_time / max(first, 1e-6))))
                 attn = sum(v for k, v in counts.items() if "scaled_dot_product" in k or k == "bmm")
                 row[kind] = dict(flops=counts["total"], attn_flops=attn, times=[], peak_mib=None, inner=inner)
             for r in range(args.fuser_rounds):
                 for kind in rotated(KINDS, r):
                     f, res = fusers[kind], row[kind]
-                    t, peak = timed_call(lambda: f(x, tokens, 1.0, grid), device, res["inner"],
+                    t, peak = timed_call(lambda: f.fuse(x, tokens, 1.0, grid), device, res["inner"],
                                          memory if r == 0 else None)
                     res["times"].append(t)
                     res["peak_mib"] = peak if peak is not None else res["peak_mib"]
@@ -144,7 +144,7 @@ def bench_unet_forward(cfg, size, args, device, memory, meta, meta_inputs, total
     flops = {}
     for name, scale in variants.items():  # on meta: nothing runs
         use(meta, name, meta_sets)
-        flops[name] = count_flops(meta, meta_inputs, scale)["total"]
+        flops[name] = count_flops(lambda: unet_forward(meta, meta_inputs, scale))["total"]
     t0 = time.perf_counter()
     unet = build_unet(cfg, device)
     sets = {"gatedSA": [b.fuser for _, b in unet.transformer_blocks()]}
@@ -156,7 +156,7 @@ def bench_unet_forward(cfg, size, args, device, memory, meta, meta_inputs, total
 
     def forward(name):
         use(unet, name, sets)
-        return lambda: unet(*inputs, variants[name])
+        return lambda: unet_forward(unet, inputs, variants[name])
     times = {name: [] for name in variants}
     peaks = dict.fromkeys(variants)
     with torch.no_grad():

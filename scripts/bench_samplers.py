@@ -50,9 +50,9 @@ def main(argv=None) -> int:
     if args.rounds < 1 or args.batch < 1:
         p.error("--rounds and --batch must be >= 1")
 
-    from hoi.records import interactions_from_record
+    from interact.controls.interactions import interactions_from_record
     from interact.batch import DEFAULT_TOY_INPUT, load_pipeline
-    from interact.dense import segments_from_interactions
+    from interact.controls.segments import segments_from_interactions
     records = json.loads(Path(DEFAULT_TOY_INPUT).read_text())
     records = [records[i % len(records)] for i in range(args.batch)]
     prompts = [r["prompt"] for r in records]

@@ -49,7 +49,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from evaluation.benchmark import (DTYPES, GATE, PROMPT_TOKENS, TINY_CONFIG, PeakMemory, build_unet,  # noqa: E402
                                   count_flops, device_and_config, fmt_g, fmt_mem, fmt_t, gflop, log, machine_line,
                                   make_inputs, make_tokens, matmul_sample, native_bf16_cpu,
-                                  shown_path, synchronize, timed_call)
+                                  shown_path, synchronize, timed_call, unet_forward)
 from ldm.modules.attention import attention_backend  # noqa: E402
 
 
@@ -102,7 +102,7 @@ class MatmulRate:
 
 def timed_forward(unet, inputs, variant, device, memory: PeakMemory | None = None) -> tuple[float, float | None]:
     with torch.no_grad(), attention_backend(variant.backend):
-        return timed_call(lambda: unet(*inputs, variant.fuser_scale), device, 1, memory)
+        return timed_call(lambda: unet_forward(unet, inputs, variant.fuser_scale), device, 1, memory)
 
 
 def timed_repeats(unet, inputs, variant, device, repeats: int, memory: PeakMemory, after_repeat=None):
@@ -132,7 +132,7 @@ def child_main(spec: dict) -> None:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with torch.no_grad(), attention_backend(spec["backend"]):
         start = time.perf_counter()
-        unet(*inputs, spec["fuser_scale"])
+        unet_forward(unet, inputs, spec["fuser_scale"])
         elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print("CHILD_RESULT " + json.dumps({"peak_mib": (peak - base) / 1024, "seconds": elapsed}), flush=True)
@@ -184,13 +184,13 @@ def count_all_flops(setup: Setup, variants: list[Variant]) -> dict[int, dict]:
     flops_by_batch = {}
     for b in setup.batches:
         meta_inputs = make_inputs(meta, cfg, b, size, setup.max_slots, "meta", torch.float32)
-        flops_by_batch[b] = count_flops(meta, meta_inputs, 1.0)
+        flops_by_batch[b] = count_flops(lambda: unet_forward(meta, meta_inputs, 1.0))
         c = flops_by_batch[b]
         log(f"batch {b}: {fmt_g(c['total'])} GFLOP = "
             + ", ".join(f"{k} {fmt_g(v)}" for k, v in c.items() if k != "total"))
     for v in variants:
         meta_inputs = make_inputs(meta, cfg, b0, size, v.slots, "meta", torch.float32)
-        v.flops = count_flops(meta, meta_inputs, v.fuser_scale, v.backend)["total"]
+        v.flops = count_flops(lambda: unet_forward(meta, meta_inputs, v.fuser_scale), v.backend)["total"]
     log(f"SDPA is counted: on meta it takes torch's math path, so attention QK^T and PV appear as bmm "
         f"({fmt_g(flops_by_batch[b0].get('bmm', 0))} GFLOP at batch {b0}, with a few linears on 3-D views; FLOPs "
         f"count 2 per multiply-add; softmax, norms and elementwise ops are not counted). "
@@ -226,7 +226,7 @@ def choose_memory(device: torch.device, method: str) -> PeakMemory:
 def cross_check_flops(setup: Setup, unet, base_flops: dict) -> None:
     """The meta count equals a count on real tensors (with the CPU SDPA formula)."""
     inputs = make_inputs(unet, setup.cfg, setup.batches[0], setup.size, setup.max_slots, setup.device, torch.float32)
-    real = count_flops(unet, inputs, 1.0)
+    real = count_flops(lambda: unet_forward(unet, inputs, 1.0))
     same = "equal" if real["total"] == base_flops["total"] else f"DIFFERENT ({gflop(real['total']):.3f})"
     log(f"FLOP count on {setup.device} tensors vs meta: {same}")
 
@@ -333,7 +333,7 @@ def print_profile(setup: Setup, unet, inputs) -> None:
     log(f"\n## Profile of one base forward at batch {setup.batches[0]} (fp32), top ops by self time")
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch.no_grad(), profile(activities=acts) as prof:
-        unet(*inputs, 1.0)
+        unet_forward(unet, inputs, 1.0)
         synchronize(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     log(prof.key_averages().table(sort_by=key, row_limit=15))

@@ -185,3 +185,10 @@ def layout_record(prompt="a person holding a cup", n=1, **overrides) -> dict:
 def write_json(path: Path, records) -> Path:
     path.write_text(json.dumps(records))
     return path
+
+
+def with_tokens(tokens, scale: float = 1.0, regions=None, key: str = "interaction") -> dict:
+    """The UNet's controls mapping with fuser tokens for the interaction control (what
+    InteractDiffusion.denoise gives it)."""
+    from interact.controls import FuserInput
+    return {key: FuserInput(tokens, scale, regions)}

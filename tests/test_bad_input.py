@@ -70,7 +70,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 def gligen(tmp_path_factory) -> tuple[Path, Path]:
     """(a tiny GLIGEN config, a checkpoint of it)."""
     config = OmegaConf.load(TINY)
-    config.interaction.position_net.target = "interact.tokenizer.GLIGENPositionNet"
+    config.interaction.position_net.target = "interact.controls.phrases.GLIGENPositionNet"
     folder = tmp_path_factory.mktemp("gligen")
     OmegaConf.save(config, folder / "gligen.yaml")
     pipe = InteractDiffusionPipeline.from_config(folder / "gligen.yaml", seed=5, device="cpu")
@@ -84,16 +84,15 @@ def test_a_record_with_interactions_and_phrases_is_refused(tmp_path, capsys, no_
     layouts = write_json(tmp_path / "l.json", [{**interaction_record(), **phrase_record()}])
     assert run(["--input", layouts, "--folder", tmp_path / "out", *FAST]) == 2
     assert error_line(capsys) == (f"error: {layouts}: record 0: has both interactions (subject_phrases, ...) and "
-                                  f"phrases and boxes; give one kind per record: interactions, or GLIGEN's phrases "
-                                  f"with boxes")
+                                  f"phrases and boxes; give one of them per record (they are alternative inputs of "
+                                  f"one kind)")
 
 
 def test_every_record_is_checked_against_the_model_before_anything_is_written(tmp_path, capsys, gligen):
     layouts = write_json(tmp_path / "l.json", [interaction_record(), phrase_record()])
     assert run(["--input", layouts, "--folder", tmp_path / "out", "--config", TINY, *FAST]) == 2
-    assert error_line(capsys) == (f"error: {layouts}: record 1: phrases with boxes are GLIGEN's input; this "
-                                  f"InteractDiffusion model needs (subject, action, object) interactions "
-                                  f"(subject_phrases, action_phrases, object_phrases, subject_boxes, object_boxes)")
+    assert error_line(capsys) == (f"error: {layouts}: record 1: phrases and boxes are GLIGEN's input; this "
+                                  f"InteractDiffusion model takes interactions (subject_phrases, ...)")
     assert nothing_written(tmp_path / "out")
     # 16 interactions with distinct subjects and objects are 32 GLIGEN phrases, two more than its slots
     many = interaction_record("many", n=16)
@@ -146,13 +145,13 @@ def test_layouts_files_as_editors_write_them(tmp_path, capsys, no_model, monkeyp
     assert error_line(capsys) == f"error: --input {folder}: is a folder; give a layouts file (.json, .jsonl or .pkl)"
     import interact.batch
     seen = []
-    monkeypatch.setattr(interact.batch, "parse_segments", lambda parsed, *a: seen.append(parsed) or [[]])
+    monkeypatch.setattr(interact.batch, "precheck_records", lambda parsed, *a: seen.append(parsed))
     monkeypatch.setattr(interact.batch, "check_writable_folder", lambda *a: (_ for _ in ()).throw(
         interact.batch.BatchError("stop here")))
     bom = tmp_path / "bom.json"
     bom.write_bytes(b"\xef\xbb\xbf" + json.dumps([interaction_record()]).encode())
     assert run(["--input", bom, "--folder", tmp_path / "out", *FAST]) == 2 and error_line(capsys) == "error: stop here"
-    assert seen[0][0][0]["prompt"] == "a person holding a cup"
+    assert seen[0][0].record["prompt"] == "a person holding a cup"
 
 
 def test_dense_flags_without_segments_are_reported(tmp_path, capsys):

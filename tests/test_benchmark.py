@@ -43,7 +43,7 @@ def test_cpu_sdpa_is_counted():
         def forward(self, q, k, v, scale):
             return torch.nn.functional.scaled_dot_product_attention(q, k, v) * scale
     q = torch.randn(1, 2, 16, 8)
-    counts = count_flops(Attend(), (q, q, q), 1.0)
+    counts = count_flops(lambda: Attend()(q, q, q, 1.0))
     assert counts["total"] >= 2 * (2 * 16 * 16 * 8)   # QK^T and PV, 2 FLOPs per multiply-add
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from interact.fuser import GatedCrossAttentionDense, GatedSelfAttentionDense, region_mask
-from interact.tokenizer import GroundedTokens, HOIPositionNet
+from interact.controls.interactions import HOIPositionNet
 from helpers import (C, CTX, DHEAD, HEADS, IN, NMAX, OUT, attention_reference, dense_reference, layer_norm_reference,
                      random_grounding_inputs, randomize_)
 
@@ -80,7 +80,7 @@ def grounded_inputs(seed, n_tokens=6):
     tokens = torch.randn(2, n_tokens, CTX, generator=g, dtype=torch.float64)
     corners = torch.rand(2, n_tokens, 2, 2, generator=g, dtype=torch.float64)
     regions = torch.cat([corners.min(2).values, corners.max(2).values], dim=-1) * 0.6
-    return x, GroundedTokens(tokens, regions)
+    return x, tokens, regions
 
 
 @torch.no_grad()
@@ -89,12 +89,12 @@ def grounded_inputs(seed, n_tokens=6):
 @pytest.mark.parametrize("scale", [1.0, 0.5])
 def test_box_attention_fusers_match_slow_reference(cls, reference, scale):
     f = box_fuser(cls, 1)
-    x, grounded = grounded_inputs(2)
-    mask = region_mask_reference(grounded.regions, *GRID)
+    x, tokens, regions = grounded_inputs(2)
+    mask = region_mask_reference(regions, *GRID)
     assert not mask.all() and mask.any()
     if cls is GatedCrossAttentionDense:
         assert not mask.any(-1).all()    # some cells see no token: their attention output is zero
-    torch.testing.assert_close(f(x, grounded, scale, GRID), reference(f, x, grounded.tokens, mask, scale), rtol=0,
+    torch.testing.assert_close(f.fuse(x, tokens, scale, GRID, regions), reference(f, x, tokens, mask, scale), rtol=0,
                                atol=1e-10)
 
 
@@ -104,11 +104,11 @@ def test_a_token_reaches_only_the_cells_of_its_region(cls):
     """Changing token 0's content changes the fuser's attention output in the cells its region
     covers and nowhere else (the feed-forward branch is per cell too)."""
     f = box_fuser(cls, 3)
-    x, grounded = grounded_inputs(4)
-    other = grounded.tokens.clone()
+    x, tokens, regions = grounded_inputs(4)
+    other = tokens.clone()
     other[:, 0] += 5.0
-    moved = (f(x, GroundedTokens(other, grounded.regions), 1.0, GRID) - f(x, grounded, 1.0, GRID)).abs().amax(-1)
-    covered = region_mask(grounded.regions, GRID)[..., 0]
+    moved = (f.fuse(x, other, 1.0, GRID, regions) - f.fuse(x, tokens, 1.0, GRID, regions)).abs().amax(-1)
+    covered = region_mask(regions, GRID)[..., 0]
     assert (moved[covered] > 1e-6).all() and (moved[~covered] == 0).all()
 
 
@@ -119,11 +119,12 @@ def test_whole_image_regions_equal_the_plain_fuser(cls):
     attention computes exactly what the plain fuser computes with the same weights."""
     boxed, plain = box_fuser(cls, 5), box_fuser(cls, 5, box_attention=False)
     plain.load_state_dict(boxed.state_dict())
-    x, grounded = grounded_inputs(6)
-    whole = GroundedTokens(grounded.tokens, torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64).expand_as(grounded.regions))
-    torch.testing.assert_close(boxed(x, whole, 1.0, GRID), plain(x, grounded.tokens, 1.0, GRID), rtol=0, atol=1e-12)
-    with pytest.raises(ValueError, match="GroundedTokens"):
-        boxed(x, grounded.tokens, 1.0, GRID)
+    x, tokens, regions = grounded_inputs(6)
+    whole = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64).expand_as(regions)
+    torch.testing.assert_close(boxed.fuse(x, tokens, 1.0, GRID, whole), plain.fuse(x, tokens, 1.0, GRID), rtol=0,
+                               atol=1e-12)
+    with pytest.raises(ValueError, match="regions"):
+        boxed.fuse(x, tokens, 1.0, GRID)
 
 
 @pytest.mark.parametrize("action_tokens", [True, False])
@@ -132,20 +133,21 @@ def test_token_regions(action_tokens):
     net = HOIPositionNet(in_dim=IN, out_dim=OUT, hidden_dim=32, max_interactions=NMAX, box_attention="boxes",
                          action_tokens=action_tokens).double()
     inputs = random_grounding_inputs(2, NMAX, seed=1)   # padded slots hold garbage boxes
-    out = net(*inputs)
+    tokens = net(*inputs)
     sb, ab, ob, m = inputs[:4]
+    regions = net.token_regions(sb, ab, ob, m)
     roles = [sb, ab, ob] if action_tokens else [sb, ob]     # token order: subjects, actions, objects
-    assert isinstance(out, GroundedTokens) and out.tokens.shape == (2, len(roles) * NMAX, OUT)
+    assert tokens.shape == (2, len(roles) * NMAX, OUT) and regions.shape == (2, len(roles) * NMAX, 4)
     for b in range(m.shape[0]):
         for n in range(NMAX):
             for k, boxes in enumerate(roles):
-                region = out.regions[b, k * NMAX + n].tolist()
+                region = regions[b, k * NMAX + n].tolist()
                 assert region == ([0.0, 0.0, 1.0, 1.0] if m[b, n] == 0 else boxes[b, n].tolist())
     # the tokens themselves are the plain tokenizer's
     plain = HOIPositionNet(in_dim=IN, out_dim=OUT, hidden_dim=32, max_interactions=NMAX,
                            action_tokens=action_tokens).double()
     plain.load_state_dict(net.state_dict())
-    torch.testing.assert_close(out.tokens, plain(*inputs), rtol=0, atol=0)
+    torch.testing.assert_close(tokens, plain(*inputs), rtol=0, atol=0)
     with pytest.raises(ValueError, match="box_attention"):
         HOIPositionNet(in_dim=IN, out_dim=OUT, box_attention="pair")
 

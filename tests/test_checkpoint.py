@@ -16,8 +16,9 @@ from omegaconf import OmegaConf
 
 from interact import checkpoint
 from interact.checkpoint import (
-    DIFFUSION_BUFFERS, CheckpointError, check_file, classify, describe_kind, gligen_to_interaction, load_weights,
-    read_file, save_checkpoint, to_sections)
+    DIFFUSION_BUFFERS, CheckpointError, check_file, classify, describe_kind, load_weights, read_file, save_checkpoint,
+    to_sections)
+from interact.controls.interactions import GLIGEN_FRESH_KEYS, gligen_to_interaction
 from hoi.io import atomic_save, file_digest
 from interact.model import SECTIONS, build_model, is_interaction_key
 from helpers import REPO_ROOT, SD_CONFIG, TINY_CONFIG
@@ -292,7 +293,7 @@ def test_gligen_layout_converts(tmp_path, source, config_dict):
     for key, value in src.items():  # UNet and fusers copy as they are
         if not key.startswith("position_net."):
             assert torch.equal(out[key], value), key
-    expected = {k for k in source.model.state_dict() if not k.startswith(checkpoint.GLIGEN_FRESH_KEYS)}
+    expected = {k for k in source.model.state_dict() if not k.startswith(GLIGEN_FRESH_KEYS)}
     assert set(out) == expected
 
     # `inspect`'s check: everything but the fresh interaction/role embeddings loads strictly

@@ -162,7 +162,7 @@ def test_checkpoint_round_trip_through_cli(tmp_path):
     layouts = write_json(tmp_path / "l.json", [record()])
     assert run(["--input", layouts, "--folder", tmp_path / "o", "--ckpt", ckpt, "--config", TINY, "--seed", "3",
                 *FAST]) == 0
-    from hoi.records import interactions_from_record
+    from interact.controls.interactions import interactions_from_record
     expected = pipe(record()["prompt"], interactions_from_record(record()), seed=3, steps=2, height=32, width=32,
                     progress=False)[0]
     assert np.abs(pixels(tmp_path / "o/00000.png").astype(int) - np.asarray(expected).astype(int)).max() <= 1
@@ -305,8 +305,9 @@ def test_unknown_record_keys_and_overlong_texts_are_reported(tmp_path, capsys):
         record(long_prompt, object_phrases=["cup " * 80])])
     assert run(["--input", layouts, "--folder", tmp_path / "out", *FAST]) == 0
     err = capsys.readouterr().err
-    ignored = (f"warning: {layouts}: record 0: key {{!r}} is ignored (a record has prompt, the phrase and box lists "
-               f"and source; seed and sampling options are set for the whole run)")
+    ignored = (f"warning: {layouts}: record 0: key {{!r}} is ignored (a record has prompt, source, subject_phrases, "
+               f"action_phrases, object_phrases, subject_boxes, object_boxes, phrases, boxes, segments; seed and "
+               f"sampling options are set for the whole run)")
     assert ignored.format("seed") in err and ignored.format("steps") in err and "'source'" not in err
     cut = "the text encoder reads 77 tokens (start and end included), the rest is cut"
     assert f"warning: {layouts}: record 1: prompt: 102 tokens; {cut}" in err

@@ -360,7 +360,7 @@ def test_build_dataset_and_collate(tmp_path):
     assert batch["images"].shape == (3, 3, 16, 16) and batch["keys"] == list(SCENE)
     assert batch["captions"][0] == "a person on a bike"
     assert batch["captions"][2] == "a person holding a cup, a person holding a cup"  # two people, one cup
-    assert [len(items) for items in batch["interactions"]] == [2, 1, 2]
+    assert [len(items) for items in batch["controls"]["interaction"]] == [2, 1, 2]
 
 
 def test_build_dataset_from_mat_and_torch_files(tmp_path):

@@ -2,6 +2,8 @@
 (box, polygon, PNG, COCO RLE) and the pipeline's use of them."""
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import numpy as np
@@ -10,7 +12,7 @@ import torch
 from PIL import Image
 
 from hoi.records import ConditionError, Interaction, Segment
-from interact.dense import DenseControl, DenseLayout, DenseWeights, decode_rle, rasterize, segments_from_interactions
+from interact.controls.segments import DenseControl, DenseLayout, DenseWeights, decode_rle, rasterize, segments_from_interactions
 from interact.model import CONFIG_DIR
 from interact.pipeline import InteractDiffusionPipeline
 from ldm.modules.attention import CrossAttention
@@ -76,7 +78,7 @@ def test_modulation_matches_a_slow_reference(kind):
     context = x if kind == "self" else torch.randn(2, 6, ctx_dim, dtype=torch.float64)
     layout, t = _layout(), 700
     weights = DenseWeights(self_attention=0.3, cross_attention=1.0)
-    control = DenseControl(layout, torch.tensor([t, t]), weights)
+    control = DenseControl(dataclasses.replace(layout, weights=weights), torch.tensor([t, t]))
     modulate = control.self_attention((4, 4)) if kind == "self" else control.cross_attention((4, 4))
     got = layer(x, None if kind == "self" else context, modulate=modulate)
     same_self, same_cross, size = _maps(layout)
@@ -200,15 +202,16 @@ def test_phrase_tokens_are_replaced_by_the_phrase_alone(pipe):
     torch.testing.assert_close(cond.context[0, start:start + 2], alone[1:3])
     keep = [i for i in range(len(ids)) if not start <= i < start + 2]
     torch.testing.assert_close(cond.context[0, keep], plain[keep])
-    assert cond.dense.spans[0, 0].nonzero().flatten().tolist() == [start, start + 1]
+    assert cond.controls["segments"].spans[0, 0].nonzero().flatten().tolist() == [start, start + 1]
 
 
 def test_modulation_runs_on_the_conditional_rows_for_its_steps_only(pipe):
     unet, original, seen = pipe.model.unet, pipe.model.unet.forward, []
 
-    def spy(x, t, context, tokens=None, fuser_scale=1.0, attention_control=None):
-        seen.append(None if attention_control is None else attention_control.rows.tolist())
-        return original(x, t, context, tokens, fuser_scale, attention_control)
+    def spy(x, t, context, controls=None):
+        hook = (controls or {}).get("attention")
+        seen.append(None if hook is None else hook.rows.tolist())
+        return original(x, t, context, controls)
     unet.forward = spy
     segments = [Segment("ball", box=(0.1, 0.1, 0.5, 0.5))]
     try:
@@ -252,7 +255,7 @@ def test_segments_from_a_layout():
 
 
 def test_a_repeated_phrase_takes_its_occurrences_in_order():
-    from interact.dense import phrase_span
+    from interact.controls.segments import phrase_span
     prompt = [5, 7, 9, 5, 7, 2, 7]
     assert phrase_span(prompt, [5, 7]) == (0, 2)
     assert phrase_span(prompt, [5, 7], taken=[(0, 2)]) == (3, 5)
@@ -264,7 +267,7 @@ def test_phrase_replacement_can_be_left_out(pipe):
     prompt, segments = "a ball next to a tree", [Segment("tree", box=(0.5, 0, 1, 1))]
     kept = pipe.model.condition([prompt], segments=[segments], image_size=(32, 32), replace_phrases=False)
     torch.testing.assert_close(kept.context, pipe.model.text_encoder.encode([prompt]))
-    assert kept.dense.any_active
+    assert kept.controls["segments"].any_active
     with_it = pipe(prompt, segments=segments, seed=3, **FAST)
     without = pipe(prompt, segments=segments, seed=3, dense_phrase_embeddings=False, **FAST)
     assert (with_it - without).abs().max() > 1e-6

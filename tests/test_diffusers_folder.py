@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 import inference_batch
-from helpers import randomize_
+from helpers import randomize_, with_tokens
 from hoi.records import GroundedPhrase, Interaction
 from interact.checkpoint import CheckpointError, inspect, main, save_checkpoint
 from interact.checkpoint.diffusers_folder import (diffusers_to_ldm_unet, diffusers_to_ldm_vae, export_diffusers,
@@ -109,8 +109,8 @@ def test_round_trip_is_exact(source, exported):
     # the interaction tokenizer read back makes the same tokens as the original
     cond = source.condition(["a person touching a cat"], [[HOI, HOI]])
     with torch.no_grad():
-        assert torch.equal(loaded.interaction_tokenizer(**cond.grounding.as_kwargs()),
-                           source.interaction_tokenizer(**cond.grounding.as_kwargs()))
+        assert torch.equal(loaded.interaction_tokenizer(**cond.controls["interaction"].as_kwargs()),
+                           source.interaction_tokenizer(**cond.controls["interaction"].as_kwargs()))
 
 
 def test_fp16_folder_loads_into_fp32(source, tmp_path):
@@ -137,13 +137,13 @@ def test_exported_unet_equals_diffusers_own(source, exported):
                                                   ignore_mismatched_sizes=True).eval()
     theirs.position_net = GivenTokens()   # its GLIGEN tokenizer has no action tokens
     cond = source.condition(["a person touching a cat"], [[HOI]])
-    tokens = source.interaction_tokenizer(**cond.grounding.as_kwargs())
+    tokens = source.interaction_tokenizer(**cond.controls["interaction"].as_kwargs())
     x, t = torch.randn(1, 4, 16, 16, generator=G().manual_seed(0)), torch.tensor([500])
     with torch.no_grad():
-        ours = source.unet(x, t, cond.context, tokens, 1.0)
+        ours = source.unet(x, t, cond.context, with_tokens(tokens, 1.0, key="interaction"))
         ref = theirs(x, t, encoder_hidden_states=cond.context, cross_attention_kwargs={"gligen": {"objs": tokens}}
                      ).sample
-        without = source.unet(x, t, cond.context, tokens, 0.0)
+        without = source.unet(x, t, cond.context, with_tokens(tokens, 0.0, key="interaction"))
     assert (ours - without).abs().max() > 1e-3   # the fusers take part
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
@@ -152,7 +152,7 @@ def test_exported_unet_equals_diffusers_own(source, exported):
 def gligen_model(tmp_path_factory):
     """A tiny GLIGEN model at diffusers' fixed tokenizer width (512), every weight random."""
     config = load_config(TINY)
-    config.interaction.position_net.target = "interact.tokenizer.GLIGENPositionNet"
+    config.interaction.position_net.target = "interact.controls.phrases.GLIGENPositionNet"
     config.interaction.position_net.params.hidden_dim = 512
     path = tmp_path_factory.mktemp("gligen") / "tiny_gligen.yaml"
     OmegaConf.save(config, path)
@@ -175,13 +175,13 @@ def test_exported_gligen_runs_in_diffusers_with_its_own_tokenizer(gligen_model, 
     theirs.eval()
     phrases = [GroundedPhrase("person", (0.1, 0.1, 0.5, 0.9)), GroundedPhrase("cup", (0.4, 0.45, 0.6, 0.7))]
     cond = model.condition(["a person with a cup"], [phrases])
-    grounding = cond.grounding.as_kwargs()
+    grounding = cond.controls["phrases"].as_kwargs()
     x, t = torch.randn(1, 4, 16, 16, generator=G().manual_seed(1)), torch.tensor([300])
     with torch.no_grad():
         tokens = model.interaction_tokenizer(**grounding)
         their_tokens = theirs.position_net(boxes=grounding["boxes"], masks=grounding["masks"],
                                            positive_embeddings=grounding["embeddings"])
-        ours = model.unet(x, t, cond.context, tokens, 1.0)
+        ours = model.unet(x, t, cond.context, with_tokens(tokens, 1.0, key="phrases"))
         ref = theirs(x, t, encoder_hidden_states=cond.context, cross_attention_kwargs={"gligen": {
             "boxes": grounding["boxes"], "masks": grounding["masks"], "positive_embeddings": grounding["embeddings"]}}
                      ).sample
@@ -245,7 +245,7 @@ def test_sd_folder_written_by_diffusers_matches_their_forwards(tmp_path, capsys)
     x, t, ctx = torch.randn(2, 4, 16, 16, generator=g), torch.tensor([10, 700]), torch.randn(2, 7, 32, generator=g)
     z = torch.randn(1, 4, 8, 8, generator=g)
     with torch.no_grad():
-        torch.testing.assert_close(model.unet(x, t, ctx, None, 0.0), unet(x, t, encoder_hidden_states=ctx).sample,
+        torch.testing.assert_close(model.unet(x, t, ctx), unet(x, t, encoder_hidden_states=ctx).sample,
                                    atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(model.autoencoder.decode(z), vae.decode(z).sample, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(model.text_encoder.encode(["a cat on a mat"]),
@@ -403,9 +403,9 @@ def test_released_layout_written_by_diffusers_loads(tmp_path):
     cond = model.condition(["a person touching a cat"], [[HOI]])
     x, t = torch.randn(1, 4, 16, 16, generator=G().manual_seed(2)), torch.tensor([400])
     with torch.no_grad():
-        tokens = model.interaction_tokenizer(**cond.grounding.as_kwargs())
+        tokens = model.interaction_tokenizer(**cond.controls["interaction"].as_kwargs())
         theirs.position_net = GivenTokens()
-        torch.testing.assert_close(model.unet(x, t, cond.context, tokens, 1.0),
+        torch.testing.assert_close(model.unet(x, t, cond.context, with_tokens(tokens, 1.0, key="interaction")),
                                    theirs(x, t, encoder_hidden_states=cond.context,
                                           cross_attention_kwargs={"gligen": {"objs": tokens}}).sample,
                                    atol=1e-5, rtol=1e-5)
@@ -426,4 +426,4 @@ def test_an_sd_backbone_exports_as_a_plain_sd_folder(source, tmp_path):
     x, t, ctx = torch.randn(1, 4, 16, 16, generator=G().manual_seed(2)), torch.tensor([500]), torch.randn(1, 7, 32)
     with torch.no_grad():
         torch.testing.assert_close(theirs.eval()(x, t, encoder_hidden_states=ctx).sample,
-                                   source.unet(x, t, ctx, None, 0.0), atol=1e-5, rtol=1e-5)
+                                   source.unet(x, t, ctx), atol=1e-5, rtol=1e-5)

@@ -13,13 +13,14 @@ from PIL import Image
 
 import inference_batch
 from helpers import fourier_reference, randomize_
-from hoi.records import ConditionError, GroundedPhrase, Interaction, phrases_from_interactions
+from hoi.records import ConditionError, GroundedPhrase, Interaction
+from interact.controls.phrases import phrases_from_interactions
 from interact.checkpoint import CheckpointError, save_checkpoint
 from interact.checkpoint.diffusers_folder import peek_kind
-from interact.checkpoint.formats import classify, default_config, read_file
+from interact.checkpoint.formats import classify, config_for_kind, read_file
 from interact.model import CONFIG_DIR, SD_V1_GLIGEN_CONFIG, load_config
 from interact.pipeline import InteractDiffusionPipeline
-from interact.tokenizer import GLIGENPositionNet
+from interact.controls.phrases import GLIGENPositionNet
 
 TINY = CONFIG_DIR / "tiny_random.yaml"
 FAST = dict(steps=2, height=32, width=32, progress=False, output_type="pt", sampler="ddim")
@@ -35,7 +36,7 @@ RELEASED_POSITION_NET = {
 @pytest.fixture(scope="module")
 def tiny_gligen_config(tmp_path_factory):
     config = load_config(TINY)
-    config.interaction.position_net.target = "interact.tokenizer.GLIGENPositionNet"
+    config.interaction.position_net.target = "interact.controls.phrases.GLIGENPositionNet"
     path = tmp_path_factory.mktemp("gligen") / "tiny_gligen.yaml"
     OmegaConf.save(config, path)
     return path
@@ -82,10 +83,10 @@ def test_tokens_match_a_slow_reference():
 def test_released_layout_loads_strictly_and_the_config_is_picked(gligen_file, tiny_gligen_config):
     raw = read_file(gligen_file)
     assert classify(raw) == "gligen" and peek_kind(gligen_file) == "gligen"
-    assert default_config(raw) == SD_V1_GLIGEN_CONFIG
+    assert config_for_kind(classify(raw)) == SD_V1_GLIGEN_CONFIG
     assert {k for k in raw["model"] if k.startswith("position_net.")} == set(RELEASED_POSITION_NET)
     pipe = InteractDiffusionPipeline.from_checkpoint(gligen_file, config=tiny_gligen_config, device="cpu")
-    assert pipe.model.is_gligen
+    assert pipe.model.trained_control.name == "phrases"
     for key, value in raw["model"].items():
         torch.testing.assert_close(pipe.model.unet.state_dict()[key], value.float())
 
@@ -114,14 +115,16 @@ def test_wrong_model_for_the_input_or_the_file(gligen_file, tiny_gligen_config, 
     with pytest.raises(ValueError, match=r"role_embedding = 'typed': an InteractDiffusion option"):
         InteractDiffusionPipeline.from_checkpoint(gligen_file, config=tiny_gligen_config, device="cpu",
                                                   interaction={"role_embedding": "typed"})
-    with pytest.raises(CheckpointError, match="is a GLIGEN checkpoint .* and the config is InteractDiffusion's"):
+    with pytest.raises(CheckpointError, match="is a GLIGEN checkpoint, and the config is InteractDiffusion's: generate with configs/sd_v1_gligen.yaml"):
         InteractDiffusionPipeline.from_checkpoint(gligen_file, config=TINY, device="cpu")
     interact = tmp_path / "interact.pth"
     save_checkpoint(interact, InteractDiffusionPipeline.from_config(TINY, device="cpu").model)
-    with pytest.raises(CheckpointError, match="is an InteractDiffusion checkpoint, and the config is GLIGEN's"):
+    with pytest.raises(CheckpointError, match="is an InteractDiffusion checkpoint, and the config is GLIGEN's: generate "
+                                              "with configs/sd_v1_interact.yaml"):
         InteractDiffusionPipeline.from_checkpoint(interact, config=tiny_gligen_config, device="cpu")
     tiny = InteractDiffusionPipeline.from_config(TINY, device="cpu")
-    with pytest.raises(ConditionError, match="phrases with boxes are GLIGEN's input; this InteractDiffusion model needs"):
+    with pytest.raises(ConditionError, match="phrases and boxes are GLIGEN's input; this InteractDiffusion model takes "
+                                             "interactions"):
         tiny("a cup", [GroundedPhrase("cup", (0.1, 0.1, 0.5, 0.5))], **FAST)
 
 
@@ -135,7 +138,7 @@ def test_batch_records_with_phrases_and_their_errors(gligen_file, tiny_gligen_co
             "32", "--width", "32", "--device", "cpu", "--seed", "4"]
     assert inference_batch.main([str(a) for a in argv + ["--folder", tmp_path / "out"]]) == 0
     sidecar = json.loads((tmp_path / "out/00000.json").read_text())
-    assert sidecar["interactions"] == [{"phrase": "person", "box": [0.1, 0.1, 0.5, 0.9]},
+    assert sidecar["phrases"] == [{"phrase": "person", "box": [0.1, 0.1, 0.5, 0.9]},
                                        {"phrase": "cup", "box": [0.4, 0.4, 0.6, 0.6]}]
     assert Image.open(tmp_path / "out/00000_layout.png").size[0] >= 256
     bad = [({"prompt": "p", "phrases": ["a", "b"], "boxes": [[0, 0, 1, 1]]}, "record 0: 2 phrases but 1 boxes"),

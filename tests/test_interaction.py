@@ -11,11 +11,10 @@ import math
 import pytest
 import torch
 
-from interact.conditions import Grounding, build_grounding
-from hoi.records import (
-    ConditionError, Interaction, MAX_INTERACTIONS, between, check_interactions, interactions_from_record)
+from hoi.records import ConditionError, Interaction, MAX_INTERACTIONS, between, check_interactions
+from interact.controls.interactions import Grounding, HOIPositionNet, build_grounding, interactions_from_record
 from interact.fuser import GatedSelfAttentionDense, attach_fusers
-from interact.tokenizer import HOIPositionNet, fourier_embed
+from interact.controls.tokens import fourier_embed
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from helpers import (C, CTX, DHEAD, HEADS, HID, IN, NMAX, OUT, attention_reference, dense_reference,
                      fourier_reference, fuser_inputs, layer_norm_reference, random_grounding_inputs, randomize_)
@@ -457,8 +456,8 @@ def fuser_reference(f, x, tokens, scale):
 def test_fuser_zero_gates_is_identity():
     f = tiny_fuser(0, 0.0, 0.0, dtype=torch.float32)
     x, tokens = fuser_inputs(torch.float32)
-    assert torch.equal(f(x, tokens), x)
-    assert torch.equal(f(x, tokens, scale=0.7), x)
+    assert torch.equal(f.fuse(x, tokens), x)
+    assert torch.equal(f.fuse(x, tokens, scale=0.7), x)
 
 
 def test_fresh_fuser_gates_are_zero_parameters():
@@ -479,7 +478,7 @@ def test_zero_outputs_init_is_identity_yet_every_weight_gets_gradient():
     grads = {}
     for init in ("zero_gates", "zero_outputs"):
         f = GatedSelfAttentionDense(C, CTX, HEADS, DHEAD, init=init)
-        out = f(x, tokens)
+        out = f.fuse(x, tokens)
         assert torch.equal(out, x)
         (out * torch.randn_like(out)).sum().backward()
         grads[init] = {n: float(p.grad.abs().sum()) if p.grad is not None else 0.0 for n, p in f.named_parameters()}
@@ -496,10 +495,10 @@ def test_zero_outputs_init_is_identity_yet_every_weight_gets_gradient():
 def test_fuser_matches_slow_reference(scale, n_tokens):
     f = tiny_fuser(1, 0.8, -0.6)
     x, tokens = fuser_inputs(n_tokens=n_tokens, seed=2)
-    torch.testing.assert_close(f(x, tokens, scale), fuser_reference(f, x, tokens, scale), rtol=0, atol=1e-10)
+    torch.testing.assert_close(f.fuse(x, tokens, scale), fuser_reference(f, x, tokens, scale), rtol=0, atol=1e-10)
     # float32 module agrees with the float64 reference to float tolerance
     f32 = copy.deepcopy(f).float()
-    got32 = f32(x.float(), tokens.float(), scale)
+    got32 = f32.fuse(x.float(), tokens.float(), scale)
     torch.testing.assert_close(got32.double(), fuser_reference(f, x, tokens, scale), rtol=0, atol=2e-5)
 
 
@@ -507,12 +506,12 @@ def test_fuser_matches_slow_reference(scale, n_tokens):
 def test_fuser_tokens_matter_and_scale_halves_attention_update():
     f = tiny_fuser(3, 1.1, 0.0)  # dense gate closed: the update is scale * attention term only
     x, tokens = fuser_inputs(seed=4)
-    full = f(x, tokens, 1.0) - x
-    half = f(x, tokens, 0.5) - x
+    full = f.fuse(x, tokens, 1.0) - x
+    half = f.fuse(x, tokens, 0.5) - x
     assert full.abs().max() > 1e-3
     torch.testing.assert_close(half, 0.5 * full, rtol=0, atol=1e-12)
     # the attention sees the grounding tokens: other tokens, other output
-    other = f(x, tokens + 1.0, 1.0) - x
+    other = f.fuse(x, tokens + 1.0, 1.0) - x
     assert (other - full).abs().max() > 1e-3
 
 

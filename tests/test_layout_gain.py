@@ -12,6 +12,7 @@ from evaluation.layout_gain import LayoutLosses, layout_losses
 from evaluation.table_stats import (category_group_map, compare, mean_std, resampled, sample_groups, summarise_row,
                                     variant_table)
 from hoi.records import Interaction
+from helpers import with_tokens
 
 
 def samples(n, seed=0, size=32):
@@ -50,7 +51,7 @@ def test_layout_gain_matches_a_direct_computation(tiny_model):
     data = samples(3)
     losses = layout_losses(model, data, timesteps=(600,), seed=5)
     assert losses.gain() != 0.0
-    from interact.conditions import build_grounding
+    from interact.controls.interactions import build_grounding
     pn = model.interaction_tokenizer
     with torch.no_grad():
         z = model.autoencoder.encode(data[1].image[None]).mean * model.scale_factor
@@ -61,7 +62,7 @@ def test_layout_gain_matches_a_direct_computation(tiny_model):
         context = model.text_encoder.encode([data[1].caption])
         g = build_grounding([data[1].interactions], model.text_encoder.encode_pooled, pn.in_dim, pn.max_interactions)
         for tokens, got in ((pn(**g.as_kwargs()), losses.layout), (pn(**g.null().as_kwargs()), losses.null)):
-            want = (model.unet(x_t, t, context, tokens) - target).pow(2).mean()
+            want = (model.unet(x_t, t, context, with_tokens(tokens)) - target).pow(2).mean()
             assert math.isclose(float(got[1, 0]), float(want), rel_tol=1e-5)
 
 

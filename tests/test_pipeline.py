@@ -9,6 +9,7 @@ import torch
 from hoi.records import ConditionError, Interaction
 from interact.model import CONFIG_DIR
 from interact.pipeline import InteractDiffusionPipeline, SamplingOptions, fuser_scale
+from helpers import with_tokens
 
 TINY = CONFIG_DIR / "tiny_random.yaml"
 FAST = dict(steps=3, height=32, width=32, progress=False, output_type="pt")
@@ -102,9 +103,9 @@ def test_guidance_unconditional_branch_gets_null_grounding_and_negative_prompt(p
     unet = pipe.model.unet
     original = unet.forward
 
-    def spy(x, t, context, tokens=None, fuser_scale=1.0, attention_control=None):
-        seen.append((context.clone(), tokens.clone()))
-        return original(x, t, context, tokens, fuser_scale, attention_control)
+    def spy(x, t, context, controls=None):
+        seen.append((context.clone(), controls["interaction"].tokens.clone()))
+        return original(x, t, context, controls)
 
     unet.forward = spy
     try:
@@ -131,9 +132,9 @@ def test_guidance_combines_branches(pipe):
     unet = pipe.model.unet
     original = unet.forward
 
-    def spy(x, t, context, tokens=None, fuser_scale=1.0, attention_control=None):
-        out = original(x, t, context, tokens, fuser_scale, attention_control)
-        seen.append((x, t, context, tokens, fuser_scale, out))
+    def spy(x, t, context, controls=None):
+        out = original(x, t, context, controls)
+        seen.append((x, t, out))
         return out
 
     unet.forward = spy
@@ -142,7 +143,7 @@ def test_guidance_combines_branches(pipe):
                       **{**FAST, "steps": 1, "output_type": "pt"})
     finally:
         unet.forward = original
-    x, t, context, tokens, scale, out = seen[0]
+    x, t, out = seen[0]
     e_c, e_u = out.chunk(2)
     eps = e_u + 3.0 * (e_c - e_u)
     sched = pipe.model.diffusion
@@ -221,22 +222,23 @@ def test_model_limits_of_the_options(pipe):
 def test_cond_null_cat_and_to(tiny_model):
     from interact.conditions import Cond
     cond = tiny_model.condition(["a person touching a cat", "a cat"], [[person_touching_cat()], []])
-    assert len(cond) == 2 and cond.grounding.masks.sum() == 1
+    assert len(cond) == 2 and cond.controls["interaction"].masks.sum() == 1
     null = cond.null()
     assert torch.equal(null.context, cond.context)   # the caption stays (the trainer's null-grounding step)
-    assert all(not t.any() for t in null.grounding.as_kwargs().values())
+    assert all(not t.any() for t in null.controls["interaction"].as_kwargs().values())
     negative = torch.zeros_like(cond.context)
     assert torch.equal(cond.null(context=negative).context, negative)
     both = Cond.cat([cond, null])
     assert len(both) == 4 and torch.equal(both.context[2:], cond.context)
-    assert torch.equal(both.grounding.subject_boxes[:2], cond.grounding.subject_boxes)
-    assert not both.grounding.masks[2:].any()
+    assert torch.equal(both.controls["interaction"].subject_boxes[:2], cond.controls["interaction"].subject_boxes)
+    assert not both.controls["interaction"].masks[2:].any()
     wide = cond.to(dtype=torch.float64)
-    assert wide.context.dtype == wide.grounding.masks.dtype == torch.float64
+    assert wide.context.dtype == wide.controls["interaction"].masks.dtype == torch.float64
 
 
-def test_a_new_control_is_a_field_and_no_caller_changes(tiny_model):
-    """Cond's docstring: a field with to/null/cat is carried through null, cat and to."""
+def test_a_new_control_input_is_one_more_entry_and_no_caller_changes(tiny_model):
+    """Cond carries any control's input through null, cat and to; rows of a cond without it get
+    its class's `absent`."""
     from dataclasses import dataclass
     from interact.conditions import Cond
 
@@ -254,15 +256,17 @@ def test_a_new_control_is_a_field_and_no_caller_changes(tiny_model):
         def cat(cls, items):
             return cls(torch.cat([d.maps for d in items]))
 
-    @dataclass
-    class DepthCond(Cond):
-        depth: Depth = None
+        @classmethod
+        def absent(cls, batch, length):
+            return cls(torch.full((batch, 4, 4), -1.0))
 
     base = tiny_model.condition(["p"], [[person_touching_cat()]])
-    cond = DepthCond(base.context, base.grounding, depth=Depth(torch.ones(1, 4, 4)))
-    guided = DepthCond.cat([cond, cond.null()]).to(dtype=torch.float64)
-    assert isinstance(guided, DepthCond) and guided.depth.maps.dtype == torch.float64
-    assert guided.depth.maps[0].eq(1).all() and not guided.depth.maps[1].any()
+    cond = Cond(base.context, {**base.controls, "depth": Depth(torch.ones(1, 4, 4))})
+    guided = Cond.cat([cond, cond.null(), base]).to(dtype=torch.float64)
+    assert guided.controls["depth"].maps.dtype == torch.float64
+    assert guided.controls["depth"].maps[0].eq(1).all() and not guided.controls["depth"].maps[1].any()
+    assert guided.controls["depth"].maps[2].eq(-1).all()
+    assert set(guided.without("depth").controls) == set(base.controls)
 
 
 def test_condition_defaults_caches_and_a_ready_grounding(tiny_model):
@@ -270,8 +274,8 @@ def test_condition_defaults_caches_and_a_ready_grounding(tiny_model):
     cond = tiny_model.condition(["p", "q"], items)
     # no interactions: every slot empty, the null grounding
     plain = tiny_model.condition(["p", "q"])
-    for name, t in plain.grounding.as_kwargs().items():
-        assert torch.equal(t, getattr(cond.grounding.null(), name)), name
+    for name, t in plain.controls["interaction"].as_kwargs().items():
+        assert torch.equal(t, getattr(cond.controls["interaction"].null(), name)), name
     # caches plug in as the encoders and give the same tensors
     calls = {"captions": 0, "phrases": 0}
 
@@ -286,10 +290,10 @@ def test_condition_defaults_caches_and_a_ready_grounding(tiny_model):
     cached = tiny_model.condition(["p", "q"], items, encode_captions=captions, encode_phrases=phrases)
     assert calls == {"captions": 1, "phrases": 1}
     assert torch.equal(cached.context, cond.context)
-    assert torch.equal(cached.grounding.subject_embeddings, cond.grounding.subject_embeddings)
+    assert torch.equal(cached.controls["interaction"].subject_embeddings, cond.controls["interaction"].subject_embeddings)
     # a ready Grounding is taken as it is: no phrase encoding
-    ready = tiny_model.condition(["p", "q"], cond.grounding, encode_phrases=phrases)
-    assert calls["phrases"] == 1 and torch.equal(ready.grounding.action_boxes, cond.grounding.action_boxes)
+    ready = tiny_model.condition(["p", "q"], cond.controls["interaction"], encode_phrases=phrases)
+    assert calls["phrases"] == 1 and torch.equal(ready.controls["interaction"].action_boxes, cond.controls["interaction"].action_boxes)
 
 
 def test_condition_wants_one_interaction_list_per_caption(tiny_model):
@@ -304,9 +308,9 @@ def test_denoise_is_the_tokenizer_then_the_unet(pipe):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, model.unet.in_channels, 8, 8, generator=g)
     t = torch.tensor([500])
-    tokens = model.interaction_tokenizer(**cond.grounding.as_kwargs())
+    tokens = model.interaction_tokenizer(**cond.controls["interaction"].as_kwargs())
     for scale in (1.0, 0.5):
-        want = model.unet(x, t, cond.context, tokens, scale)
+        want = model.unet(x, t, cond.context, with_tokens(tokens, scale))
         assert torch.equal(model.denoise(x, t, cond, scale), want)
     assert (model.denoise(x, t, cond) - model.denoise(x, t, cond.null())).abs().max() > 1e-4
 
@@ -333,9 +337,10 @@ def _spy_fuser_scales(pipe, **options):
     """The fuser scale the UNet gets at each forward."""
     unet, original, scales = pipe.model.unet, pipe.model.unet.forward, []
 
-    def spy(*args, **kwargs):
-        scales.append(args[4] if len(args) > 4 else kwargs.get("fuser_scale", 1.0))
-        return original(*args, **kwargs)
+    def spy(x, t, context, controls=None):
+        entry = (controls or {}).get("interaction")
+        scales.append(0.0 if entry is None else entry.scale)
+        return original(x, t, context, controls)
     unet.forward = spy
     try:
         out = pipe("p", [person_touching_cat()], seed=0, **{**FAST, **options})
@@ -415,48 +420,95 @@ def test_sampler_options_a_sampler_does_not_support_are_one_line(pipe, options, 
 # --------------------------------------------------------------------------- multi-instance sampler
 
 
-def test_instance_branches_expand_and_mean_against_a_loop():
+def test_instance_branches_expand_mean_and_full_rows_against_a_loop(tiny_model):
     from interact.multi_instance import instance_branches
     a = Interaction("person", "touch", "cat", (0.05, 0.1, 0.5, 0.9), (0.55, 0.5, 0.95, 0.95))
     b = Interaction("dog", "chase", "ball", (0.1, 0.5, 0.4, 0.9), (0.6, 0.7, 0.7, 0.8))
-    branches = instance_branches(["p0", "p1", "p2"], [[a, b], [], [b]])
+    layouts = [{"interaction": [a, b]}, {}, {"interaction": [b], "segments": ["kept on the full branch"]}]
+    branches = instance_branches(["p0", "p1", "p2"], layouts, tiny_model.trained_control)
     assert branches.captions == ["p0", "a person touching a cat", "a dog chasing a ball", "p1", "p2",
                                  "a dog chasing a ball"]
-    assert branches.interactions == [[a, b], [a], [b], [], [b], [b]]
-    assert branches.owner.tolist() == [0, 0, 0, 1, 2, 2]
+    assert branches.controls == [layouts[0], {"interaction": [a]}, {"interaction": [b]}, {}, layouts[2],
+                                 {"interaction": [b]}]
+    assert branches.owner.tolist() == [0, 0, 0, 1, 2, 2] and branches.full.tolist() == [0, 3, 4]
     values = torch.randn(6, 2, 3)
     expected = torch.stack([values[0:3].mean(0), values[3], values[4:6].mean(0)])
     torch.testing.assert_close(branches.mean(values), expected)
+    assert torch.equal(branches.full_rows(values), values[[0, 3, 4]])
     x = torch.randn(3, 5)
     assert torch.equal(branches.expand(x), x[[0, 0, 0, 1, 2, 2]])
 
 
-def test_multi_instance_is_latent_averaging_over_branches(pipe):
-    """A slow reference: DDIM where every branch (full condition, then each interaction alone with
-    its own caption) takes its own guided step from the shared latent and the latents are averaged,
-    for every step (M = 1)."""
-    from hoi.captions import caption_from_triplets
+def _instance_plms_reference(model, conds, uncond, noise, steps, mis_steps, g):
+    """InstanceDiffusion's plms_instance.py, step by step, for one image: every branch (`conds`,
+    the full condition first) runs PLMS from the same noise on its own latent, with its own eps
+    history and its own unconditional pass, for `mis_steps` steps; then the latents are averaged
+    once and PLMS goes on from the average with the full condition's history."""
     from interact.conditions import Cond
-    from ldm.models.diffusion.ddim import DDIMSampler
+    from ldm.models.diffusion.plms import PLMSSampler
+    sampler = PLMSSampler(model.diffusion, steps=steps)
+
+    def eps(x, i, cond):
+        t = sampler._t_batch(i, x)
+        out_c, out_u = model.denoise(torch.cat([x, x]), torch.cat([t, t]), Cond.cat([cond, uncond]), 1.0).chunk(2)
+        return model.diffusion.to_eps(x, t, out_u + g * (out_c - out_u))
+
+    def p_sample_plms(x, i, cond, old):
+        e_t = eps(x, i, cond)
+        if not old:    # pseudo improved Euler: predict, evaluate at the next timestep, average
+            x_prev = sampler._update(x, e_t, i)[0]
+            e_prime = (e_t + eps(x_prev, i + 1, cond)) / 2
+        elif len(old) == 1:
+            e_prime = (3 * e_t - old[-1]) / 2
+        elif len(old) == 2:
+            e_prime = (23 * e_t - 16 * old[-1] + 5 * old[-2]) / 12
+        else:
+            e_prime = (55 * e_t - 59 * old[-1] + 37 * old[-2] - 9 * old[-3]) / 24
+        old.append(e_t)
+        if len(old) >= 4:
+            old.pop(0)
+        return sampler._update(x, e_prime, i)[0]
+
+    latents, histories = [], []
+    for cond in conds:
+        x, old = noise.clone(), []
+        for i in range(mis_steps):
+            x = p_sample_plms(x, i, cond, old)
+        latents.append(x)
+        histories.append(old)
+    x, old = torch.stack(latents).mean(0), histories[0]   # merged once; the full condition's history goes on
+    for i in range(mis_steps, steps):
+        x = p_sample_plms(x, i, conds[0], old)
+    return model.decode_latents(x)
+
+
+@torch.no_grad()
+def test_multi_instance_is_instancediffusions_algorithm(pipe):
+    from hoi.captions import caption_from_triplets
     two = [person_touching_cat(), Interaction("person", "holding", "cup", (0.1, 0.1, 0.4, 0.6), (0.3, 0.3, 0.4, 0.4))]
-    prompt, g, steps = "a person touching a cat and holding a cup", 3.0, 3
-    got = pipe(prompt, two, seed=2, sampler="ddim", guidance_scale=g, multi_instance=1.0,
-               **{**FAST, "steps": steps})
+    prompt, g, steps, m = "a person touching a cat and holding a cup", 3.0, 6, 0.5
+    options = {**FAST, "sampler": "plms", "steps": steps, "guidance_scale": g, "scheduled_sampling": 1.0}
+    got = pipe(prompt, two, seed=2, multi_instance=m, **options)
     model = pipe.model
     conds = [model.condition([prompt], [two])] + [model.condition([caption_from_triplets([it])], [[it]]) for it in two]
-    uncond = model.condition([""]).null()
-    sampler = DDIMSampler(model.diffusion, steps=steps)
-    x = torch.randn(pipe._latent_shape(32, 32), generator=torch.Generator().manual_seed(2))[None]
-    for i in range(steps):
-        t = sampler._t_batch(i, x)
-        stepped = []
-        for cond in conds:
-            out_c, out_u = model.denoise(torch.cat([x, x]), torch.cat([t, t]), Cond.cat([cond, uncond]), 1.0).chunk(2)
-            eps = model.diffusion.to_eps(x, t, out_u + g * (out_c - out_u))
-            stepped.append(sampler._update(x, eps, i)[0])
-        x = torch.stack(stepped).mean(0)
-    expected = model.decode_latents(x)
+    noise = torch.randn(pipe._latent_shape(32, 32), generator=torch.Generator().manual_seed(2))[None]
+    expected = _instance_plms_reference(model, conds, model.condition([""]).null(), noise, steps, int(m * steps), g)
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
+    # not the old per-step average of the branches' predictions
+    assert (got - pipe(prompt, two, seed=2, **options)).abs().max() > 1e-3
+    # images of a batch keep their own branches and histories: as each sampled alone
+    both = pipe([prompt, "a cat"], [two, []], seed=2, multi_instance=m, **options)
+    alone = pipe("a cat", [], seed=3, multi_instance=m, **options)
+    torch.testing.assert_close(both, torch.cat([got, alone]), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "unipc", "euler_a"])
+def test_multi_instance_runs_with_every_sampler(pipe, sampler):
+    two = [person_touching_cat(), person_touching_cat(shift=0.2)]
+    options = {**FAST, "sampler": sampler, "steps": 4}
+    with_branches = pipe(["p", "q"], [two, []], seed=0, multi_instance=0.5, **options)
+    assert torch.isfinite(with_branches).all()
+    assert (with_branches[0] - pipe("p", two, seed=0, **options)[0]).abs().max() > 1e-4
 
 
 def test_multi_instance_runs_branches_for_its_share_of_steps_only(pipe):
@@ -471,8 +523,9 @@ def test_multi_instance_runs_branches_for_its_share_of_steps_only(pipe):
         pipe(["p", "q"], [two, []], seed=0, sampler="ddim", multi_instance=0.5, **{**FAST, "steps": 4})
     finally:
         unet.forward = original
-    # int(0.5 * 4) = 2 steps of 4 branches (p, its two interactions, q) + 2 unconditional rows, then 2 + 2
-    assert rows == [6, 6, 4, 4]
+    # int(0.5 * 4) = 2 steps of 4 branches (p, its two interactions, q), each with its own
+    # unconditional row, then 2 images + 2 unconditional rows
+    assert rows == [8, 8, 4, 4]
 
 
 def test_multi_instance_leaves_an_image_without_interactions_alone(pipe):

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from interact.fuser import GatedSelfAttentionDense, attach_fusers
-from interact.tokenizer import HOIPositionNet
+from interact.controls.interactions import HOIPositionNet
+from helpers import with_tokens
 from ldm.modules.attention import (
     BasicTransformerBlock,
     CrossAttention,
@@ -116,13 +117,15 @@ def test_cross_attention_layer_matches_reference():
 
 
 class AddFuser(torch.nn.Module):
-    """Stand-in fuser: records its input and adds scale * mean(tokens)."""
+    """Stand-in for a module in the fuser slot: reads its own entry ("mine") of the controls
+    mapping, records its input and adds scale * mean(tokens)."""
 
     def __init__(self):
         super().__init__()
         self.seen = []
 
-    def forward(self, x, tokens, scale=1.0, grid=None):
+    def forward(self, x, controls, grid=None):
+        tokens, scale = controls["mine"]
         self.seen.append((x.clone(), scale))
         return x + scale * tokens.mean(dim=1, keepdim=True)
 
@@ -134,7 +137,7 @@ def test_transformer_block_order_self_fuser_cross_ff():
     blk.fuser = AddFuser()
     g = torch.Generator().manual_seed(1)
     x, ctx, tokens = torch.randn(2, 5, 8, generator=g), torch.randn(2, 3, 6, generator=g), torch.randn(2, 4, 8, generator=g)
-    got = blk(x, ctx, tokens, 0.25)
+    got = blk(x, ctx, {"mine": (tokens, 0.25), "someone else's": None})
     h = x + blk.attn1(blk.norm1(x))
     torch.testing.assert_close(blk.fuser.seen[0][0], h, rtol=0, atol=0)  # fuser sees x after self-attention
     assert blk.fuser.seen[0][1] == 0.25
@@ -275,17 +278,29 @@ def test_zero_gate_fusers_leave_unet_unchanged():
     base = tiny_unet()(x, t, ctx)
     fused = tiny_unet(fusers=True)  # same seed: same backbone weights (fusers created after)
     assert torch.equal(fused(x, t, ctx), base)
-    assert torch.equal(fused(x, t, ctx, tokens), base)
+    assert torch.equal(fused(x, t, ctx, with_tokens(tokens)), base)
 
 
 def count_fuser_calls(unet):
+    """Counts the fusers' computations (`fuse`: a fuser without its entry, or at scale 0, adds
+    nothing and computes nothing)."""
     counter = {"n": 0}
 
-    def hook(*_):
-        counter["n"] += 1
+    def counted(fuse):
+        def wrapper(*args, **kwargs):
+            counter["n"] += 1
+            return fuse(*args, **kwargs)
+        return wrapper
 
-    handles = [blk.fuser.register_forward_hook(hook) for _, blk in unet.transformer_blocks()]
-    return counter, handles
+    blocks = [blk for _, blk in unet.transformer_blocks()]
+    for blk in blocks:
+        blk.fuser.fuse = counted(blk.fuser.fuse)
+
+    class Restore:
+        def remove(self):
+            for blk in blocks:
+                del blk.fuser.fuse
+    return counter, [Restore()]
 
 
 @torch.no_grad()
@@ -295,16 +310,16 @@ def test_fuser_scale_zero_equals_no_tokens_and_skips_fuser():
     counter, handles = count_fuser_calls(unet)
     no_tokens = unet(x, t, ctx, None)
     assert counter["n"] == 0
-    off = unet(x, t, ctx, tokens, fuser_scale=0.0)
+    off = unet(x, t, ctx, with_tokens(tokens, 0.0))
     assert counter["n"] == 0
     assert torch.equal(off, no_tokens)
-    on = unet(x, t, ctx, tokens, fuser_scale=1.0)
+    on = unet(x, t, ctx, with_tokens(tokens, 1.0))
     assert counter["n"] == 7
     assert (on - no_tokens).abs().max() > 1e-4
-    half = unet(x, t, ctx, tokens, fuser_scale=0.5)
+    half = unet(x, t, ctx, with_tokens(tokens, 0.5))
     assert (half - on).abs().max() > 1e-5 and (half - no_tokens).abs().max() > 1e-5
     # the tokens themselves matter
-    assert (unet(x, t, ctx, tokens + 1.0) - on).abs().max() > 1e-4
+    assert (unet(x, t, ctx, with_tokens(tokens + 1.0)) - on).abs().max() > 1e-4
     for h in handles:
         h.remove()
 
@@ -313,11 +328,11 @@ def test_fuser_scale_zero_equals_no_tokens_and_skips_fuser():
 def test_fused_unet_with_90_tokens_and_empty_tokens():
     unet = tiny_unet(fusers=True, alpha=0.5)
     x, t, ctx, tokens = unet_inputs(n_tokens=3 * 30)
-    out = unet(x, t, ctx, tokens)
+    out = unet(x, t, ctx, with_tokens(tokens))
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert (out - unet(x, t, ctx)).abs().max() > 1e-4
     # zero grounding tokens: the fuser still runs (gated self-attention over the visual tokens only)
-    empty = unet(x, t, ctx, tokens[:, :0])
+    empty = unet(x, t, ctx, with_tokens(tokens[:, :0]))
     assert empty.shape == x.shape and torch.isfinite(empty).all()
     assert (empty - out).abs().max() > 1e-4
 
@@ -326,12 +341,12 @@ def test_fused_unet_with_90_tokens_and_empty_tokens():
 def test_fused_unet_batch_independence():
     unet = tiny_unet(fusers=True, alpha=0.9)
     x, t, ctx, tokens = unet_inputs(n_tokens=3 * 30, seed=3)
-    both = unet(x, t, ctx, tokens)
+    both = unet(x, t, ctx, with_tokens(tokens))
     for i in range(2):
-        alone = unet(x[i:i + 1], t[i:i + 1], ctx[i:i + 1], tokens[i:i + 1])
+        alone = unet(x[i:i + 1], t[i:i + 1], ctx[i:i + 1], with_tokens(tokens[i:i + 1]))
         torch.testing.assert_close(both[i:i + 1], alone, rtol=0, atol=1e-5)
     # and the two items really were conditioned differently
-    swapped = unet(x, t, ctx, tokens.flip(0))
+    swapped = unet(x, t, ctx, with_tokens(tokens.flip(0)))
     assert (swapped - both).abs().max() > 1e-4
 
 
@@ -339,7 +354,7 @@ def test_fused_unet_batch_independence():
 def test_naive_and_sdpa_backends_agree_on_fused_unet():
     unet = tiny_unet(fusers=True, alpha=0.6)
     x, t, ctx, tokens = unet_inputs()
-    sdpa = unet(x, t, ctx, tokens)
+    sdpa = unet(x, t, ctx, with_tokens(tokens))
     with attention_backend("naive"):
-        naive = unet(x, t, ctx, tokens)
+        naive = unet(x, t, ctx, with_tokens(tokens))
     torch.testing.assert_close(sdpa, naive, rtol=0, atol=1e-4)

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hoi.records import Interaction
 from interact.fuser import GatedCrossAttentionDense, GatedSelfAttentionDense, grid_positions
-from interact.tokenizer import ACTION, OBJECT, SUBJECT, HOIPositionNet, role_type_loss, typed_role_defaults
+from interact.controls.interactions import ACTION, OBJECT, SUBJECT, HOIPositionNet, role_type_loss, typed_role_defaults
 from ldm.modules.attention import attention_backend
 from helpers import (C, CTX, DHEAD, HEADS, IN, NMAX, OUT, SHAPES, Squares, attention_reference, dense_reference,
                      fourier_reference, fuser_inputs, layer_norm_reference, random_grounding_inputs, randomize_,
@@ -71,7 +71,7 @@ GRID = (2, 5)  # NV = 10 visual tokens in fuser_inputs
 def test_cross_attention_fuser_matches_slow_reference(scale):
     f = random_fuser(GatedCrossAttentionDense, 1)
     x, tokens = fuser_inputs(n_tokens=6, seed=2)
-    torch.testing.assert_close(f(x, tokens, scale), cross_fuser_reference(f, x, tokens, scale), rtol=0, atol=1e-10)
+    torch.testing.assert_close(f.fuse(x, tokens, scale), cross_fuser_reference(f, x, tokens, scale), rtol=0, atol=1e-10)
 
 
 @torch.no_grad()
@@ -80,9 +80,9 @@ def test_cross_attention_fuser_matches_slow_reference(scale):
 def test_fusers_with_grid_positions_match_slow_reference(cls, reference):
     f = random_fuser(cls, 3, positions=True)
     x, tokens = fuser_inputs(n_tokens=6, seed=4)
-    torch.testing.assert_close(f(x, tokens, 1.0, GRID), reference(f, x, tokens, 1.0, GRID), rtol=0, atol=1e-10)
+    torch.testing.assert_close(f.fuse(x, tokens, 1.0, GRID), reference(f, x, tokens, 1.0, GRID), rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="grid"):
-        f(x, tokens, 1.0, (3, 3))
+        f.fuse(x, tokens, 1.0, (3, 3))
 
 
 def test_grid_positions_are_the_cells_fourier_boxes():
@@ -98,7 +98,7 @@ def test_positions_break_permutation_equivariance():
     perm = torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(0))
     for positions in (False, True):
         f = random_fuser(GatedCrossAttentionDense, 7, positions)
-        gap = (f(x[:, perm], tokens, 1.0, GRID) - f(x, tokens, 1.0, GRID)[:, perm]).abs().max()
+        gap = (f.fuse(x[:, perm], tokens, 1.0, GRID) - f.fuse(x, tokens, 1.0, GRID)[:, perm]).abs().max()
         assert (gap > 1e-3) if positions else (gap < 1e-12)
 
 
@@ -108,7 +108,7 @@ def test_cross_fuser_inits_are_identity_and_zero_outputs_trains(positions):
     x, tokens = torch.randn(2, 6, C), torch.randn(2, 3, CTX)
     for init in ("zero_gates", "zero_outputs"):
         f = GatedCrossAttentionDense(C, CTX, HEADS, DHEAD, init=init, visual_positions=positions)
-        out = f(x, tokens, 1.0, (2, 3))
+        out = f.fuse(x, tokens, 1.0, (2, 3))
         assert torch.equal(out, x)
     (out * torch.randn_like(out)).sum().backward()  # zero_outputs: the output layers get gradient at once
     assert f.attn.to_out[0].weight.grad.abs().sum() > 0 and f.ff.net[2].weight.grad.abs().sum() > 0
@@ -123,7 +123,7 @@ def test_cross_fuser_keys_are_the_interaction_tokens_only():
     x2[:, 0] = torch.randn(x.shape[0], x.shape[2], dtype=x.dtype, generator=torch.Generator().manual_seed(1))
     for cls, coupled in ((GatedSelfAttentionDense, True), (GatedCrossAttentionDense, False)):
         f = random_fuser(cls, 8)
-        gap = (f(x2, tokens)[:, 1:] - f(x, tokens)[:, 1:]).abs().max()
+        gap = (f.fuse(x2, tokens)[:, 1:] - f.fuse(x, tokens)[:, 1:]).abs().max()
         assert (gap > 1e-3) if coupled else (gap < 1e-12)
 
 
@@ -364,7 +364,7 @@ def test_fusers_with_positions_train_and_the_file_says_what_it_needs(tmp_path, f
     final = trainer.run()
     assert not torch.equal(before, fuser.visual_position.weight)
     state = read_file(final)["model"]
-    assert interaction_variant(state) == {"fuser_type": fuser_type, "fuser_positions": True, "role_embedding": "fixed"}
+    assert interaction_variant(trainer.model, state) == {"fuser_type": fuser_type, "fuser_positions": True}
     other = "gatedSA" if fuser_type == "gatedCA" else "gatedCA"
     config = set_interaction_options(trainer.config, fuser_type=other)
     with pytest.raises(CheckpointError, match=f"interaction.fuser_type = {fuser_type}"):
@@ -375,7 +375,7 @@ def test_a_fixed_role_checkpoint_loads_into_a_typed_model_unchanged(tmp_path, ti
     """Released files have no typed weights: they start as the file's role embeddings, so
     every output is the same."""
     from interact.checkpoint import load_weights, save_checkpoint
-    from interact.conditions import build_grounding
+    from interact.controls.interactions import build_grounding
     from interact.model import build_model, set_interaction_options
     source = copy.deepcopy(tiny_model)
     randomize_(source.interaction_tokenizer, 0)  # role embeddings that differ from a fresh init

@@ -1,6 +1,6 @@
 """Command line:
     python -m dataset.toy generate --out data/toy [--train N --test N --size S --seed K]
-    python -m dataset.toy layouts --out examples/toy_layouts.json [--n 24 --first 0 --seed 0]
+    python -m dataset.toy layouts --out examples/toy_layouts.json [--control interaction --n 24 --first 0 --seed 0]
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from .generate import generate, write_layouts
+from .generate import LAYOUT_FIELDS, generate, write_layouts
 from .world import DEFAULT_SIZE
 
 
@@ -32,11 +32,14 @@ def main(argv=None) -> int:
     lay.add_argument("--out", type=Path, required=True, help="the .json file to write")
     lay.add_argument("--n", type=int, default=24, help="how many layouts (default 24)")
     lay.add_argument("--first", type=int, default=0, help="the first test image (default 0)")
-    lay.add_argument("--seed", type=int, default=0, help="the world's seed (default 0, as the data set's)")
+    lay.add_argument("--seed", type=int, default=0, help="the world's seed (default 0: the data set's own test scenes; "
+                     "another seed: fresh scenes)")
+    lay.add_argument("--control", default="interaction", choices=sorted(LAYOUT_FIELDS),
+                     help="whose records to write (default interaction)")
     args = p.parse_args(argv)
     if args.command == "layouts":
         try:
-            write_layouts(args.out, args.n, args.first, args.seed)
+            write_layouts(args.out, args.n, args.first, args.seed, args.control)
         except (ValueError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -154,32 +154,47 @@ def generate(out: str | Path, train: int = 20000, test: int = 1000, size: int = 
     return out
 
 
-def layout_record(ann: dict, source: str) -> dict:
-    """A rendered scene's annotations as a layout record of inference_batch.py (normalised boxes,
-    the caption the training data would give it)."""
+def scene_triplets(ann: dict) -> list:
+    """A rendered scene's interactions with normalised boxes (4 decimals), as RawHOIs."""
     from dataset.sample import RawHOI
-    from hoi.captions import caption_from_triplets
     w, h = ann["width"], ann["height"]
     boxes = [[round(b["bbox"][0] / w, 4), round(b["bbox"][1] / h, 4), round(b["bbox"][2] / w, 4),
               round(b["bbox"][3] / h, 4)] for b in ann["annotations"]]
     names = [OBJECT_BY_ID[b["category_id"]].name for b in ann["annotations"]]
-    hois = ann["hoi_annotation"]
-    triplets = [RawHOI(names[x["subject_id"]], VERB_BY_ID[x["category_id"]].name, names[x["object_id"]],
-                       tuple(boxes[x["subject_id"]]), tuple(boxes[x["object_id"]])) for x in hois]
-    return {"prompt": caption_from_triplets(triplets),
-            "subject_phrases": [t.subject for t in triplets], "action_phrases": [t.action for t in triplets],
-            "object_phrases": [t.object for t in triplets],
-            "subject_boxes": [list(t.subject_box) for t in triplets], "object_boxes": [list(t.object_box) for t in triplets],
-            "source": source}
+    return [RawHOI(names[x["subject_id"]], VERB_BY_ID[x["category_id"]].name, names[x["object_id"]],
+                   tuple(boxes[x["subject_id"]]), tuple(boxes[x["object_id"]])) for x in ann["hoi_annotation"]]
 
 
-def write_layouts(out: str | Path, n: int = 24, first: int = 0, seed: int = 0) -> Path:
-    """The layouts of test images first .. first+n-1 (rendered here, no data set needed) as one
-    JSON list, written atomically."""
+def interaction_fields(triplets: list) -> dict:
+    """The interaction control's record keys (interact/controls/interactions.py)."""
+    return {"subject_phrases": [t.subject for t in triplets], "action_phrases": [t.action for t in triplets],
+            "object_phrases": [t.object for t in triplets], "subject_boxes": [list(t.subject_box) for t in triplets],
+            "object_boxes": [list(t.object_box) for t in triplets]}
+
+
+# Each control trained or measured on the toy world writes its record keys from a scene here
+# (the data set knows no model code, so the fields are written here, in the controls' key names).
+LAYOUT_FIELDS = {"interaction": interaction_fields}
+
+
+def layout_record(ann: dict, source: str, control: str = "interaction") -> dict:
+    """A rendered scene's annotations as a layout record of inference_batch.py for `control`
+    (normalised boxes, the caption the training data would give it)."""
+    from hoi.captions import caption_from_triplets
+    triplets = scene_triplets(ann)
+    return {"prompt": caption_from_triplets(triplets), **LAYOUT_FIELDS[control](triplets), "source": source}
+
+
+def write_layouts(out: str | Path, n: int = 24, first: int = 0, seed: int = 0, control: str = "interaction") -> Path:
+    """The layouts of test scenes first .. first+n-1 of the world drawn with `seed` (rendered here,
+    no data set needed; seed 0 gives the data set's own test scenes, any other seed fresh ones) as
+    one JSON list of `control`'s records, written atomically."""
     if n < 1 or first < 0 or seed < 0:
         raise ValueError(f"--n {n}, --first {first}, --seed {seed}: need n >= 1, first >= 0, seed >= 0")
-    records = [layout_record(render_image(seed, "test", i)[1], f"toy test image test_{i:06d}.png (seed {seed})")
-               for i in range(first, first + n)]
+    if control not in LAYOUT_FIELDS:
+        raise ValueError(f"--control {control}: the toy world writes layouts for {', '.join(LAYOUT_FIELDS)}")
+    records = [layout_record(render_image(seed, "test", i)[1], f"toy test image test_{i:06d}.png (seed {seed})",
+                             control) for i in range(first, first + n)]
     text = "[\n" + ",\n".join("  " + json.dumps(r) for r in records) + "\n]\n"
     out = Path(out)
     atomic_write(out, lambda tmp: Path(tmp).write_text(text))

@@ -8,15 +8,15 @@ from typing import Callable
 
 import torch
 
-from interact.checkpoint.formats import (GLIGEN_FRESH_KEYS, INTERACTION_ONLY, CheckpointError, classify,
-                                         gligen_to_interaction, to_sections)
+from interact.checkpoint.formats import (FORMAT_BY_NAME, CheckpointError, classify, holds_control_only,
+                                         to_sections)
 from interact.model import (CONFIG_DIR, REPO_ROOT, InteractDiffusion, build_model, interaction_options,
                             is_interaction_key, load_config)
 
 Ignore = Callable[[str], bool]
 
 
-def _keep_all(name: str) -> bool:
+def keep_all(name: str) -> bool:
     return False
 
 
@@ -52,7 +52,7 @@ def normalize_section(module: torch.nn.Module, section: str, state: dict) -> dic
     return state
 
 
-def compare(module: torch.nn.Module, section: str, state: dict, ignore: Ignore = _keep_all) -> SectionReport:
+def compare(module: torch.nn.Module, section: str, state: dict, ignore: Ignore = keep_all) -> SectionReport:
     """Names and shapes of `state` vs `module.state_dict()`; `ignore(name)` drops names on both sides."""
     return compare_normalized(module, normalize_section(module, section, state), ignore)
 
@@ -66,26 +66,16 @@ def compare_normalized(module: torch.nn.Module, state: dict, ignore: Ignore) -> 
         wrong_shape=sorted((k, given[k], expected[k]) for k in set(given) & set(expected) if given[k] != expected[k]))
 
 
-def with_typed_role_defaults(model: InteractDiffusion, state: dict) -> dict:
-    """A typed-role model loading a file without the typed weights (any released checkpoint):
-    those start as tokenizer.typed_role_defaults, i.e. exactly the file's role embeddings."""
-    pn = model.interaction_tokenizer
-    if getattr(pn, "role_embedding", "fixed") != "typed" or "position_net.type_offsets" in state:
-        return state
-    from interact.tokenizer import typed_role_defaults
-    return {**state, **typed_role_defaults(pn)}
-
-
-def fresh_in_file(kind: str) -> Ignore:
-    """Names of the model that a file of this kind cannot provide and that start fresh."""
-    if kind == "gligen":
-        return lambda k: k.startswith(GLIGEN_FRESH_KEYS)
-    return _keep_all
-
-
-def as_interaction_names(kind: str, model_state: dict) -> dict:
-    """A file's `model` section under this project's names (GLIGEN's converted)."""
-    return gligen_to_interaction(model_state) if kind == "gligen" else model_state
+def adapt_to_model(model: InteractDiffusion, kind: str) -> tuple[Callable[[dict], dict], Ignore] | None:
+    """How a file of format `kind` gives `model`'s trained control its weights: (convert its
+    `model` section, names of the model that start fresh). A file of the model's own control:
+    as it is; a file of another control the model's can start from (GLIGEN's for
+    InteractDiffusion's, in training): converted; else None."""
+    f = FORMAT_BY_NAME.get(kind)
+    control = model.trained_control
+    if f is None or f.control in (None, control.name):
+        return (lambda state: state), keep_all
+    return control.starts_from(f.control)
 
 
 def _backbone_key(name: str) -> bool:
@@ -95,28 +85,29 @@ def _backbone_key(name: str) -> bool:
 def check_file(raw: dict, model: InteractDiffusion) -> dict[str, SectionReport]:
     """Which of the file's sections would load strictly into `model` (for `inspect`)."""
     kind = classify(raw)
+    f = FORMAT_BY_NAME.get(kind)
     sections = to_sections(raw)
-    as_is = model.is_gligen  # a GLIGEN model takes a GLIGEN file's names as they are
+    adapt = adapt_to_model(model, kind) or ((lambda state: state), keep_all)
     if "model" in sections:
-        state = sections["model"] if as_is else as_interaction_names(kind, sections["model"])
-        sections["model"] = with_typed_role_defaults(model, state)
-    if kind in ("sd_original", "sd_backbone"):  # an SD file holds the backbone only
+        sections["model"] = model.trained_control.complete_state(adapt[0](sections["model"]))
+    if f is not None and f.control is None:     # an SD file holds the backbone only
         ignore = is_interaction_key
-    elif kind in INTERACTION_ONLY:
+    elif holds_control_only(kind):
         ignore = _backbone_key
     else:
-        ignore = _keep_all if as_is else fresh_in_file(kind)
-    return {name: compare(model.section(name), name, state, ignore if name == "model" else _keep_all)
+        ignore = adapt[1]
+    return {name: compare(model.section(name), name, state, ignore if name == "model" else keep_all)
             for name, state in sections.items()}
 
 
-def interaction_variant(model_state: dict, file_config=None) -> dict:
-    """The config switches a `model` section's interaction keys imply; box attention, which has no
-    weights of its own, from the file's stored config when it has one."""
+def interaction_variant(model: InteractDiffusion, model_state: dict, file_config=None) -> dict:
+    """The config switches a `model` section's control keys imply: the fusers' kind from their
+    names, the control's own (InteractDiffusion: typed roles) from its tokenizer's, box attention
+    (which has no weights of its own) from the file's stored config when it has one."""
     keys = list(model_state)
     out = {"fuser_type": "gatedCA" if any(".fuser.norm_objs." in k for k in keys) else "gatedSA",
            "fuser_positions": any(".fuser.visual_position." in k for k in keys),
-           "role_embedding": "typed" if "position_net.type_offsets" in model_state else "fixed"}
+           **model.trained_control.variant(model_state)}
     interaction = (file_config or {}).get("interaction") if isinstance(file_config, dict) else None
     if isinstance(interaction, dict):
         out["box_attention"] = interaction.get("box_attention", "none")
@@ -125,14 +116,12 @@ def interaction_variant(model_state: dict, file_config=None) -> dict:
 
 def check_variant(model: InteractDiffusion, model_state: dict, source, file_config=None) -> None:
     """A file trained with other interaction switches than the config: say which, and how to
-    match them (rather than list the differing tensor names). A fixed-role file is fine for a
-    typed config (with_typed_role_defaults)."""
+    match them (rather than list the differing tensor names)."""
     if not any(".fuser." in k for k in model_state):
         return
     have = interaction_options(model.config)
     wrong = [f"interaction.{k} = {v} (the config has {have[k]})"
-             for k, v in interaction_variant(model_state, file_config).items()
-             if v != have[k] and not (k == "role_embedding" and v == "fixed")]
+             for k, v in interaction_variant(model, model_state, file_config).items() if v != have[k]]
     if wrong:
         raise CheckpointError(f"{source}: was trained with {'; '.join(wrong)}: use a config with the file's settings "
                               f"(--fuser_type / --role_embedding / --box_attention on the command line)")

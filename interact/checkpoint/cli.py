@@ -11,9 +11,8 @@ from typing import TextIO
 import torch
 
 from interact.checkpoint.checks import check_file, config_hint
-from interact.checkpoint.formats import CheckpointError, classify, describe_kind, read_file, to_sections
+from interact.checkpoint.formats import CheckpointError, classify, config_for_kind, describe_kind, read_file, to_sections
 from interact.checkpoint.writing import pack
-from interact.checkpoint.formats import default_config
 from interact.model import SD_V1_CONFIG, SECTIONS, build_model, load_config
 
 
@@ -41,7 +40,7 @@ def inspect(path: str | os.PathLike, config: str | os.PathLike | None = None, al
                     and not isinstance(raw[k], torch.Tensor))
     if extras and classify(raw) != "sd_original":
         print(f"  other keys: {', '.join(extras)}", file=out)
-    config = config or default_config(raw)
+    config = config or config_for_kind(classify(raw))
     model = build_model(load_config(config), device="meta")
     reports = check_file(raw, model)
     problems = [line for name, r in reports.items() for line in r.lines(name)]

@@ -29,9 +29,9 @@ from safetensors import SafetensorError
 
 from hoi.io import remove_stale_temporaries, temporary_path, writable_parent
 from hoi.pickles import load_torch
-from interact.checkpoint.formats import (CheckpointError, classify, config_globals, read_file,
+from interact.checkpoint.formats import (CheckpointError, classify, config_for_kind, config_globals, read_file,
                                          sniff_format)
-from interact.model import SD_V1_CONFIG, SD_V1_GLIGEN_CONFIG, InteractDiffusion, is_interaction_key
+from interact.model import SD_V1_CONFIG, InteractDiffusion, is_interaction_key
 
 WEIGHT_FILES = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
 CONFIG_FILE = "interactdiffusion_config.yaml"   # this project's model config, written by an export
@@ -471,7 +471,7 @@ def read_folder(path: str | os.PathLike, model: InteractDiffusion | None = None)
     to_ldm = diffusers_to_ldm_unet(unet)
     sections = {"model": {to_ldm[k] or k: v for k, v in unet.items()}}
     if model is not None:
-        _fit_instance_slots(sections["model"], model)
+        model.trained_control.fit_folder_state(sections["model"])
     if (path / "vae").is_dir():
         vae = _read_weights(_weights_file(path / "vae", WEIGHT_FILES["vae"]))
         vae_to_ldm = diffusers_to_ldm_vae(vae)
@@ -484,17 +484,6 @@ def read_folder(path: str | os.PathLike, model: InteractDiffusion | None = None)
     sections["text_encoder"] = {"transformer." + k: v for k, v in text.items()}
     sections[FOLDER_MARK] = str(path)
     return sections
-
-
-def _fit_instance_slots(state: dict, model: InteractDiffusion) -> None:
-    """The released diffusers InteractDiffusion class declares 32 instance embeddings where the
-    tokenizer uses 30 (its pipeline pads to 30): rows past the model's slot count are never
-    read, so they are dropped."""
-    key = "position_net.interaction_embedding.emb.weight"
-    ours = model.unet.state_dict().get(key)
-    if key in state and ours is not None and state[key].shape[0] > ours.shape[0] \
-            and state[key].shape[1:] == ours.shape[1:]:
-        state[key] = state[key][:ours.shape[0]]
 
 
 def tokenizer_folder(*paths) -> str | None:
@@ -558,10 +547,8 @@ def peek_kind(path: str | os.PathLike, allow_pickle: bool = False) -> str:
 
 def generation_config(path: str | os.PathLike | None, allow_pickle: bool = False) -> Path:
     """The model config a checkpoint (file or diffusers folder) generates with when none is
-    given: the one a folder exported by this project carries (CONFIG_FILE), GLIGEN's for a GLIGEN
-    one, else SD v1.x InteractDiffusion's."""
+    given: the one a folder exported by this project carries (CONFIG_FILE), else its format's
+    (formats.FORMATS: GLIGEN's for a GLIGEN file, SD v1.x InteractDiffusion's otherwise)."""
     if path is not None and (Path(path) / CONFIG_FILE).is_file():
         return Path(path) / CONFIG_FILE
-    if path is not None and peek_kind(path, allow_pickle) == "gligen":
-        return SD_V1_GLIGEN_CONFIG
-    return SD_V1_CONFIG
+    return config_for_kind(peek_kind(path, allow_pickle)) if path is not None else SD_V1_CONFIG

@@ -12,7 +12,7 @@ Layouts read:
 - the InteractDiffusion WebUI extension's file (`ext_interactdiff_v1.2.pth`): the same tensors
   as one flat dict, `input_blocks.1.1.transformer_blocks.0.fuser.*` ... and `position_net.*`.
 - diffusers folders (unet/ vae/ text_encoder/ tokenizer/ scheduler/), read into the same sections
-  by interact/checkpoint/diffusers_folder.py: FOLDER_NAMES names them.
+  by interact/checkpoint/diffusers_folder.py (each format says how it names such a folder).
 
 Pickles load with `weights_only=True`; a file that needs arbitrary Python objects
 is refused unless the caller trusts it (`allow_pickle=True`, CLI `--allow-pickle`).
@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from hoi.pickles import ZIP_MAGIC, RefusedPickle, UnreadablePickle, load_torch
-from interact.model import SD_V1_CONFIG, SD_V1_GLIGEN_CONFIG, SECTIONS, is_interaction_key
+from interact.controls import Format, checkpoint_formats
+from interact.model import SD_V1_CONFIG, SECTIONS, is_interaction_key
 
 SD_PREFIXES = {
     "model.diffusion_model.": "model",
@@ -36,9 +37,6 @@ DIFFUSION_BUFFERS = (
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
     "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
     "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2")
-# Parts of the interaction control that a GLIGEN box checkpoint does not have; they start fresh.
-GLIGEN_FRESH_KEYS = ("position_net.interaction_embedding.", "position_net.position_embedding.")
-
 PICKLE_PROTOCOLS = range(2, 6)          # legacy torch.save: a bare pickle, b"\x80" + protocol byte
 SAFETENSORS_MAX_HEADER = 100_000_000    # the safetensors format's own limit on its JSON header
 
@@ -120,64 +118,66 @@ def _is_tensor_dict(value) -> bool:
     return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
 
 
-# Kinds that hold only the interaction control: the backbone must come from an SD file.
-INTERACTION_ONLY = ("interaction_weights", "webui_extension")
-
-
 LORA_SUFFIXES = (".lora_up.weight", ".lora_B.weight", ".processor.to_q_lora.up.weight")
 
 
-def classify(raw: dict) -> str:
-    """One of: interactdiffusion, gligen, interaction_weights, webui_extension, sd_original, sd_backbone,
-    lora, unknown."""
-    if any(isinstance(k, str) and k.endswith(LORA_SUFFIXES) for k in raw):
-        return "lora"
-    if (_is_tensor_dict(raw) and all(is_interaction_key(k) for k in raw)
-            and any(k.startswith("position_net.") for k in raw)):
-        return "webui_extension"
+def _lora(raw: dict) -> bool:
+    return any(isinstance(k, str) and k.endswith(LORA_SUFFIXES) for k in raw)
+
+
+def _sd_backbone(raw: dict) -> bool:
+    """A `model` section with the backbone alone (a diffusers SD folder read into sections)."""
     model = raw.get("model")
-    if _is_tensor_dict(model) and not any(is_interaction_key(k) for k in model):
-        return "sd_backbone"   # a diffusers SD folder read into sections: the backbone alone
-    if _is_tensor_dict(model):
-        has_backbone = any(not is_interaction_key(k) for k in model)
-        # GLIGEN's tokenizer has neither; a box-only InteractDiffusion ablation lacks linear_action.
-        if any(k.startswith(("position_net.linear_action.", "position_net.interaction_embedding.")) for k in model):
-            return "interactdiffusion" if has_backbone else "interaction_weights"
-        if any(k.startswith("position_net.") for k in model):
-            return "gligen"
+    return _is_tensor_dict(model) and not any(is_interaction_key(k) for k in model)
+
+
+def _sd_original(raw: dict) -> bool:
     state = raw.get("state_dict", raw)
-    if isinstance(state, dict) and any(isinstance(k, str) and k.startswith("model.diffusion_model.") for k in state):
-        return "sd_original"
-    return "unknown"
+    return isinstance(state, dict) and any(isinstance(k, str) and k.startswith("model.diffusion_model.") for k in state)
 
 
-def default_config(raw: dict) -> Path:
-    """The model config a file is generated with when none is given: GLIGEN's for a GLIGEN file."""
-    return SD_V1_GLIGEN_CONFIG if classify(raw) == "gligen" else SD_V1_CONFIG
+# The one table of formats, tried in order: LoRA files first (their names would match the
+# others), then each control's (interact/controls/), then the backbone alone.
+FORMATS: list[Format] = [
+    Format("lora", "LoRA for the base (pass it with --lora FILE[:weight])", _lora),
+    *checkpoint_formats(),
+    Format("sd_backbone", "Stable Diffusion v1.x backbone (UNet, autoencoder, text encoder)", _sd_backbone,
+           backbone=True, config=SD_V1_CONFIG,
+           folder_description="diffusers Stable Diffusion folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)"),
+    Format("sd_original", "Stable Diffusion v1.x original checkpoint", _sd_original, backbone=True,
+           config=SD_V1_CONFIG),
+]
+FORMAT_BY_NAME = {f.name: f for f in FORMATS}
+UNKNOWN = "unknown"
 
 
-FOLDER_NAMES = {
-    "interactdiffusion": "diffusers InteractDiffusion folder (unet/ with fusers + interaction tokenizer, vae/, "
-                         "text_encoder/, tokenizer/, scheduler/)",
-    "gligen": "diffusers GLIGEN folder (unet/ with fusers + box grounding tokenizer, vae/, text_encoder/, tokenizer/, "
-              "scheduler/)",
-    "sd_backbone": "diffusers Stable Diffusion folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)",
-}
+def classify(raw: dict) -> str:
+    """The name of the first format of FORMATS that `raw` matches, or "unknown"."""
+    return next((f.name for f in FORMATS if f.matches(raw)), UNKNOWN)
+
+
+def file_format(raw: dict) -> Format | None:
+    return FORMAT_BY_NAME.get(classify(raw))
+
+
+def holds_control_only(kind: str) -> bool:
+    """A format with a control's weights and no backbone (an SD file must come with it)."""
+    f = FORMAT_BY_NAME.get(kind)
+    return f is not None and f.control is not None and not f.backbone
+
+
+def config_for_kind(kind: str) -> Path:
+    """The model config a file of this format generates with when none is given."""
+    f = FORMAT_BY_NAME.get(kind)
+    return f.config if f is not None and f.config is not None else SD_V1_CONFIG
 
 
 def describe_kind(raw: dict) -> str:
-    kind = classify(raw)
-    names = {"interactdiffusion": "InteractDiffusion checkpoint (UNet + interaction tokenizer + fusers)",
-             "gligen": "GLIGEN checkpoint (box grounding tokenizer + fusers)",
-             "interaction_weights": "interaction weights only (position_net + fusers)",
-             "webui_extension": "InteractDiffusion WebUI extension file (position_net + fusers, one flat dict)",
-             "sd_original": "Stable Diffusion v1.x original checkpoint",
-             "sd_backbone": "Stable Diffusion v1.x backbone (UNet, autoencoder, text encoder)",
-             "lora": "LoRA for the base (pass it with --lora FILE[:weight])",
-             "unknown": "unrecognised layout"}
-    text = names[kind]
+    f = file_format(raw)
+    text = f.description if f is not None else "unrecognised layout"
     if "diffusers_folder" in raw:  # read by interact/checkpoint/diffusers_folder.py
-        text = FOLDER_NAMES.get(kind, "diffusers folder: " + text)
+        text = (f.folder_description if f is not None and f.folder_description else None) or (
+            "diffusers folder: " + text)
     if "iters" in raw:
         text += f", training checkpoint at iteration {int(raw['iters'])}"
     return text
@@ -205,27 +205,8 @@ def to_sections(raw: dict) -> dict[str, dict[str, torch.Tensor]]:
                 if key in DIFFUSION_BUFFERS:
                     sections.setdefault("diffusion", {})[key] = value
         return sections
-    if kind == "unknown":
+    if kind == UNKNOWN:
         raise CheckpointError(unknown_layout_message(raw))
-    if kind == "webui_extension":
+    if "model" not in raw and _is_tensor_dict(raw):   # a flat dict of the control's tensors (the WebUI file)
         return {"model": dict(raw)}
     return {s: raw[s] for s in SECTIONS if _is_tensor_dict(raw.get(s))}
-
-
-def gligen_to_interaction(model_section: dict) -> dict:
-    """docs/reference.md §3: a GLIGEN box+text `model` section -> InteractDiffusion names. GLIGEN's
-    `linears` initialise both `linears` and `linear_action`, its null text feature both
-    null features; fusers and UNet copy as they are."""
-    out = {}
-    for key, value in model_section.items():
-        if key.startswith("position_net.linears."):
-            out[key] = value
-            out[key.replace("position_net.linears.", "position_net.linear_action.")] = value.clone()
-        elif key == "position_net.null_positive_feature":
-            out[key] = value
-            out["position_net.null_action_feature"] = value.clone()
-        elif key.startswith("position_net.") and key != "position_net.null_position_feature":
-            continue  # GLIGEN-only parts (e.g. image branches) have no counterpart here
-        else:
-            out[key] = value
-    return out

@@ -19,11 +19,12 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from interact.checkpoint.checks import (NO_CONFIG_FITS, Ignore, as_interaction_names, check_variant, compare_normalized,
-                                        config_hint, fresh_in_file, normalize_section, with_typed_role_defaults)
-from interact.checkpoint.formats import (INTERACTION_ONLY, CheckpointError, classify, describe_kind, read_file,
+from interact.checkpoint.checks import (NO_CONFIG_FITS, Ignore, keep_all, adapt_to_model, check_variant,
+                                        compare_normalized, config_hint, normalize_section)
+from interact.checkpoint.formats import (FORMAT_BY_NAME, UNKNOWN, CheckpointError, classify, describe_kind, read_file,
                                          to_sections, unknown_layout_message)
-from interact.model import SECTIONS, InteractDiffusion, is_interaction_key
+from interact.controls import CONTROLS
+from interact.model import REPO_ROOT, SECTIONS, InteractDiffusion, is_interaction_key
 
 Purpose = Literal["generate", "train"]
 PathLike = str | os.PathLike
@@ -33,7 +34,7 @@ PathLike = str | os.PathLike
 class _Policy:
     needs_ckpt: bool        # generation has no random weights to fall back on
     needs_backbone: bool
-    takes_gligen: bool      # GLIGEN has no interaction (verb) weights: a start for training only
+    converts: bool          # another control's file may start this one (GLIGEN's for InteractDiffusion's): training
     sd_flag: str            # the command-line flag that takes an SD v1.x file
     ckpt_takes: str         # what --ckpt takes, for messages
     finish_meta: bool       # the model was built on the meta device
@@ -41,9 +42,9 @@ class _Policy:
 
 
 POLICIES: dict[str, _Policy] = {
-    "generate": _Policy(needs_ckpt=True, needs_backbone=True, takes_gligen=False, sd_flag="--sd_ckpt",
+    "generate": _Policy(needs_ckpt=True, needs_backbone=True, converts=False, sd_flag="--sd_ckpt",
                         ckpt_takes="the InteractDiffusion file", finish_meta=True, config_use="pass --config"),
-    "train": _Policy(needs_ckpt=False, needs_backbone=False, takes_gligen=True, sd_flag="--official_ckpt_name",
+    "train": _Policy(needs_ckpt=False, needs_backbone=False, converts=True, sd_flag="--official_ckpt_name",
                      ckpt_takes="a GLIGEN or InteractDiffusion file", finish_meta=False,
                      config_use="set the training YAML's model_config: to"),
 }
@@ -64,10 +65,6 @@ class _Part:
     ignore: Ignore
     source: PathLike
     raw: dict  # the whole file, to say which config it fits when it does not fit this one
-
-
-def _keep_all(name: str) -> bool:
-    return False
 
 
 def read_weights(path: PathLike, model: InteractDiffusion, allow_pickle: bool = False) -> dict:
@@ -117,8 +114,19 @@ def _backbone_parts(model: InteractDiffusion, backbone: dict, source: PathLike, 
                               f"Face CLIP ViT-L/14 text model folder, e.g. an SD v1.x repo's text_encoder/)")
     for name in SECTIONS:
         if name != "model" and name in backbone and not (name == "text_encoder" and text_encoder_given):
-            parts.append(_checked(_Part(model.section(name), name, backbone[name], _keep_all, source, raw), policy))
+            parts.append(_checked(_Part(model.section(name), name, backbone[name], keep_all, source, raw), policy))
     return parts
+
+
+def _other_control_message(ckpt, fmt, control, convertible: bool) -> str:
+    """A file of another control than the config's: which config generates it, and whether it
+    can start this control's training."""
+    article = "an" if fmt.description[:1].lower() in "aeiou" else "a"
+    kind = CONTROLS[fmt.control].title
+    config = fmt.config.relative_to(REPO_ROOT) if fmt.config.is_relative_to(REPO_ROOT) else fmt.config
+    text = (f"--ckpt {ckpt}: is {article} {kind} checkpoint, and the config is {control.title}'s: generate with "
+            f"{config} (picked by itself when no --config is given)")
+    return text + (f"; {kind} files initialise {control.title} training" if convertible else "")
 
 
 def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt: PathLike | None = None, *,
@@ -139,32 +147,29 @@ def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt
     lines: list[str] = []
     parts: list[_Part] = []
     backbone = None
-    interaction = None  # (source, raw, kind, model section under this project's names)
+    interaction = None  # (source, raw, model section under this model's names, names that start fresh)
     if ckpt is not None:
         raw = read_weights(ckpt, model, allow_pickle)
         kind = classify(raw)
-        if kind == "unknown":
+        if kind == UNKNOWN:
             raise CheckpointError(f"--ckpt {ckpt}: {unknown_layout_message(raw)}")
-        if kind in ("sd_original", "sd_backbone"):
+        fmt = FORMAT_BY_NAME[kind]
+        if fmt.control is None:
             raise CheckpointError(f"--ckpt {ckpt}: holds no interaction weights ({describe_kind(raw)}): pass it "
                                   f"as {policy.sd_flag}, and {policy.ckpt_takes} as --ckpt")
-        if kind == "gligen" and not model.is_gligen and not policy.takes_gligen:
-            raise CheckpointError(f"--ckpt {ckpt}: is a GLIGEN checkpoint (box grounding), and the config is "
-                                  f"InteractDiffusion's: generate with configs/sd_v1_gligen.yaml (picked by itself "
-                                  f"when no --config is given); GLIGEN files initialise InteractDiffusion training")
-        if kind in ("interactdiffusion", *INTERACTION_ONLY) and model.is_gligen:
-            raise CheckpointError(f"--ckpt {ckpt}: is an InteractDiffusion checkpoint, and the config is GLIGEN's: "
-                                  f"use an InteractDiffusion config (configs/sd_v1_interact.yaml)")
+        control = model.trained_control
+        adapt = adapt_to_model(model, kind)
+        if fmt.control != control.name and (adapt is None or not policy.converts):
+            raise CheckpointError(_other_control_message(ckpt, fmt, control, adapt is not None))
         sections = to_sections(raw)
         if "model" not in sections:
             raise CheckpointError(f"--ckpt {ckpt}: has no 'model' section with interaction weights")
-        # A GLIGEN file into a GLIGEN model loads as it is; into InteractDiffusion it is converted.
-        converted = kind == "gligen" and not model.is_gligen
-        interaction = (ckpt, raw, kind, as_interaction_names(kind, sections["model"]) if converted
-                       else sections["model"])
-        lines.append(f"interaction control: {ckpt} ({describe_kind(raw)})"
-                     + ("; instance and role embeddings: random (GLIGEN has none)" if converted else ""))
-        if kind not in INTERACTION_ONLY:
+        convert, fresh = adapt
+        interaction = (ckpt, raw, convert(sections["model"]), fresh)
+        lines.append(f"interaction control: {ckpt} ({describe_kind(raw)})" + (
+            f"; what {CONTROLS[fmt.control].title} files lack (instance and role embeddings): random"
+            if fmt.control != control.name else ""))
+        if fmt.backbone:
             backbone = (ckpt, raw, sections)
     elif plain_sd:
         lines.append("interaction control: none (plain Stable Diffusion: every fuser's gate is 0)")
@@ -172,8 +177,8 @@ def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt
         lines.append("interaction control: random initialisation")
     if sd_ckpt is not None:
         sd_raw = read_weights(sd_ckpt, model, allow_pickle)
-        sd_kind = classify(sd_raw)
-        if plain_sd and sd_kind in ("interactdiffusion", "gligen", *INTERACTION_ONLY):
+        sd_format = FORMAT_BY_NAME.get(classify(sd_raw))
+        if plain_sd and sd_format is not None and sd_format.control is not None:
             # Alone, an SD file generates plain SD: a file with a layout control would have it ignored.
             raise CheckpointError(f"{policy.sd_flag} {sd_ckpt}: holds a layout control ({describe_kind(sd_raw)}): pass it "
                                   f"as --ckpt (a {policy.sd_flag} file alone generates plain Stable Diffusion, "
@@ -191,11 +196,10 @@ def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt
         parts += _backbone_parts(model, sections, source, raw, text_encoder_given, hint, policy)
         lines.append(f"backbone: {source}")
     if interaction is not None:
-        source, raw, kind, model_state = interaction
-        fresh = _keep_all if model.is_gligen else fresh_in_file(kind)
+        source, raw, model_state, fresh = interaction
         check_variant(model, {k: v for k, v in model_state.items() if is_interaction_key(k) and not fresh(k)},
                       source, raw.get("config_dict"))
-        parts.append(_checked(_Part(model.unet, "model", with_typed_role_defaults(model, model_state),
+        parts.append(_checked(_Part(model.unet, "model", model.trained_control.complete_state(model_state),
                                     lambda k: not is_interaction_key(k) or fresh(k), source, raw), policy))
 
     for part in parts:  # every check passed: now load

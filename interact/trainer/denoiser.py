@@ -6,23 +6,22 @@ from torch import nn
 
 from interact.conditions import Cond
 from interact.model import InteractDiffusion
-from interact.tokenizer import role_type_loss
 
 
 class Denoiser(nn.Module):
     """The trained forward, `model.denoise`, as the module DDP wraps. It registers only the UNet
-    (which holds the interaction tokenizer and the fusers): every weight `denoise` uses, so DDP
+    (which holds the trained control's tokenizer and fusers): every weight `denoise` uses, so DDP
     syncs their gradients, while the frozen autoencoder and text encoder stay out of its
-    broadcasts. With `types` = (phrase embeddings [3,B,N,D], labels [3,B,N]) it also returns the
-    typed tokenizer's classification loss (inside the forward, for DDP too), else None."""
+    broadcasts. With `loss_cond` and `batch` it also returns the controls' auxiliary loss
+    (model.aux_loss, inside the forward for DDP too), else None."""
 
     def __init__(self, model: InteractDiffusion):
         super().__init__()
         self.unet = model.unet
-        self.denoise = model.denoise   # a bound method: not registered, it uses only self.unet's weights
+        # bound methods: not registered, they use only self.unet's weights
+        self.denoise, self.aux_loss = model.denoise, model.aux_loss
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond, types=None):
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond, loss_cond: Cond | None = None,
+                batch: dict | None = None):
         output = self.denoise(x_t, t, cond)
-        tokenizer = self.unet.position_net   # released name (the model's interaction_tokenizer)
-        return output, (None if types is None else role_type_loss(tokenizer, *types))
-
+        return output, (None if loss_cond is None else self.aux_loss(loss_cond, batch))

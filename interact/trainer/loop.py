@@ -64,7 +64,8 @@ class Trainer:
 
         self.phrases = self._phrase_cache()
         self.captions = CaptionContextCache(self.model.text_encoder, o.caption_cache_size)
-        self.role_types = self._role_types(role_types)
+        for control in self.model.controls.values():   # e.g. a typed tokenizer takes the role types
+            control.prepare_training(role_types=role_types)
 
         self.denoiser = Denoiser(self.model)
         self.ddp = None
@@ -110,15 +111,6 @@ class Trainer:
         for group in groups:
             group["lr"] = self.options.lr * group["lr_scale"]
         return [g for g in groups if g["params"]]
-
-    def _role_types(self, role_types):
-        """The type labels when the tokenizer is typed (its classifiers are fitted to them), else None."""
-        if getattr(self.model.interaction_tokenizer, "role_embedding", "fixed") != "typed":
-            return None
-        if role_types is None:
-            raise ValueError("train.role_types: required with interaction.role_embedding = typed "
-                             "(\"toy\", \"hico\" or a JSON file; see dataset/role_types.py)")
-        return role_types
 
     def _phrase_cache(self) -> PhraseEmbeddingCache:
         cache = open_phrase_cache(self.config, self.model.text_encoder, self.paths.root)
@@ -254,22 +246,17 @@ class Trainer:
             x_t = m.diffusion.q_sample(z, t, noise)
         with torch.no_grad(), self.phase("text"):
             captions = ["" if d else c for c, d in zip(batch["captions"], drop_caption.tolist())]
-            cond = m.condition(captions, batch["interactions"], encode_captions=self.captions,
+            full = m.condition(captions, controls=batch["controls"], encode_captions=self.captions,
                                encode_phrases=self.phrases)
-            types = None
-            if self.role_types is not None:  # the real phrases, even on a null-grounding step
-                g = cond.grounding   # rows in the role-embedding order the classifiers' loss takes
-                embeddings = torch.stack([g.subject_embeddings, g.object_embeddings, g.action_embeddings])
-                slots = m.interaction_tokenizer.max_interactions
-                types = (embeddings, self.role_types.labels(batch["interactions"], slots).to(dev))
-            if null_grounding:
-                cond = cond.null()   # the caption stays (its own drop is per sample, above)
+            # the caption stays (its own drop is per sample, above); the controls' auxiliary
+            # losses see the real layout even on a null-grounding step
+            cond = full.null() if null_grounding else full
         forward = self.ddp if self.ddp is not None else self.denoiser
         with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None), \
                 deterministic_attention(o.deterministic and dev.type == "cuda"), self.phase("forward"):
-            output, type_loss = forward(x_t, t, cond, types)
+            output, aux_loss = forward(x_t, t, cond, full, batch)
             loss = nn.functional.mse_loss(output.float(), m.diffusion.training_target(z, t, noise))
-        return loss if type_loss is None else loss + o.role_type_loss_weight * type_loss.float()
+        return loss if aux_loss is None else loss + o.role_type_loss_weight * aux_loss.float()
 
     @contextlib.contextmanager
     def phase(self, name: str):

@@ -8,7 +8,7 @@ from typing import Literal
 from omegaconf import DictConfig
 
 from hoi.schema import check_options, option
-from interact.model import CONFIG_DIR, SECTIONS, load_config, read_config_file
+from interact.model import CONFIG_DIR, MODEL_KEYS, TRAINING_KEYS, load_config, read_config_file
 
 
 @dataclass
@@ -56,7 +56,8 @@ class TrainOptions:
                                         "every step)", check=lambda v: v >= 0, rule=">= 0")
     role_types: str = option("", "type labels for role_embedding typed: toy, hico or a JSON file "
                                  "(dataset/role_types.py)")
-    role_type_loss_weight: float = option(1.0, "weight of the type classifiers' cross-entropy in the loss",
+    role_type_loss_weight: float = option(1.0, "weight of the controls' auxiliary losses (the typed role classifiers' "
+                                               "cross-entropy)",
                                           check=lambda v: v >= 0, rule=">= 0")
     max_steps_per_run: int = option(0, "stop (with a checkpoint) after this many steps; 0 = no limit",
                                     check=lambda v: v >= 0, rule=">= 0")
@@ -64,8 +65,7 @@ class TrainOptions:
     deterministic: bool = option(False, "CUDA: deterministic kernels (slower), for a bit-exact resume")
 
 
-TOP_LEVEL_KEYS = set(SECTIONS) | {"interaction", "scale_factor", "sampling", "model_config", "base_config", "train",
-                                  "data"}
+TOP_LEVEL_KEYS = set(MODEL_KEYS) | set(TRAINING_KEYS) | {"model_config", "base_config"}
 
 
 # ----------------------------------------------------------------------------- configuration

@@ -2,11 +2,15 @@
 
 Every transformer block has a `fuser` slot: a control method (the interaction
 fuser, GLIGEN's box fuser, ...) plugs a module in there without touching the
-backbone's code path. The slot is empty (None) for plain Stable Diffusion.
+backbone's code path. The slot is empty (None) for plain Stable Diffusion. What a
+control gives a forward reaches every block in one `controls` mapping (as diffusers
+passes cross_attention_kwargs): each module reads its own entry, so a new control
+needs no signature here.
 """
 from __future__ import annotations
 
 import contextlib
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +106,8 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    """self-attn -> fuser slot -> cross-attn on the prompt -> feed-forward (docs/reference.md §2)."""
+    """self-attn -> fuser slot -> cross-attn on the prompt -> feed-forward (docs/reference.md §2).
+    The fuser slot is empty in SD; a control puts a module there that takes (x, controls, grid)."""
 
     def __init__(self, dim: int, n_heads: int, d_head: int, context_dim: int, dropout: float = 0.0,
                  use_checkpoint: bool = False):
@@ -116,24 +121,22 @@ class BasicTransformerBlock(nn.Module):
         self.fuser: nn.Module | None = None
         self.use_checkpoint = use_checkpoint
 
-    def forward(self, x, context, tokens=None, fuser_scale: float = 1.0, grid=None, attention_control=None):
-        """`grid`: the (h, w) of the flattened feature map, for fusers that use token positions.
-        `attention_control`: None, or an object whose `self_attention(grid)` and
-        `cross_attention(grid)` give a function of the logits (or None) for attn1 and attn2
-        (a training-free control such as DenseDiffusion's; the project's is interact/dense.py)."""
+    def forward(self, x, context, controls: Mapping | None = None, grid=None):
+        """`controls`: the UNet's controls mapping (UNetModel.forward). A module in the `fuser`
+        slot is called as fuser(x, controls, grid) and reads its own entry; the "attention"
+        entry, when present, is an object whose `self_attention(grid)` and `cross_attention(grid)`
+        give a function of the logits (or None) for attn1 and attn2 (a training-free control
+        such as DenseDiffusion's). `grid`: the (h, w) of the flattened feature map."""
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, context, tokens, fuser_scale, grid, attention_control,
-                              use_reentrant=False)
-        return self._forward(x, context, tokens, fuser_scale, grid, attention_control)
+            return checkpoint(self._forward, x, context, controls, grid, use_reentrant=False)
+        return self._forward(x, context, controls, grid)
 
-    def _forward(self, x, context, tokens, fuser_scale, grid=None, attention_control=None):
-        control = attention_control
-        x = x + self.attn1(self.norm1(x), modulate=control.self_attention(grid) if control else None)
-        # A zero scale (scheduled sampling's late steps) skips the fuser entirely:
-        # its contribution would be exactly zero anyway.
-        if self.fuser is not None and tokens is not None and fuser_scale != 0:
-            x = self.fuser(x, tokens, fuser_scale, grid)
-        x = x + self.attn2(self.norm2(x), context, modulate=control.cross_attention(grid) if control else None)
+    def _forward(self, x, context, controls=None, grid=None):
+        hook = controls.get("attention") if controls else None
+        x = x + self.attn1(self.norm1(x), modulate=hook.self_attention(grid) if hook else None)
+        if self.fuser is not None and controls:
+            x = self.fuser(x, controls, grid)
+        x = x + self.attn2(self.norm2(x), context, modulate=hook.cross_attention(grid) if hook else None)
         return x + self.ff(self.norm3(x))
 
 
@@ -160,12 +163,12 @@ class SpatialTransformer(nn.Module):
             BasicTransformerBlock(inner, n_heads, d_head, context_dim, dropout, use_checkpoint) for _ in range(depth))
         self.proj_out = nn.Conv2d(inner, in_channels, 1)
 
-    def forward(self, x, context, tokens=None, fuser_scale: float = 1.0, attention_control=None):
+    def forward(self, x, context, controls: Mapping | None = None):
         b, c, h, w = x.shape
         residual = x
         x = self.proj_in(self.norm(x))
         x = x.flatten(2).transpose(1, 2)
         for block in self.transformer_blocks:
-            x = block(x, context, tokens, fuser_scale, (h, w), attention_control)
+            x = block(x, context, controls, (h, w))
         x = x.transpose(1, 2).reshape(b, -1, h, w)
         return self.proj_out(x) + residual

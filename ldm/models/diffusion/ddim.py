@@ -9,13 +9,17 @@ Samplers share one interface, used by the pipeline::
 ``eps_fn(x, t, step_index)`` gets x [B, C, H, W], t a LongTensor [B] on x's
 device and the step index 0..steps-1 in sampling order, and returns the
 (already classifier-free-guided) noise prediction. ``callback(step_index, x)``
-is called after every step with the new latent. Sampling does not switch off
-autograd; callers wrap it in ``torch.no_grad()``/``torch.inference_mode()``.
+is called after every step with the new latent. ``merge`` (a Merge) collapses the
+batch's rows before step ``merge.step``: branches sampled side by side become one
+row each (the multi-instance sampler), the latents and every latent-space state by
+``merge.latents``, the history of model outputs by ``merge.history``. Sampling does
+not switch off autograd; callers wrap it in ``torch.no_grad()``/``torch.inference_mode()``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -26,6 +30,19 @@ from .schedule import NoiseSchedule
 
 EpsFn = Callable[[Tensor, Tensor, int], Tensor]
 Callback = Callable[[int, Tensor], None]
+
+
+@dataclass(frozen=True)
+class Merge:
+    """Before step `step` runs (or after the last, when `step` == the step count), the rows of
+    the batch collapse: x and other latent-space state by `latents`, the sampler's history of
+    model outputs by `history` (both [N, ...] -> [B, ...])."""
+    step: int
+    latents: Callable[[Tensor], Tensor]
+    history: Callable[[Tensor], Tensor]
+
+    def due(self, i: int, steps: int) -> bool:
+        return i == min(self.step, steps)
 
 
 def make_uniform_timesteps(num_train_timesteps: int, steps: int) -> Tensor:
@@ -154,12 +171,17 @@ class DDIMSampler(SamplerBase):
         generator: Optional[torch.Generator] = None,
         progress: bool = True,
         callback: Optional[Callback] = None,
+        merge: Optional[Merge] = None,
     ) -> Tensor:
         x = x_T
         for i in self._progress(progress):
+            if merge is not None and merge.due(i, self.steps):
+                x = merge.latents(x)
             eps = self._eps(eps_fn, x, self._t_batch(i, x), i)
             noise = self._noise(x, generator) if float(self.sigmas[i]) > 0 else None
             x, _ = self._update(x, eps, i, noise)
             if callback is not None:
                 callback(i, x)
+        if merge is not None and merge.due(self.steps, self.steps):
+            x = merge.latents(x)
         return x

@@ -14,7 +14,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from .ddim import Callback, EpsFn, SamplerBase
+from .ddim import Callback, EpsFn, Merge, SamplerBase
 from .schedule import NoiseSchedule
 
 
@@ -42,10 +42,14 @@ class PLMSSampler(SamplerBase):
         generator: Optional[torch.Generator] = None,  # unused (eta is 0); kept for the common interface
         progress: bool = True,
         callback: Optional[Callback] = None,
+        merge: Optional[Merge] = None,
     ) -> Tensor:
         x = x_T
         old_eps: List[Tensor] = []
         for i in self._progress(progress):
+            if merge is not None and merge.due(i, self.steps):
+                x = merge.latents(x)
+                old_eps = [merge.history(e) for e in old_eps]
             e_t = self._eps(eps_fn, x, self._t_batch(i, x), i)
             if not old_eps:
                 e_prime = e_t
@@ -64,4 +68,6 @@ class PLMSSampler(SamplerBase):
                 old_eps.pop(0)
             if callback is not None:
                 callback(i, x)
+        if merge is not None and merge.due(self.steps, self.steps):
+            x = merge.latents(x)
         return x

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .ddim import Callback, EpsFn, _check_steps
+from .ddim import Callback, EpsFn, Merge, _check_steps
 from .schedule import NoiseSchedule
 
 # kind -> (diffusers class name, extra constructor arguments, takes karras_sigmas)
@@ -76,12 +76,24 @@ class SolverSampler:
         # only the ancestral sampler draws noise (and only its step takes a generator)
         return {"generator": generator} if self.kind == "euler_a" else {}
 
+    def _merge(self, merge: Merge) -> None:
+        """The scheduler's per-row state collapsed: its history of model outputs by
+        merge.history, its previous sample (UniPC's corrector reads it) by merge.latents."""
+        s = self.scheduler
+        if hasattr(s, "model_outputs"):
+            s.model_outputs = [None if m is None else merge.history(m) for m in s.model_outputs]
+        if isinstance(getattr(s, "last_sample", None), Tensor):
+            s.last_sample = merge.latents(s.last_sample)
+
     def sample(self, eps_fn: EpsFn, x_T: Tensor, generator: Optional[torch.Generator] = None, progress: bool = True,
-               callback: Optional[Callback] = None) -> Tensor:
+               callback: Optional[Callback] = None, merge: Optional[Merge] = None) -> Tensor:
         s = self.scheduler
         s.set_timesteps(self.steps)  # resets the multistep history: the sampler can be reused
         x = x_T * s.init_noise_sigma
         for i in tqdm(range(self.steps), desc=self.name, leave=False, disable=not progress):
+            if merge is not None and merge.due(i, self.steps):
+                x = merge.latents(x)
+                self._merge(merge)
             t_step = s.timesteps[i]
             model_input = s.scale_model_input(x, t_step)
             t = torch.full((x.shape[0],), int(self.timesteps[i]), dtype=torch.long, device=x.device)
@@ -91,4 +103,6 @@ class SolverSampler:
             x = s.step(eps, t_step, x, **self._step_kwargs(generator), return_dict=False)[0]
             if callback is not None:
                 callback(i, x)
+        if merge is not None and merge.due(self.steps, self.steps):
+            x = merge.latents(x)
         return x

@@ -2,12 +2,13 @@
 
 One definition serves the real SD v1.x size and tiny test sizes: a size is only
 constructor arguments. Control methods plug into each transformer block's
-`fuser` slot and may add a `position_net` (the interaction tokenizer) as an
-attribute; the backbone's forward only forwards their tokens.
+`fuser` slot and may add a `position_net` (a control's tokenizer) as an
+attribute; the backbone's forward only passes their `controls` mapping along.
 """
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -70,14 +71,14 @@ class Upsample(nn.Module):
 
 
 class TimestepEmbedSequential(nn.Sequential):
-    """Routes the timestep embedding to ResBlocks and the prompt/tokens to transformers."""
+    """Routes the timestep embedding to ResBlocks and the prompt and controls to transformers."""
 
-    def forward(self, x, emb, context, tokens=None, fuser_scale: float = 1.0, attention_control=None):
+    def forward(self, x, emb, context, controls=None):
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context, tokens, fuser_scale, attention_control)
+                x = layer(x, context, controls)
             else:
                 x = layer(x)
         return x
@@ -146,19 +147,19 @@ class UNetModel(nn.Module):
         return [(n, m) for n, m in self.named_modules() if isinstance(m, BasicTransformerBlock)]
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                tokens: torch.Tensor | None = None, fuser_scale: float = 1.0,
-                attention_control=None) -> torch.Tensor:
-        """Predict epsilon. `tokens` [B, n_tokens, D] are the control tokens for the fusers;
-        `fuser_scale` multiplies every fuser (scheduled sampling sets it per step);
-        `attention_control` changes the backbone's attention logits (see BasicTransformerBlock)."""
+                controls: Mapping | None = None) -> torch.Tensor:
+        """The model's prediction for x at `timesteps` (epsilon, or v for a v-prediction
+        schedule: the weights decide, the forward is the same). `controls`: what the controls
+        give this forward, one entry per control (its fusers' tokens, an attention hook under
+        "attention"); every block passes the mapping on, each module reads its own entry."""
         if timesteps.dim() == 0:
             timesteps = timesteps.expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
         h, skips = x, []
         for block in self.input_blocks:
-            h = block(h, emb, context, tokens, fuser_scale, attention_control)
+            h = block(h, emb, context, controls)
             skips.append(h)
-        h = self.middle_block(h, emb, context, tokens, fuser_scale, attention_control)
+        h = self.middle_block(h, emb, context, controls)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, tokens, fuser_scale, attention_control)
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, controls)
         return self.out(h)

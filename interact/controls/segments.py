@@ -1,4 +1,5 @@
-"""DenseDiffusion's attention modulation (Kim et al. 2023), training-free, on any SD v1.x UNet.
+"""The segment control: DenseDiffusion's attention modulation (Kim et al. 2023), training-free, on
+any SD v1.x UNet.
 
 A prompt comes with segments: phrases of the prompt, each with the region it describes (a box,
 a polygon, a binary mask or COCO RLE; `Segment` in hoi/records.py). Two things happen:
@@ -20,10 +21,14 @@ a polygon, a binary mask or COCO RLE; `Segment` in hoi/records.py). Two things h
    largest logit, the others towards its smallest, strongly early (t^5) and for small segments.
    Masks are resized to each layer's feature map by nearest-neighbour sampling.
 
-The modulation travels with the batch (`DenseLayout` is a field of `Cond`: the unconditional rows
-carry none) and reaches the attention layers as a `DenseControl` made per forward with that
-forward's timesteps; there is no global state. Layers without an active row take the fast SDPA
-path; the others compute the logits explicitly.
+The modulation travels with the batch (`DenseLayout` is this control's input in `Cond`: the
+unconditional rows carry none) and reaches the attention layers as a `DenseControl`, the
+"attention" entry of the UNet's controls mapping, made per forward with that forward's
+timesteps; there is no global state. Layers without an active row take the fast SDPA path; the
+others compute the logits explicitly.
+
+Records: `segments`, a list of {"phrase": ..., one of "box", "polygon", "mask" (a PNG path,
+relative to the layouts file), "rle"}; in Python, lists of hoi.records.Segment.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from hoi.records import ConditionError, Segment, check_box, check_phrase
+from interact.controls.base import Control, register
 
 
 # ----------------------------------------------------------------------------- masks
@@ -199,14 +205,22 @@ def text_tokens(ids: torch.Tensor, eos_id: int) -> list[int]:
 
 # ----------------------------------------------------------------------------- the Cond field
 
+@dataclass(frozen=True)
+class DenseWeights:
+    self_attention: float = 0.3
+    cross_attention: float = 1.0
+
+
 @dataclass
 class DenseLayout:
     """Segments of a batch, padded: `masks` bool [B, S, H, W] at the image's size, `spans` bool
     [B, S, L] (the phrase's tokens in the prompt), `active` bool [B] (rows that are modulated;
-    the unconditional branch and prompts without segments are not). A field of Cond."""
+    the unconditional branch and prompts without segments are not), and the weights of the
+    modulation. This control's input in Cond."""
     masks: torch.Tensor
     spans: torch.Tensor
     active: torch.Tensor
+    weights: DenseWeights = DenseWeights()
 
     @classmethod
     def absent(cls, batch: int, length: int, height: int = 1, width: int = 1) -> "DenseLayout":
@@ -215,10 +229,10 @@ class DenseLayout:
                    torch.zeros(batch, dtype=torch.bool))
 
     def to(self, device=None, dtype=None) -> "DenseLayout":  # masks stay bool whatever the dtype
-        return DenseLayout(self.masks.to(device), self.spans.to(device), self.active.to(device))
+        return DenseLayout(self.masks.to(device), self.spans.to(device), self.active.to(device), self.weights)
 
     def null(self) -> "DenseLayout":
-        return DenseLayout(self.masks, self.spans, torch.zeros_like(self.active))
+        return DenseLayout(self.masks, self.spans, torch.zeros_like(self.active), self.weights)
 
     @classmethod
     def cat(cls, layouts: Sequence["DenseLayout"]) -> "DenseLayout":
@@ -229,7 +243,8 @@ class DenseLayout:
             raise ValueError("segment masks of one batch must have one size (the images')")
         masks = torch.cat([_pad(d.masks, (segments, height, width)) for d in layouts])
         spans = torch.cat([_pad(d.spans, (segments, d.spans.shape[2])) for d in layouts])
-        return cls(masks, spans, torch.cat([d.active for d in layouts]))
+        weights = next((d.weights for d in layouts if d.active.any()), layouts[0].weights)
+        return cls(masks, spans, torch.cat([d.active for d in layouts]), weights)
 
     @property
     def any_active(self) -> bool:
@@ -274,8 +289,8 @@ def place_segments(prompt: str, segments: Sequence[Segment], tokenize: Callable[
 
 def build_dense(prompts: Sequence[str], segments: Sequence[Sequence[Segment]] | None, context: torch.Tensor,
                 tokenize: Callable[[list[str]], torch.Tensor], encode: Callable[[list[str]], torch.Tensor],
-                eos_id: int, height: int, width: int,
-                replace_phrases: bool = True) -> tuple[torch.Tensor, DenseLayout | None]:
+                eos_id: int, height: int, width: int, replace_phrases: bool = True,
+                weights: DenseWeights = DenseWeights()) -> tuple[torch.Tensor, DenseLayout | None]:
     """The prompts' context with every segment phrase's tokens replaced by the phrase encoded
     alone (unless not `replace_phrases`), and the DenseLayout of the batch (None without
     segments). `segments`: one list per prompt (None: none)."""
@@ -300,7 +315,7 @@ def build_dense(prompts: Sequence[str], segments: Sequence[Sequence[Segment]] | 
             spans[i, j, start:end] = True
             masks[i, j] = p.mask
     active = torch.tensor([bool(items) for items in segments])
-    return context, DenseLayout(masks, spans, active)
+    return context, DenseLayout(masks, spans, active, weights)
 
 
 def segments_from_interactions(interactions) -> list[Segment]:
@@ -318,12 +333,6 @@ def segments_from_interactions(interactions) -> list[Segment]:
 
 # ----------------------------------------------------------------------------- in the attention layers
 
-@dataclass(frozen=True)
-class DenseWeights:
-    self_attention: float = 0.3
-    cross_attention: float = 1.0
-
-
 def modulate(sim: torch.Tensor, same: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
     """sim [b, heads, q, k]; same (R) bool [b, q, k]; strength (S * w * t^5) [b, q]."""
     coef = strength[:, None, :, None].to(sim.dtype)
@@ -338,8 +347,8 @@ class DenseControl:
     (B the forward's batch), or None where nothing is modulated. Maps are built once per feature
     map size and reused by every layer of that size."""
 
-    def __init__(self, layout: DenseLayout, timesteps: torch.Tensor, weights: DenseWeights = DenseWeights()):
-        self.layout, self.weights = layout, weights
+    def __init__(self, layout: DenseLayout, timesteps: torch.Tensor):
+        self.layout, self.weights = layout, layout.weights
         self.rows = layout.active.nonzero().flatten()
         self.t5 = (timesteps[self.rows].float() / 1000) ** 5
         self._maps: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -378,3 +387,95 @@ class DenseControl:
         spans = self.layout.spans[self.rows].float()
         same = torch.einsum("bnq,bnk->bqk", masks, spans) > 0
         return self._apply(same, size, self.weights.cross_attention)
+
+
+# ----------------------------------------------------------------------------- records and the control
+
+SEGMENT_REGIONS = ("box", "polygon", "mask", "rle")
+SEGMENT_COLOUR = (240, 150, 20)
+
+
+def segments_from_record(record: dict, where: str = "record", base_dir: str | None = None) -> list[Segment]:
+    """A record's `segments` list as Segments ([] without one); mask paths relative to
+    `base_dir`. The regions are checked when rasterized at the image's size."""
+    items = record.get("segments", [])
+    if not isinstance(items, list):
+        raise ConditionError(f"{where}: segments = {items!r}: expected a list of objects")
+    out = []
+    for j, item in enumerate(items):
+        field = f"{where}, segment {j}"
+        if not isinstance(item, dict):
+            raise ConditionError(f"{field}: expected an object with phrase and one of {', '.join(SEGMENT_REGIONS)}")
+        unknown = sorted(str(k) for k in item if k not in ("phrase", *SEGMENT_REGIONS))
+        if unknown:
+            raise ConditionError(f"{field}: unknown key(s) {', '.join(unknown)} (a segment has phrase and one of "
+                                 f"{', '.join(SEGMENT_REGIONS)})")
+        phrase = check_phrase(item.get("phrase"), f"{field}.phrase")
+        mask = item.get("mask")
+        if isinstance(mask, str) and base_dir is not None and not os.path.isabs(mask):
+            mask = os.path.join(base_dir, mask)
+        out.append(Segment(phrase, box=item.get("box"), polygon=item.get("polygon"), mask=mask, rle=item.get("rle")))
+    return out
+
+
+@register
+class SegmentControl(Control):
+    name = "segments"
+    title = "DenseDiffusion"
+    record_keys = ("segments",)
+    record_label = "segments"
+    slot = "segments"
+    item_type = Segment
+    trained = False
+
+    @classmethod
+    def parse(cls, record, where, base_dir=None):
+        if "segments" not in record:
+            return None
+        items = segments_from_record(record, where, base_dir)
+        if items and not (isinstance(record.get("prompt"), str) and record["prompt"].strip()):
+            raise ConditionError(f"{where}: segments need a prompt (their phrases are found in it)")
+        return items
+
+    @classmethod
+    def precheck(cls, items, where, image_size):
+        for j, segment in enumerate(items):
+            rasterize(segment, *image_size, f"{where}, segment {j}")
+
+    @classmethod
+    def sidecar(cls, record, items):
+        return {"segments": record["segments"]} if items else {}   # as the layouts file gives them
+
+    @classmethod
+    def draw(cls, draw, items, size, image_size):
+        from interact.controls.drawing import draw_box
+        h, w = image_size
+        for n, segment in enumerate(items):
+            region = rasterize(segment, h, w, f"segment {n}")
+            ys, xs = region.nonzero(as_tuple=True)
+            box = (xs.min().item() / w, ys.min().item() / h, (xs.max().item() + 1) / w, (ys.max().item() + 1) / h)
+            draw_box(draw, box, f"{n}:{segment.phrase}", SEGMENT_COLOUR, size)
+
+    def check(self, items, where, prompt="", text=None, image_size=None):
+        if items and text is not None and image_size is not None:
+            place_segments(prompt, items, text.tokenize, text.eos_id, *image_size, where)
+        return items
+
+    def build(self, captions, batch, text, context, image_size, options):
+        if not any(batch):
+            return context, None
+        if image_size is None:
+            raise ValueError("segments need the image_size (height, width) their masks are drawn at")
+        replace = getattr(options, "dense_phrase_embeddings", True)
+        weights = DenseWeights(getattr(options, "dense_self_weight", DenseWeights.self_attention),
+                               getattr(options, "dense_cross_weight", DenseWeights.cross_attention))
+        return build_dense(captions, batch, context, text.tokenize, text.encode, text.eos_id, *image_size, replace,
+                           weights)
+
+    def entries(self, input: DenseLayout, timesteps, scale):
+        if scale == 0 or not input.any_active:
+            return {}
+        return {"attention": DenseControl(input, timesteps)}
+
+    def step_scale(self, step_index, steps, options):
+        return 1.0 if step_index < int(options.dense_steps * steps) else 0.0
