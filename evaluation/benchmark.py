@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from interact.controls import FuserInput
+from interact.controls import FuserInput, control_of
 from interact.fuser import attach_fusers
 from interact.model import CONFIG_DIR, SD_V1_CONFIG, instantiate
 from ldm.modules.attention import attention_backend
@@ -255,7 +255,7 @@ def unet_forward(unet: torch.nn.Module, inputs, fuser_scale: float) -> torch.Ten
     """One forward of `unet` (from build_unet) on make_inputs' (latents, timesteps, context,
     tokens), the tokens as its control's entry of the controls mapping at `fuser_scale`."""
     x, t, context, tokens = inputs
-    entry = {unet.position_net.control: FuserInput(tokens, fuser_scale)} if fuser_scale else {}
+    entry = {control_of(unet.position_net).name: FuserInput(tokens, fuser_scale)} if fuser_scale else {}
     return unet(x, t, context, entry)
 
 
@@ -279,7 +279,7 @@ def build_unet(cfg, device, dtype=torch.float32) -> torch.nn.Module:
         unet = instantiate(cfg.model)
         unet.position_net = instantiate(cfg.interaction.position_net)
         attach_fusers(unet, unet.position_net.out_dim, cfg.interaction.get("fuser_type", "gatedSA"),
-                      key=unet.position_net.control)
+                      key=control_of(unet.position_net).name)
     with torch.no_grad():
         for _, block in unet.transformer_blocks():
             block.fuser.alpha_attn.fill_(GATE)

@@ -143,9 +143,15 @@ def select_rows(keys: str | None) -> list[ToyRow]:
 
 # ----------------------------------------------------------------------------- steps
 
+# Bumped when what a sampling option does changes, so that images made before are made again.
+ALGORITHMS = {"multi_instance": "branches on their own latents, merged once"}
+
+
 def sampling_tag(row: ToyRow) -> str:
     """What, besides the checkpoint, the row's images come from (nothing for the config's own)."""
-    return (f" sampling={dict(row.sampling)}" if row.sampling else "") + (" segments" if row.segments else "")
+    algorithms = [f"{k}: {v}" for k, v in ALGORITHMS.items() if k in dict(row.sampling)]
+    return ((f" sampling={dict(row.sampling)}" if row.sampling else "") + (" segments" if row.segments else "")
+            + (f" ({'; '.join(algorithms)})" if algorithms else ""))
 
 
 def ensure_toy_data(root: Path, log=print, make: bool = True) -> None:

@@ -173,7 +173,7 @@ def instantiate(spec, **extra):
         raise ValueError(f"config node {OmegaConf.to_container(spec)} has no 'target'")
     target = MOVED_TARGETS.get(spec.target, spec.target)
     module_name, _, cls_name = str(target).rpartition(".")
-    if not isinstance(target, str) or not module_name.startswith(TARGET_PACKAGES):
+    if not isinstance(target, str) or not (module_name + ".").startswith(TARGET_PACKAGES):
         raise ValueError(f"config target {target!r}: not a class of this project (a target lies in "
                          f"{' or '.join(p.rstrip('.') for p in TARGET_PACKAGES)})")
     try:

@@ -20,12 +20,25 @@ SD_CONFIG = REPO_ROOT / "configs" / "sd_v1_interact.yaml"
 MANIFEST = REPO_ROOT / "tests" / "data" / "interactdiffusion_v1_checkpoint_keys.tsv"
 
 
-def randomize_(module: torch.nn.Module, seed: int, std: float = 0.5) -> None:
-    """Every parameter (nulls, LayerNorm affine, gates included) to random values."""
+def randomize_(module: torch.nn.Module, seed: int, std: float = 0.5, add: bool = False) -> None:
+    """Every parameter (nulls, LayerNorm affine, gates included) to random values of `std`, or
+    with `add` moved by them (off its initial value)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+            noise = torch.randn(p.shape, generator=g, dtype=p.dtype) * std
+            p.add_(noise) if add else p.copy_(noise)
+
+
+def open_gates(model, attn: float = 1.0, dense: float | None = None):
+    """Every fuser's gates set to `attn` (and `dense`, default the same): a fresh fuser's are 0, so
+    it adds nothing. `model`: an InteractDiffusion or a UNet. Returns it."""
+    unet = getattr(model, "unet", model)
+    with torch.no_grad():
+        for _, block in unet.transformer_blocks():
+            block.fuser.alpha_attn.fill_(attn)
+            block.fuser.alpha_dense.fill_(attn if dense is None else dense)
+    return model
 
 
 # --------------------------------------------------------------------------- tokenizer (HOIPositionNet)
@@ -101,6 +114,14 @@ def dense_reference(f, x, scale):
     gelu = 0.5 * gate * (1 + torch.erf(gate / math.sqrt(2.0)))
     dense = (a * gelu) @ f.ff.net[2].weight.T + f.ff.net[2].bias
     return x + scale * math.tanh(f.alpha_dense.item()) * dense
+
+
+def random_fuser(cls, seed: int, **options):
+    """A fuser of class `cls` at the tiny sizes, every parameter random (gates included), float64."""
+    torch.manual_seed(seed)
+    f = cls(C, CTX, HEADS, DHEAD, **options)
+    randomize_(f, seed + 100, std=0.4)
+    return f.double().eval()
 
 
 def fuser_inputs(dtype=torch.float64, n_tokens=6, seed=0):

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import inference_batch
-from helpers import REPO_ROOT, TINY_CONFIG, write_json
+from helpers import REPO_ROOT, TINY_CONFIG, open_gates, write_json
 from helpers import layout_record as interaction_record
 from interact.checkpoint import CheckpointError, save_checkpoint
 from interact.pipeline import InteractDiffusionPipeline
@@ -59,8 +59,7 @@ def no_model(monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory) -> Path:
     pipe = InteractDiffusionPipeline.from_config(TINY, seed=3, device="cpu")
-    for _, block in pipe.model.unet.transformer_blocks():
-        block.fuser.alpha_attn.data.fill_(0.7)
+    open_gates(pipe.model, 0.7, 0.0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
     save_checkpoint(path, pipe.model)
     return path

@@ -11,8 +11,8 @@ import torch
 
 from interact.fuser import GatedCrossAttentionDense, GatedSelfAttentionDense, region_mask
 from interact.controls.interactions import HOIPositionNet
-from helpers import (C, CTX, DHEAD, HEADS, IN, NMAX, OUT, attention_reference, dense_reference, layer_norm_reference,
-                     random_grounding_inputs, randomize_)
+from helpers import (C, CTX, IN, NMAX, OUT, attention_reference, dense_reference, layer_norm_reference,
+                     random_fuser, random_grounding_inputs)
 
 GRID = (3, 4)
 NV = GRID[0] * GRID[1]
@@ -68,10 +68,7 @@ def cross_reference(f, x, tokens, mask, scale):
 
 
 def box_fuser(cls, seed, box_attention=True):
-    torch.manual_seed(seed)
-    f = cls(C, CTX, HEADS, DHEAD, box_attention=box_attention)
-    randomize_(f, seed + 100, std=0.4)
-    return f.double().eval()
+    return random_fuser(cls, seed, box_attention=box_attention)
 
 
 def grounded_inputs(seed, n_tokens=6):

@@ -17,10 +17,11 @@ from PIL import Image
 import inference_batch
 from interact.pipeline import SamplingOptions
 from interact.checkpoint import save_checkpoint
-from interact.model import CONFIG_DIR, REPO_ROOT
-from helpers import layout_record as record, write_json
+from interact.model import REPO_ROOT
+from helpers import TINY_CONFIG, open_gates, write_json
+from helpers import layout_record as record
 
-TINY = str(CONFIG_DIR / "tiny_random.yaml")
+TINY = str(TINY_CONFIG)
 FAST = ["--steps", "2", "--height", "32", "--width", "32", "--device", "cpu"]
 
 
@@ -155,8 +156,7 @@ def test_checkpoint_round_trip_through_cli(tmp_path):
     """A saved tiny checkpoint generates the same image as the in-memory model it came from."""
     from interact.pipeline import InteractDiffusionPipeline
     pipe = InteractDiffusionPipeline.from_config(TINY, seed=123, device="cpu")
-    for _, block in pipe.model.model.transformer_blocks():
-        block.fuser.alpha_attn.data.fill_(0.7)
+    open_gates(pipe.model, 0.7, 0.0)
     ckpt = tmp_path / "tiny.pth"
     save_checkpoint(ckpt, pipe.model)
     layouts = write_json(tmp_path / "l.json", [record()])

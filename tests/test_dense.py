@@ -13,11 +13,11 @@ from PIL import Image
 
 from hoi.records import ConditionError, Interaction, Segment
 from interact.controls.segments import DenseControl, DenseLayout, DenseWeights, decode_rle, rasterize, segments_from_interactions
-from interact.model import CONFIG_DIR
 from interact.pipeline import InteractDiffusionPipeline
+from helpers import TINY_CONFIG
 from ldm.modules.attention import CrossAttention
 
-TINY = CONFIG_DIR / "tiny_random.yaml"
+TINY = TINY_CONFIG
 FAST = dict(steps=4, height=32, width=32, progress=False, output_type="pt", sampler="ddim")
 
 

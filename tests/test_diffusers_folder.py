@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 import inference_batch
-from helpers import randomize_, with_tokens
+from helpers import TINY_CONFIG, randomize_, with_tokens
 from hoi.records import GroundedPhrase, Interaction
 from interact.checkpoint import CheckpointError, inspect, main, save_checkpoint
 from interact.checkpoint.diffusers_folder import (diffusers_to_ldm_unet, diffusers_to_ldm_vae, export_diffusers,
@@ -23,17 +23,14 @@ from interact.pipeline import InteractDiffusionPipeline
 S = pytest.importorskip("diffusers.loaders.single_file_utils", reason="diffusers not installed")
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
 
-TINY = CONFIG_DIR / "tiny_random.yaml"
+TINY = TINY_CONFIG
 HOI = Interaction("person", "touch", "cat", (0.1, 0.1, 0.5, 0.9), (0.5, 0.5, 0.9, 0.9))
 G = torch.Generator
 
 
 def _perturb(*modules, seed=1):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for module in modules:
-            for p in module.parameters():
-                p.add_(torch.randn_like(p) * 0.05)
+    for i, module in enumerate(modules):
+        randomize_(module, seed + i, std=0.05, add=True)
 
 
 @pytest.fixture(scope="module")

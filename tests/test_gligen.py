@@ -12,17 +12,17 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import inference_batch
-from helpers import fourier_reference, randomize_
+from helpers import TINY_CONFIG, fourier_reference, open_gates, randomize_
 from hoi.records import ConditionError, GroundedPhrase, Interaction
 from interact.controls.phrases import phrases_from_interactions
 from interact.checkpoint import CheckpointError, save_checkpoint
 from interact.checkpoint.diffusers_folder import peek_kind
 from interact.checkpoint.formats import classify, config_for_kind, read_file
-from interact.model import CONFIG_DIR, SD_V1_GLIGEN_CONFIG, load_config
+from interact.model import SD_V1_GLIGEN_CONFIG, load_config
 from interact.pipeline import InteractDiffusionPipeline
 from interact.controls.phrases import GLIGENPositionNet
 
-TINY = CONFIG_DIR / "tiny_random.yaml"
+TINY = TINY_CONFIG
 FAST = dict(steps=2, height=32, width=32, progress=False, output_type="pt", sampler="ddim")
 # The released GLIGEN tokenizer's tensors (name: shape), at SD v1.x size (docs/reference.md §3).
 RELEASED_POSITION_NET = {
@@ -47,9 +47,7 @@ def gligen_file(tiny_gligen_config, tmp_path_factory):
     """A tiny GLIGEN checkpoint in the released dict layout, with open fuser gates."""
     pipe = InteractDiffusionPipeline.from_config(tiny_gligen_config, seed=5, device="cpu")
     randomize_(pipe.model.interaction_tokenizer, seed=1)
-    for _, block in pipe.model.unet.transformer_blocks():
-        block.fuser.alpha_attn.data.fill_(1.0)
-        block.fuser.alpha_dense.data.fill_(1.0)
+    open_gates(pipe.model)
     path = tmp_path_factory.mktemp("gligen") / "gligen.pth"
     save_checkpoint(path, pipe.model)
     return path
@@ -158,8 +156,7 @@ def test_the_papers_three_rows_from_one_layout_file(gligen_file, tiny_gligen_con
     from experiments.hico_table import generate_rows
     from helpers import sd_original_file
     source = InteractDiffusionPipeline.from_config(TINY, seed=8, device="cpu")
-    for _, block in source.model.unet.transformer_blocks():
-        block.fuser.alpha_attn.data.fill_(1.0)
+    open_gates(source.model, 1.0, 0.0)
     sd_file = sd_original_file(source.model, tmp_path / "sd.ckpt")
     interaction = tmp_path / "interaction.pth"
     save_checkpoint(interaction, source.model, interaction_only=True)

@@ -17,7 +17,8 @@ from interact.fuser import GatedSelfAttentionDense, attach_fusers
 from interact.controls.tokens import fourier_embed
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from helpers import (C, CTX, DHEAD, HEADS, HID, IN, NMAX, OUT, attention_reference, dense_reference,
-                     fourier_reference, fuser_inputs, layer_norm_reference, random_grounding_inputs, randomize_)
+                     fourier_reference, fuser_inputs, layer_norm_reference, random_fuser, random_grounding_inputs,
+                     randomize_)
 
 
 # --------------------------------------------------------------------------- Fourier
@@ -431,13 +432,11 @@ def test_grounding_null_and_cat():
 # --------------------------------------------------------------------------- fuser
 
 def tiny_fuser(seed, alpha_attn, alpha_dense, dtype=torch.float64):
-    torch.manual_seed(seed)
-    f = GatedSelfAttentionDense(C, CTX, HEADS, DHEAD)
-    randomize_(f, seed + 100, std=0.4)
+    f = random_fuser(GatedSelfAttentionDense, seed)
     with torch.no_grad():
         f.alpha_attn.fill_(alpha_attn)
         f.alpha_dense.fill_(alpha_dense)
-    return f.to(dtype).eval()
+    return f.to(dtype)
 
 
 def fuser_reference(f, x, tokens, scale):

@@ -12,7 +12,7 @@ from evaluation.layout_gain import LayoutLosses, layout_losses
 from evaluation.table_stats import (category_group_map, compare, mean_std, resampled, sample_groups, summarise_row,
                                     variant_table)
 from hoi.records import Interaction
-from helpers import with_tokens
+from helpers import open_gates, with_tokens
 
 
 def samples(n, seed=0, size=32):
@@ -30,12 +30,7 @@ def samples(n, seed=0, size=32):
 
 
 def with_open_gates(model, value=0.7):
-    model = copy.deepcopy(model)
-    with torch.no_grad():
-        for _, block in model.unet.transformer_blocks():
-            block.fuser.alpha_attn.fill_(value)
-            block.fuser.alpha_dense.fill_(value)
-    return model
+    return open_gates(copy.deepcopy(model), value)
 
 
 def test_layout_gain_is_zero_for_a_model_that_ignores_the_layout(tiny_model):

@@ -10,10 +10,10 @@ from safetensors.torch import save_file
 import inference_batch
 from interact.checkpoint import CheckpointError, inspect, save_checkpoint
 from interact.checkpoint.lora import apply_loras, parse_lora
-from interact.model import CONFIG_DIR
 from interact.pipeline import InteractDiffusionPipeline
+from helpers import TINY_CONFIG
 
-TINY = CONFIG_DIR / "tiny_random.yaml"
+TINY = TINY_CONFIG
 # (our module, its kohya name in diffusers' spelling, its diffusers name)
 ATTN = ("input_blocks.1.1.transformer_blocks.0.attn1.to_q",
         "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",

@@ -7,11 +7,10 @@ import pytest
 import torch
 
 from hoi.records import ConditionError, Interaction
-from interact.model import CONFIG_DIR
 from interact.pipeline import InteractDiffusionPipeline, SamplingOptions, fuser_scale
-from helpers import with_tokens
+from helpers import TINY_CONFIG, open_gates, with_tokens
 
-TINY = CONFIG_DIR / "tiny_random.yaml"
+TINY = TINY_CONFIG
 FAST = dict(steps=3, height=32, width=32, progress=False, output_type="pt")
 
 
@@ -21,11 +20,9 @@ def person_touching_cat(shift=0.0):
 
 @pytest.fixture(scope="module")
 def pipe():
-    p = InteractDiffusionPipeline.from_config(TINY, seed=0, device="cpu")
     # Random fusers start with zero gates (identity); open them so interactions matter.
-    for _, block in p.model.unet.transformer_blocks():
-        block.fuser.alpha_attn.data.fill_(1.0)
-        block.fuser.alpha_dense.data.fill_(1.0)
+    p = InteractDiffusionPipeline.from_config(TINY, seed=0, device="cpu")
+    open_gates(p.model)
     return p
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from interact.fuser import GatedSelfAttentionDense, attach_fusers
 from interact.controls.interactions import HOIPositionNet
-from helpers import with_tokens
+from helpers import open_gates, with_tokens
 from ldm.modules.attention import (
     BasicTransformerBlock,
     CrossAttention,
@@ -215,10 +215,7 @@ def tiny_unet(seed=0, fusers=False, alpha=None) -> UNetModel:
     if fusers:
         attach_fusers(unet, CTX)
         if alpha is not None:
-            with torch.no_grad():
-                for _, blk in unet.transformer_blocks():
-                    blk.fuser.alpha_attn.fill_(alpha)
-                    blk.fuser.alpha_dense.fill_(-alpha)
+            open_gates(unet, alpha, -alpha)
     return unet.eval()
 
 

@@ -15,8 +15,8 @@ from interact.fuser import GatedCrossAttentionDense, GatedSelfAttentionDense, gr
 from interact.controls.interactions import ACTION, OBJECT, SUBJECT, HOIPositionNet, role_type_loss, typed_role_defaults
 from ldm.modules.attention import attention_backend
 from helpers import (C, CTX, DHEAD, HEADS, IN, NMAX, OUT, SHAPES, Squares, attention_reference, dense_reference,
-                     fourier_reference, fuser_inputs, layer_norm_reference, random_grounding_inputs, randomize_,
-                     tiny_train_config)
+                     fourier_reference, fuser_inputs, layer_norm_reference, random_fuser, random_grounding_inputs,
+                     randomize_, tiny_train_config)
 
 pytestmark = pytest.mark.filterwarnings("ignore:training the interaction control on a randomly initialised")
 
@@ -56,13 +56,6 @@ def self_fuser_reference(f, x, tokens, scale, grid=None):
     return dense_reference(f, x, scale)
 
 
-def random_fuser(cls, seed, positions=False):
-    torch.manual_seed(seed)
-    f = cls(C, CTX, HEADS, DHEAD, visual_positions=positions)
-    randomize_(f, seed + 100, std=0.4)
-    return f.double().eval()
-
-
 GRID = (2, 5)  # NV = 10 visual tokens in fuser_inputs
 
 
@@ -78,7 +71,7 @@ def test_cross_attention_fuser_matches_slow_reference(scale):
 @pytest.mark.parametrize("cls, reference", [(GatedCrossAttentionDense, cross_fuser_reference),
                                             (GatedSelfAttentionDense, self_fuser_reference)])
 def test_fusers_with_grid_positions_match_slow_reference(cls, reference):
-    f = random_fuser(cls, 3, positions=True)
+    f = random_fuser(cls, 3, visual_positions=True)
     x, tokens = fuser_inputs(n_tokens=6, seed=4)
     torch.testing.assert_close(f.fuse(x, tokens, 1.0, GRID), reference(f, x, tokens, 1.0, GRID), rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="grid"):
@@ -97,7 +90,7 @@ def test_positions_break_permutation_equivariance():
     x, tokens = fuser_inputs(n_tokens=6, seed=5)
     perm = torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(0))
     for positions in (False, True):
-        f = random_fuser(GatedCrossAttentionDense, 7, positions)
+        f = random_fuser(GatedCrossAttentionDense, 7, visual_positions=positions)
         gap = (f.fuse(x[:, perm], tokens, 1.0, GRID) - f.fuse(x, tokens, 1.0, GRID)[:, perm]).abs().max()
         assert (gap > 1e-3) if positions else (gap < 1e-12)
 

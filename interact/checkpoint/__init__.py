@@ -1,7 +1,7 @@
 """Reading, checking and writing checkpoints.
 
 - formats: reading files safely (weights-only unpickling unless `allow_pickle`), telling the
-  layouts apart by one table (FORMATS: LoRA, each control's formats, SD v1.x), splitting them
+  layouts apart by one table (formats(): LoRA, each control's formats, SD v1.x), splitting them
   into sections;
 - checks: names and shapes against a model, interaction switches, which configs/*.yaml a file fits;
 - loading: `load_weights(model, ckpt, sd_ckpt, purpose="generate" | "train")`;
@@ -11,12 +11,12 @@
 from interact.checkpoint.checks import (SectionReport, check_file, check_variant, compare, config_hint,
                                         interaction_variant, matching_configs)
 from interact.checkpoint.cli import inspect, main
-from interact.checkpoint.formats import (DIFFUSION_BUFFERS, FORMATS, SD_PREFIXES, CheckpointError, classify,
-                                         describe_kind, read_file, to_sections)
+from interact.checkpoint.formats import (DIFFUSION_BUFFERS, SD_PREFIXES, CheckpointError, classify, describe_kind,
+                                         formats, read_file, to_sections)
 from interact.checkpoint.loading import WeightSources, load_weights
 from interact.checkpoint.writing import export_sections, pack, save_checkpoint
 
-__all__ = ["DIFFUSION_BUFFERS", "FORMATS", "SD_PREFIXES", "CheckpointError", "SectionReport", "WeightSources",
+__all__ = ["DIFFUSION_BUFFERS", "SD_PREFIXES", "CheckpointError", "SectionReport", "WeightSources",
            "check_file", "check_variant", "classify", "compare", "config_hint", "describe_kind", "export_sections",
-           "inspect", "interaction_variant", "load_weights", "main", "matching_configs", "pack", "read_file",
+           "formats", "inspect", "interaction_variant", "load_weights", "main", "matching_configs", "pack", "read_file",
            "save_checkpoint", "to_sections"]

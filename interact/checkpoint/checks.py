@@ -8,8 +8,7 @@ from typing import Callable
 
 import torch
 
-from interact.checkpoint.formats import (FORMAT_BY_NAME, CheckpointError, classify, holds_control_only,
-                                         to_sections)
+from interact.checkpoint.formats import CheckpointError, classify, format_named, holds_control_only, to_sections
 from interact.model import (CONFIG_DIR, REPO_ROOT, InteractDiffusion, build_model, interaction_options,
                             is_interaction_key, load_config)
 
@@ -71,7 +70,7 @@ def adapt_to_model(model: InteractDiffusion, kind: str) -> tuple[Callable[[dict]
     `model` section, names of the model that start fresh). A file of the model's own control:
     as it is; a file of another control the model's can start from (GLIGEN's for
     InteractDiffusion's, in training): converted; else None."""
-    f = FORMAT_BY_NAME.get(kind)
+    f = format_named(kind)
     control = model.trained_control
     if f is None or f.control in (None, control.name):
         return (lambda state: state), keep_all
@@ -85,7 +84,7 @@ def _backbone_key(name: str) -> bool:
 def check_file(raw: dict, model: InteractDiffusion) -> dict[str, SectionReport]:
     """Which of the file's sections would load strictly into `model` (for `inspect`)."""
     kind = classify(raw)
-    f = FORMAT_BY_NAME.get(kind)
+    f = format_named(kind)
     sections = to_sections(raw)
     adapt = adapt_to_model(model, kind) or ((lambda state: state), keep_all)
     if "model" in sections:

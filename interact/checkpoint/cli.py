@@ -11,7 +11,8 @@ from typing import TextIO
 import torch
 
 from interact.checkpoint.checks import check_file, config_hint
-from interact.checkpoint.formats import CheckpointError, classify, config_for_kind, describe_kind, read_file, to_sections
+from interact.checkpoint.formats import (CheckpointError, classify, config_for_kind, describe_kind, read_file,
+                                         to_sections)
 from interact.checkpoint.writing import pack
 from interact.model import SD_V1_CONFIG, SECTIONS, build_model, load_config
 

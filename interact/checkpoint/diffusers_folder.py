@@ -548,7 +548,7 @@ def peek_kind(path: str | os.PathLike, allow_pickle: bool = False) -> str:
 def generation_config(path: str | os.PathLike | None, allow_pickle: bool = False) -> Path:
     """The model config a checkpoint (file or diffusers folder) generates with when none is
     given: the one a folder exported by this project carries (CONFIG_FILE), else its format's
-    (formats.FORMATS: GLIGEN's for a GLIGEN file, SD v1.x InteractDiffusion's otherwise)."""
+    (formats.formats(): GLIGEN's for a GLIGEN file, SD v1.x InteractDiffusion's otherwise)."""
     if path is not None and (Path(path) / CONFIG_FILE).is_file():
         return Path(path) / CONFIG_FILE
     return config_for_kind(peek_kind(path, allow_pickle)) if path is not None else SD_V1_CONFIG

@@ -136,39 +136,43 @@ def _sd_original(raw: dict) -> bool:
     return isinstance(state, dict) and any(isinstance(k, str) and k.startswith("model.diffusion_model.") for k in state)
 
 
-# The one table of formats, tried in order: LoRA files first (their names would match the
-# others), then each control's (interact/controls/), then the backbone alone.
-FORMATS: list[Format] = [
-    Format("lora", "LoRA for the base (pass it with --lora FILE[:weight])", _lora),
-    *checkpoint_formats(),
-    Format("sd_backbone", "Stable Diffusion v1.x backbone (UNet, autoencoder, text encoder)", _sd_backbone,
-           backbone=True, config=SD_V1_CONFIG,
-           folder_description="diffusers Stable Diffusion folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)"),
-    Format("sd_original", "Stable Diffusion v1.x original checkpoint", _sd_original, backbone=True,
-           config=SD_V1_CONFIG),
-]
-FORMAT_BY_NAME = {f.name: f for f in FORMATS}
+LORA = Format("lora", "LoRA for the base (pass it with --lora FILE[:weight])", _lora)
+SD_BACKBONE = Format("sd_backbone", "Stable Diffusion v1.x backbone (UNet, autoencoder, text encoder)", _sd_backbone,
+                     backbone=True, config=SD_V1_CONFIG, folder_description="diffusers Stable Diffusion folder (unet/, "
+                                                                            "vae/, text_encoder/, tokenizer/, scheduler/)")
+SD_ORIGINAL = Format("sd_original", "Stable Diffusion v1.x original checkpoint", _sd_original, backbone=True,
+                     config=SD_V1_CONFIG)
 UNKNOWN = "unknown"
 
 
+def formats() -> list[Format]:
+    """The one table of formats, tried in order: LoRA files first (their names would match the
+    others), then each registered control's (interact/controls/), then the backbone alone."""
+    return [LORA, *checkpoint_formats(), SD_BACKBONE, SD_ORIGINAL]
+
+
+def format_named(name: str) -> Format | None:
+    return next((f for f in formats() if f.name == name), None)
+
+
 def classify(raw: dict) -> str:
-    """The name of the first format of FORMATS that `raw` matches, or "unknown"."""
-    return next((f.name for f in FORMATS if f.matches(raw)), UNKNOWN)
+    """The name of the first format of the table that `raw` matches, or "unknown"."""
+    return next((f.name for f in formats() if f.matches(raw)), UNKNOWN)
 
 
 def file_format(raw: dict) -> Format | None:
-    return FORMAT_BY_NAME.get(classify(raw))
+    return format_named(classify(raw))
 
 
 def holds_control_only(kind: str) -> bool:
     """A format with a control's weights and no backbone (an SD file must come with it)."""
-    f = FORMAT_BY_NAME.get(kind)
+    f = format_named(kind)
     return f is not None and f.control is not None and not f.backbone
 
 
 def config_for_kind(kind: str) -> Path:
     """The model config a file of this format generates with when none is given."""
-    f = FORMAT_BY_NAME.get(kind)
+    f = format_named(kind)
     return f.config if f is not None and f.config is not None else SD_V1_CONFIG
 
 

@@ -21,7 +21,7 @@ import torch
 
 from interact.checkpoint.checks import (NO_CONFIG_FITS, Ignore, keep_all, adapt_to_model, check_variant,
                                         compare_normalized, config_hint, normalize_section)
-from interact.checkpoint.formats import (FORMAT_BY_NAME, UNKNOWN, CheckpointError, classify, describe_kind, read_file,
+from interact.checkpoint.formats import (UNKNOWN, CheckpointError, classify, describe_kind, format_named, read_file,
                                          to_sections, unknown_layout_message)
 from interact.controls import CONTROLS
 from interact.model import REPO_ROOT, SECTIONS, InteractDiffusion, is_interaction_key
@@ -153,7 +153,7 @@ def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt
         kind = classify(raw)
         if kind == UNKNOWN:
             raise CheckpointError(f"--ckpt {ckpt}: {unknown_layout_message(raw)}")
-        fmt = FORMAT_BY_NAME[kind]
+        fmt = format_named(kind)
         if fmt.control is None:
             raise CheckpointError(f"--ckpt {ckpt}: holds no interaction weights ({describe_kind(raw)}): pass it "
                                   f"as {policy.sd_flag}, and {policy.ckpt_takes} as --ckpt")
@@ -177,7 +177,7 @@ def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt
         lines.append("interaction control: random initialisation")
     if sd_ckpt is not None:
         sd_raw = read_weights(sd_ckpt, model, allow_pickle)
-        sd_format = FORMAT_BY_NAME.get(classify(sd_raw))
+        sd_format = format_named(classify(sd_raw))
         if plain_sd and sd_format is not None and sd_format.control is not None:
             # Alone, an SD file generates plain SD: a file with a layout control would have it ignored.
             raise CheckpointError(f"{policy.sd_flag} {sd_ckpt}: holds a layout control ({describe_kind(sd_raw)}): pass it "

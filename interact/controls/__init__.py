@@ -12,10 +12,10 @@ and the functions below, never by naming a kind.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from hoi.records import ConditionError
-from interact.controls.base import (CONTROL_LABELS, CONTROLS, Control, ControlInput, Format, FuserInput,
+from interact.controls.base import (CONTROLS, Control, ControlInput, Format, FuserInput,
                                     TextEncoders, phrase_table, register)
 from interact.controls import interactions, phrases, segments  # noqa: F401  (the registry: one module each)
 
@@ -69,19 +69,21 @@ def route(items: Sequence) -> dict[str, list]:
     return out
 
 
+def control_of(position_net) -> type[Control]:
+    """The trained control whose tokenizer `position_net` is."""
+    for cls in CONTROLS.values():
+        if cls.trained and cls.tokenizer_class is not None and isinstance(position_net, cls.tokenizer_class):
+            return cls
+    raise ValueError(f"the tokenizer {type(position_net).__name__} is no registered control's tokenizer_class "
+                     f"(registered: {', '.join(CONTROLS)})")
+
+
 def model_controls(position_net) -> dict[str, Control]:
-    """A model's controls: the trained one whose tokenizer `position_net` is (its class names it)
-    and every training-free one."""
-    out = {}
-    for name, cls in CONTROLS.items():
-        if not cls.trained:
-            out[name] = cls()
-        elif name == getattr(position_net, "control", None):
-            out[name] = cls(position_net)
-    if not any(c.trained for c in out.values()):
-        raise ValueError(f"the tokenizer {type(position_net).__name__} names no registered control "
-                         f"(its class attribute `control`; registered: {', '.join(CONTROLS)})")
-    return out
+    """A model's controls: the trained one whose tokenizer `position_net` is, and every
+    training-free one."""
+    trained = control_of(position_net)
+    return {name: cls(position_net) if cls is trained else cls() for name, cls in CONTROLS.items()
+            if cls is trained or not cls.trained}
 
 
 def checkpoint_formats() -> list[Format]:
@@ -89,10 +91,6 @@ def checkpoint_formats() -> list[Format]:
     return [f for cls in CONTROLS.values() for f in cls.formats]
 
 
-def label(name: str) -> str:
-    return CONTROL_LABELS.get(name, name)
-
-
 __all__ = ["CONTROLS", "Control", "ControlInput", "Format", "FuserInput", "TextEncoders", "checkpoint_formats",
-           "model_controls", "parse_record", "phrase_table", "record_keys", "register", "route",
+           "control_of", "model_controls", "parse_record", "phrase_table", "record_keys", "register", "route",
            "unknown_record_keys"]

@@ -12,8 +12,8 @@ apart:
 - for a trained control: its tokenizer module (released name `position_net`) and its
   checkpoint formats (`formats`, read by the loader, `inspect` and the diffusers-folder code).
 
-A model has one trained control (chosen by its config's `interaction.position_net.target`,
-whose class names its control) and every training-free control.
+A model has one trained control (chosen by its config's `interaction.position_net.target`: the
+control whose `tokenizer_class` that is) and every training-free control.
 """
 from __future__ import annotations
 
@@ -99,7 +99,9 @@ class Control:
     trained: ClassVar[bool] = True       # it has weights (a tokenizer and fusers); plain SD ignores it
     instances: ClassVar[bool] = False    # its items are instances (the multi-instance sampler's branches)
     adopts: ClassVar[dict[str, Callable[[list], list]]] = {}  # another control's items, converted to its own
+    tokenizer_class: ClassVar[type | None] = None   # a trained control's tokenizer (config: position_net.target)
     formats: ClassVar[tuple] = ()        # its checkpoint formats (interact/checkpoint/formats.py's Format)
+    example: ClassVar[dict] = {}         # a batch-file record of it (docs and the tests' common path)
 
     def __init__(self, module: torch.nn.Module | None = None):
         self.module = module             # the tokenizer of a trained control (released name position_net)

@@ -62,7 +62,6 @@ class HOIPositionNet(nn.Module):
     """The interaction tokenizer. The attribute names are the released state-dict names
     (docs/reference.md §1); `role_embedding_table` is the readable name of `position_embedding`.
     `role_embedding` is the variant ("fixed" | "typed"), as the config key says."""
-    control = "interaction"   # the control whose tokenizer this is
 
     def __init__(self, in_dim: int = 768, out_dim: int = 768, max_interactions: int = 30, hidden_dim: int = 512,
                  fourier_freqs: int = FOURIER_FREQS, action_tokens: bool = True, role_embedding: str = "fixed",
@@ -314,8 +313,11 @@ class InteractionControl(Control):
     record_keys = RECORD_LIST_FIELDS
     record_label = "interactions (subject_phrases, ...)"
     slot = "tokens"
+    example = {"prompt": "a person holding a cup", "subject_phrases": ["person"], "action_phrases": ["holding"],
+               "object_phrases": ["cup"], "subject_boxes": [[0.1, 0.1, 0.5, 0.9]], "object_boxes": [[0.5, 0.4, 0.8, 0.7]]}
     item_type = Interaction
     instances = True
+    tokenizer_class = HOIPositionNet
     formats = FORMATS
     sidecar_key: ClassVar[str] = "interactions"
 

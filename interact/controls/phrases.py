@@ -29,7 +29,6 @@ class GLIGENPositionNet(nn.Module):
     token = linears(concat(CLIP pooled phrase embedding, Fourier(box))), padded slots taking
     `null_positive_feature` and `null_position_feature`; no instance or role embedding, tokens in
     slot order, at most 30. It reads a PhraseGrounding."""
-    control = "phrases"   # the control whose tokenizer this is
 
     def __init__(self, in_dim: int = 768, out_dim: int = 768, max_interactions: int = 30, hidden_dim: int = 512,
                  fourier_freqs: int = FOURIER_FREQS, role_embedding: str = "fixed", box_attention: str = "none"):
@@ -134,9 +133,12 @@ class PhraseControl(Control):
     record_keys = ("phrases", "boxes")
     record_label = "phrases and boxes"
     slot = "tokens"
+    example = {"prompt": "a person and a cup", "phrases": ["person", "cup"],
+               "boxes": [[0.1, 0.1, 0.5, 0.9], [0.5, 0.4, 0.8, 0.7]]}
     item_type = GroundedPhrase
     instances = True
     adopts = {"interaction": phrases_from_interactions}
+    tokenizer_class = GLIGENPositionNet
     formats = (Format("gligen", "GLIGEN checkpoint (box grounding tokenizer + fusers)", _gligen_file, "phrases", True,
                       SD_V1_GLIGEN_CONFIG, "diffusers GLIGEN folder (unet/ with fusers + box grounding tokenizer, "
                                            "vae/, text_encoder/, tokenizer/, scheduler/)"),)

@@ -425,6 +425,9 @@ class SegmentControl(Control):
     record_keys = ("segments",)
     record_label = "segments"
     slot = "segments"
+    example = {"prompt": "a person holding a cup", "segments": [{"phrase": "person", "box": [0.1, 0.1, 0.5, 0.9]},
+                                                               {"phrase": "cup", "polygon": [[0.5, 0.4], [0.8, 0.4],
+                                                                                             [0.65, 0.7]]}]}
     item_type = Segment
     trained = False
 
