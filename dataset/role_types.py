@@ -1,4 +1,4 @@
-"""Type labels for the typed role embeddings (interact/tokenizer.py, `role_embedding: typed`).
+"""Type labels for the typed role embeddings (interact/controls/interactions.py, `role_embedding: typed`).
 
 Entities (subjects and objects) are human (0) or non-human (1); actions are contact (0) or
 non-contact (1). The trainer looks every interaction's phrases up here to fit the tokenizer's

@@ -1,18 +1,19 @@
 """Batch generation from a layouts file: reading records, guarding the output folder,
 writing image + overlay + JSON sidecar per record. `inference_batch.py` is its CLI.
 
-Everything that can be checked is checked before anything is written: every record (its
-fields before the model is loaded, its interaction count and text lengths against the loaded
-model), the seed range, the sampling options, the output folder and the grid file.
+Everything that can be checked is checked before anything is written: every record (each
+control's fields before the model is loaded, what the loaded model's controls take and text
+lengths after), the seed range, the sampling options, the output folder and the grid file.
 
 Existing outputs (record i: 0000i.png, 0000i_layout.png, then 0000i.json, written last):
 - neither flag: any existing output stops the run before anything is written;
 - `overwrite`: every record is generated again;
-- `no_overwrite` (resume): no existing file is ever replaced. A record is done when its sidecar
-  exists, matches this run (prompt, interactions, seed, sampling options, checkpoint; not the
+- `no_overwrite` (resume): no existing file is replaced. A record is done when its sidecar
+  exists, matches this run (prompt, layout, seed, sampling options, checkpoint and LoRA; not the
   device) and its two images exist; done records are skipped. Records without outputs are
-  generated. Any other record with outputs (interrupted, made by another run, or not ours) is
-  left as it is and reported, one warning each: pass `overwrite` to redo them.
+  generated. Any other record with outputs is left as it is and reported, one warning each:
+  `redo_interrupted` generates again the ones a killed run left without a sidecar, `overwrite`
+  redoes every record.
 """
 from __future__ import annotations
 

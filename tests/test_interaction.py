@@ -1,4 +1,4 @@
-"""Tests for interact.conditions, interact.tokenizer and interact.fuser (CPU, tiny sizes).
+"""Tests for the interaction control (interact/controls/interactions.py) and interact.fuser (CPU, tiny sizes).
 
 Numerical code is checked against independent computations written here with
 explicit loops (docs/reference.md §1 for the tokenizer, docs/reference.md §2 for the fuser).

@@ -313,6 +313,22 @@ def test_cli_layouts_rebuild_the_demo_input_and_bad_paths_get_one_line(tmp_path,
     assert err.count("\n") == 1 and err.startswith("error:")
 
 
+def test_fresh_layouts_for_a_control_are_batch_records_the_score_reads(tmp_path):
+    """`layouts --control interaction --seed S`: fresh scenes (another seed than the data set's),
+    written as records every control parses and the toy score turns into ground truth."""
+    from evaluation.toy_score import layouts_to_ground_truth
+    from interact.batch import parse_records, read_layouts
+    out = tmp_path / "fresh.json"
+    assert toy_main(["layouts", "--control", "interaction", "--n", "5", "--seed", "7", "--out", str(out)]) == 0
+    records = read_layouts(out)
+    parsed = parse_records(records, str(out))
+    assert len(parsed) == 5 and all(set(p.layout) == {"interaction"} and p.layout["interaction"] for p in parsed)
+    demo = json.loads((REPO_ROOT / "examples" / "toy_layouts.json").read_text())[:5]
+    assert [r["prompt"] for r in records] != [r["prompt"] for r in demo]   # not the data set's test scenes
+    gt = layouts_to_ground_truth(records, [f"{i}.png" for i in range(5)], [(32, 32)] * 5)
+    assert [len(g["hoi_annotation"]) for g in gt] == [len(p.layout["interaction"]) for p in parsed]
+
+
 def test_a_folder_of_another_world_is_not_current(small, tmp_path):
     assert toy.is_current(small, size=32) and toy.world_mismatch(small, size=32) is None
     assert "32-px" in toy.world_mismatch(small, size=64)
