@@ -219,7 +219,7 @@ def check_against_model(parsed: list[ParsedRecord], model, source: str, negative
     are cut). `plain_sd`: the model has no layout control (an SD file alone), said once."""
     for i, (record, layout) in enumerate(parsed):
         if plain_sd:
-            layout = {k: v for k, v in layout.items() if not model.controls.get(k, CONTROLS[k]).trained}
+            layout = {k: v for k, v in layout.items() if not CONTROLS[k].trained}
         try:
             model.check_controls(layout, f"{source}: record {i}", record["prompt"], image_size)
         except ConditionError as err:

@@ -202,7 +202,8 @@ class InteractDiffusionPipeline:
                 image_size: tuple[int, int] | None = None) -> list[dict[str, list]]:
         """Each prompt's items by control, checked against this model (ConditionError naming the
         prompt). `interactions` and `segments`: items of any control, sorted to their control by
-        type; `controls`: {name: items}; each as one list for every prompt or one list per prompt."""
+        type; `controls`: {name: items}; each as one list for every prompt or one list per prompt.
+        Plain SD (an SD file alone) drops the trained controls' items: it has nothing to act on them."""
         b = len(prompts)
         out: list[dict[str, list]] = [{} for _ in range(b)]
         given = [(None, self._per_prompt(interactions, b, "interactions")),
@@ -215,6 +216,8 @@ class InteractDiffusionPipeline:
                 routed = route(items) if name is None else {name: list(items)}
                 for key, its in routed.items():
                     out[i][key] = out[i].get(key, []) + its
+        if self.plain_sd:  # nothing for the layout controls to act on: their items are dropped
+            out = [{k: v for k, v in layout.items() if not CONTROLS[k].trained} for layout in out]
         return [self.model.check_controls(layout, f"prompt {i}", prompts[i], image_size)
                 for i, layout in enumerate(out)]
 
@@ -275,8 +278,6 @@ class InteractDiffusionPipeline:
         size = (o.height, o.width)
         prompts, negatives, seeds = self._prompts(prompt, o.negative_prompt, seed)
         layouts = self.layouts(prompts, interactions, segments, controls, size)
-        if self.plain_sd:  # nothing for the layout controls to act on: their items are dropped
-            layouts = [{k: v for k, v in layout.items() if not model.controls[k].trained} for layout in layouts]
         use_cfg = o.guidance_scale != 1.0
         sampler = make_sampler(model.diffusion, o)
         steps = sampler.steps  # the sampler's own count: the reference grid may have more steps than asked for

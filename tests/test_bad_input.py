@@ -258,6 +258,22 @@ TINY_TO_Q = ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to
 TOY_TO_Q = ("lora_unet_input_blocks_3_1_transformer_blocks_0_attn1_to_q", (96, 96))  # LDM's names, kohya style
 
 
+def test_an_sd_file_alone_says_it_leaves_the_layouts_unused(tmp_path, capsys, tiny_ckpt):
+    from helpers import sd_original_file
+    from interact.checkpoint import read_file
+    from interact.model import build_model, load_config
+    model = build_model(load_config(TINY), device="meta")
+    model.unet.load_state_dict(read_file(tiny_ckpt)["model"], strict=False, assign=True)
+    for name in ("autoencoder", "text_encoder"):
+        model.section(name).load_state_dict(read_file(tiny_ckpt)[name], assign=True)
+    sd = sd_original_file(model, tmp_path / "sd.ckpt")
+    layouts = write_json(tmp_path / "l.json", [interaction_record(), phrase_record()])
+    assert run(["--input", layouts, "--folder", tmp_path / "out", "--config", TINY, "--sd_ckpt", sd, *FAST]) == 0
+    assert (f"warning: {layouts}: 2 record(s) have interactions or phrases, which plain Stable Diffusion (an SD "
+            f"file alone, no --ckpt) does not use" in capsys.readouterr().err)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir())[:2] == ["00000.json", "00000.png"]
+
+
 def write_lora(path: Path, target=TINY_TO_Q, scale=0.5, rank=2, down_rank=None) -> Path:
     from safetensors.torch import save_file
     name, (out_features, in_features) = target
