@@ -32,9 +32,6 @@ class Cond:
         masked out); the text context kept, or replaced by `context` (e.g. a negative prompt's)."""
         return Cond(self.context if context is None else context, {k: v.null() for k, v in self.controls.items()})
 
-    def without(self, *names: str) -> "Cond":
-        return Cond(self.context, {k: v for k, v in self.controls.items() if k not in names})
-
     @classmethod
     def cat(cls, conds: Sequence["Cond"]) -> "Cond":
         """One batch of several (classifier-free guidance: conditional rows, then unconditional).

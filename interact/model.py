@@ -101,7 +101,8 @@ class InteractionOptions:
     fuser_type: FuserType = option("gatedSA", "the fuser in every transformer block: gated self-attention "
                                               "(the paper's) or gated cross-attention (interact/fuser.py)")
     role_embedding: RoleEmbedding = option("fixed", "role embeddings of the interaction tokens: fixed (the "
-                                                    "paper's) or typed by the phrase (interact/controls/interactions.py)")
+                                                    "paper's) or typed by the phrase "
+                                                    "(interact/controls/interactions.py)")
     box_attention: BoxAttention = option("none", "boxes: a token is attended only from the cells its box covers")
     fuser_init: FuserInit = option("zero_gates", "zero_gates: a fresh fuser is the identity (fine-tuning); "
                                                  "zero_outputs: every weight trains from the first step", cli=False)

@@ -43,7 +43,8 @@ class PhraseEmbeddingCache:
         try:
             data = load_torch(self.path)
         except (RefusedPickle, UnreadablePickle) as err:
-            raise ValueError(f"phrase cache {self.path}: {err}; delete it (it is rebuilt) or pass another path") from None
+            raise ValueError(f"phrase cache {self.path}: {err}; delete it (it is rebuilt) or pass another "
+                             f"path") from None
         if not isinstance(data, dict) or not {"fingerprint", "phrases", "embeddings"} <= set(data):
             raise ValueError(f"phrase cache {self.path}: not a phrase cache (it holds no fingerprint, phrases and "
                              f"embeddings); delete it (it is rebuilt) or pass another path")

@@ -138,8 +138,9 @@ def _sd_original(raw: dict) -> bool:
 
 LORA = Format("lora", "LoRA for the base (pass it with --lora FILE[:weight])", _lora)
 SD_BACKBONE = Format("sd_backbone", "Stable Diffusion v1.x backbone (UNet, autoencoder, text encoder)", _sd_backbone,
-                     backbone=True, config=SD_V1_CONFIG, folder_description="diffusers Stable Diffusion folder (unet/, "
-                                                                            "vae/, text_encoder/, tokenizer/, scheduler/)")
+                     backbone=True, config=SD_V1_CONFIG,
+                     folder_description="diffusers Stable Diffusion folder (unet/, vae/, text_encoder/, tokenizer/, "
+                                        "scheduler/)")
 SD_ORIGINAL = Format("sd_original", "Stable Diffusion v1.x original checkpoint", _sd_original, backbone=True,
                      config=SD_V1_CONFIG)
 UNKNOWN = "unknown"

@@ -180,9 +180,9 @@ def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt
         sd_format = format_named(classify(sd_raw))
         if plain_sd and sd_format is not None and sd_format.control is not None:
             # Alone, an SD file generates plain SD: a file with a layout control would have it ignored.
-            raise CheckpointError(f"{policy.sd_flag} {sd_ckpt}: holds a layout control ({describe_kind(sd_raw)}): pass it "
-                                  f"as --ckpt (a {policy.sd_flag} file alone generates plain Stable Diffusion, "
-                                  f"layouts ignored)")
+            raise CheckpointError(f"{policy.sd_flag} {sd_ckpt}: holds a layout control ({describe_kind(sd_raw)}): "
+                                  f"pass it as --ckpt (a {policy.sd_flag} file alone generates plain Stable "
+                                  f"Diffusion, layouts ignored)")
         backbone = (sd_ckpt, sd_raw, to_sections(sd_raw))
 
     if backbone is None:

@@ -92,7 +92,8 @@ def _targets(model: InteractDiffusion) -> dict[str, nn.Module]:
     return targets
 
 
-def _pairs(state: dict, source: str | os.PathLike = "LoRA") -> dict[str, tuple[torch.Tensor, torch.Tensor, float | None]]:
+def _pairs(state: dict, source: str | os.PathLike = "LoRA"
+           ) -> dict[str, tuple[torch.Tensor, torch.Tensor, float | None]]:
     """{module key: (up, down, alpha)} of a LoRA state dict, each pair checked (one rank, a finite
     alpha); CheckpointError naming `source` and the module."""
     out = {}

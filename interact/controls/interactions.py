@@ -261,8 +261,8 @@ def _tensor_dict(value) -> bool:
 def _ours(keys) -> bool:
     """A tokenizer of this control: the action MLP or the instance embedding (GLIGEN's has neither;
     the box-only ablation has no action MLP)."""
-    return any(isinstance(k, str) and k.startswith(("position_net.linear_action.", "position_net.interaction_embedding."))
-               for k in keys)
+    ours = ("position_net.linear_action.", "position_net.interaction_embedding.")
+    return any(isinstance(k, str) and k.startswith(ours) for k in keys)
 
 
 def _control_only(keys) -> bool:
@@ -314,7 +314,8 @@ class InteractionControl(Control):
     record_label = "interactions (subject_phrases, ...)"
     slot = "tokens"
     example = {"prompt": "a person holding a cup", "subject_phrases": ["person"], "action_phrases": ["holding"],
-               "object_phrases": ["cup"], "subject_boxes": [[0.1, 0.1, 0.5, 0.9]], "object_boxes": [[0.5, 0.4, 0.8, 0.7]]}
+               "object_phrases": ["cup"], "subject_boxes": [[0.1, 0.1, 0.5, 0.9]],
+               "object_boxes": [[0.5, 0.4, 0.8, 0.7]]}
     item_type = Interaction
     instances = True
     tokenizer_class = HOIPositionNet

@@ -225,8 +225,8 @@ class DenseLayout:
     @classmethod
     def absent(cls, batch: int, length: int, height: int = 1, width: int = 1) -> "DenseLayout":
         """Rows without segments (inactive)."""
-        return cls(torch.zeros(batch, 0, height, width, dtype=torch.bool), torch.zeros(batch, 0, length, dtype=torch.bool),
-                   torch.zeros(batch, dtype=torch.bool))
+        return cls(torch.zeros(batch, 0, height, width, dtype=torch.bool),
+                   torch.zeros(batch, 0, length, dtype=torch.bool), torch.zeros(batch, dtype=torch.bool))
 
     def to(self, device=None, dtype=None) -> "DenseLayout":  # masks stay bool whatever the dtype
         return DenseLayout(self.masks.to(device), self.spans.to(device), self.active.to(device), self.weights)
