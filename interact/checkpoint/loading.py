@@ -121,8 +121,8 @@ def _backbone_parts(model: InteractDiffusion, backbone: dict, source: PathLike, 
 def _other_control_message(ckpt, fmt, control, convertible: bool) -> str:
     """A file of another control than the config's: which config generates it, and whether it
     can start this control's training."""
-    article = "an" if fmt.description[:1].lower() in "aeiou" else "a"
     kind = CONTROLS[fmt.control].title
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
     config = fmt.config.relative_to(REPO_ROOT) if fmt.config.is_relative_to(REPO_ROOT) else fmt.config
     text = (f"--ckpt {ckpt}: is {article} {kind} checkpoint, and the config is {control.title}'s: generate with "
             f"{config} (picked by itself when no --config is given)")
@@ -167,8 +167,7 @@ def load_weights(model: InteractDiffusion, ckpt: PathLike | None = None, sd_ckpt
         convert, fresh = adapt
         interaction = (ckpt, raw, convert(sections["model"]), fresh)
         lines.append(f"interaction control: {ckpt} ({describe_kind(raw)})" + (
-            f"; what {CONTROLS[fmt.control].title} files lack (instance and role embeddings): random"
-            if fmt.control != control.name else ""))
+            f"; what {CONTROLS[fmt.control].title} files lack starts at random" if fmt.control != control.name else ""))
         if fmt.backbone:
             backbone = (ckpt, raw, sections)
     elif plain_sd:
